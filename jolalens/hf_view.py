@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["hf_view", "o_proj_modules"]
+__all__ = ["forget_view", "hf_view", "o_proj_modules"]
 
 _WRAPPER = "._original_component"
 _VIEWS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
@@ -56,6 +56,17 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
         )
     for name in expected_params:
         _set(view, name, params[name])
+    # Biases the bridge's modules gained after loading (a merged JoLA edit adds one to o_proj).
+    for name in sorted(set(params) - set(expected_params)):
+        owner, _, leaf = name.rpartition(".")
+        if leaf != "bias":
+            continue
+        try:
+            module = view.get_submodule(owner)
+        except AttributeError:  # a bridge-only alias path
+            continue
+        if isinstance(module, nn.Linear) and module.bias is None:
+            _set(view, name, params[name])
     for name, buf in list(view.named_buffers(remove_duplicate=False)):
         if name in buffers:
             _set(view, name, buffers[name], buffer=True)
@@ -65,6 +76,11 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
     view.requires_grad_(False)
     _VIEWS[model] = view
     return view
+
+
+def forget_view(model: nn.Module) -> None:
+    """Drop the cached view of ``model`` (after its modules changed, e.g. a merge)."""
+    _VIEWS.pop(model, None)
 
 
 def _set(root: nn.Module, dotted: str, value: torch.Tensor, *, buffer: bool = False) -> None:

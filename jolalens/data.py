@@ -1,0 +1,201 @@
+"""Instruction/answer examples: JSONL I/O with line-numbered errors, prompts, tokenized batches.
+
+The released JoLA format is one JSON object a line with ``instruction`` and ``answer``
+(and, for multiple-choice tasks here, optional ``choices``). Training supervises the
+answer tokens only: everything up to and including ``### Response:\\n`` is masked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from .errors import DataError
+
+__all__ = [
+    "ALPACA_TEMPLATE",
+    "Batch",
+    "Example",
+    "PromptStyle",
+    "collate",
+    "format_prompt",
+    "read_jsonl",
+    "sample_examples",
+    "tokenize_example",
+    "write_jsonl",
+]
+
+# The paper's Alpaca "no-input" template (without the released code's stray space, B13).
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+class PromptStyle(StrEnum):
+    """How an instruction becomes a prompt."""
+
+    ALPACA = "alpaca"  # the paper's template, as in the released code
+    CHAT = "chat"  # the model's own chat template
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction with its reference answer (and answer options, if multiple choice)."""
+
+    instruction: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, *, where: str = "record") -> Example:
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("instruction", "answer") if k not in obj]
+        if missing:
+            raise DataError(
+                f"{where}: missing field(s) {missing}; each line needs "
+                '{"instruction": "...", "answer": "..."} (optional "choices": [...])'
+            )
+        for key in ("instruction", "answer"):
+            if not isinstance(obj[key], str) or (key == "answer" and not obj[key].strip()):
+                raise DataError(f"{where}: field '{key}' must be a non-empty string, got {obj[key]!r}")
+        choices = obj.get("choices")
+        if choices is not None:
+            if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices) or not choices:
+                raise DataError(f"{where}: 'choices' must be a non-empty list of strings")
+            if obj["answer"] not in choices:
+                raise DataError(f"{where}: answer {obj['answer']!r} is not one of choices {choices}")
+            choices = tuple(choices)
+        meta = obj.get("meta") or {}
+        return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """Read examples from JSONL; a malformed line raises :class:`DataError` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    examples = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            examples.append(Example.from_json(obj, where=where))
+    if not examples:
+        raise DataError(f"{path}: the file holds no examples")
+    return examples
+
+
+def write_jsonl(examples: Iterable[Example], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def sample_examples(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    """``n`` examples drawn without replacement by a seeded RNG of their own (all if n is None)."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)
+
+
+def format_prompt(instruction: str, style: PromptStyle = PromptStyle.ALPACA, tokenizer: Any = None) -> str:
+    style = PromptStyle(style)
+    if style is PromptStyle.ALPACA:
+        return ALPACA_TEMPLATE.format(instruction=instruction)
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("PromptStyle.CHAT needs a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def tokenize_example(
+    tokenizer: Any,
+    example: Example,
+    *,
+    style: PromptStyle = PromptStyle.ALPACA,
+    max_length: int = 400,
+    answer: str | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt+answer and labels with the prompt masked to -100.
+
+    The prompt is tokenized with the tokenizer's special tokens (BOS where it adds one; the
+    chat style carries its own), the answer without. Over-long prompts lose their start, so
+    the answer is always kept.
+    """
+    prompt = format_prompt(example.instruction, style, tokenizer)
+    add_special = PromptStyle(style) is PromptStyle.ALPACA
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special).input_ids
+    answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
+    if not answer_ids:
+        raise DataError(f"answer {example.answer!r} tokenizes to nothing")
+    keep = max_length - len(answer_ids)
+    if keep < 1:
+        raise DataError(f"answer of {len(answer_ids)} tokens does not fit max_length={max_length}")
+    prompt_ids = prompt_ids[-keep:]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+@dataclass
+class Batch:
+    """A padded batch; ``position_ids`` make left and right padding give the same logits."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    labels: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.position_ids)))
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int((self.labels[:, 1:] != -100).sum())
+
+
+def collate(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right"
+) -> Batch:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(ids) for ids, _ in rows)
+    ids_t = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask_t = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, labels) in enumerate(rows):
+        span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        ids_t[i, span] = torch.tensor(ids)
+        lab_t[i, span] = torch.tensor(labels)
+        mask_t[i, span] = 1
+    pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids_t, mask_t, lab_t, pos_t)

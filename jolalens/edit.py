@@ -1,0 +1,284 @@
+"""What every edit method is: parameters, hooks, a handle, and a directory on disk.
+
+An edit can attach in two equivalent ways (tested equal for each method):
+
+* ``Backend.HOOK_POINTS``: TransformerLens hook points on the model itself (``hook_z`` ...),
+  the interchange format of :meth:`Edit.fwd_hooks`; works on any TransformerLens model.
+* ``Backend.HF_VIEW``: the same function on the modules of :func:`jolalens.hf_view.hf_view`
+  (e.g. the input of ``o_proj`` for ``hook_z``), which runs the stock Hugging Face model with
+  SDPA attention and a KV cache: the fast path for training, evaluation and generation.
+
+Run the model that matches the backend: the TransformerLens model for ``HOOK_POINTS``,
+``hf_view(model)`` for ``HF_VIEW``. jolalens removes only the hooks it added.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import EditLoadError
+from .models import model_identity
+
+__all__ = [
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "Backend",
+    "Edit",
+    "EditHandle",
+    "HookFn",
+    "ModuleHook",
+    "load_edit",
+    "prepare_output_dir",
+    "read_edit_dir",
+    "register_method",
+]
+
+CONFIG_FILE = "jola_config.json"
+WEIGHTS_FILE = "jola_weights.safetensors"
+FORMAT_VERSION = 1
+
+HookFn = Callable[..., Any]
+_METHODS: dict[str, type[Edit]] = {}
+
+
+def register_method(cls: type[Edit]) -> type[Edit]:
+    """Class decorator: make ``cls`` loadable by :func:`load_edit` under ``cls.method``."""
+    if cls.method in _METHODS and _METHODS[cls.method] is not cls:
+        raise ValueError(f"edit method {cls.method!r} is already registered")
+    _METHODS[cls.method] = cls
+    return cls
+
+
+class Backend(StrEnum):
+    """Where an edit's hooks go."""
+
+    HOOK_POINTS = "hook_points"
+    HF_VIEW = "hf_view"
+
+
+@dataclass(frozen=True)
+class ModuleHook:
+    """A torch hook on a module of ``hf_view(model)``: ``pre`` hooks see the module's input."""
+
+    module: nn.Module
+    fn: Callable[..., Any]
+    pre: bool = True
+
+
+@dataclass
+class EditHandle:
+    """The hooks one :meth:`Edit.attach` added; ``remove()`` takes off exactly those."""
+
+    backend: Backend
+    _removers: list[Callable[[], None]] = field(default_factory=list)
+
+    def remove(self) -> None:
+        while self._removers:
+            self._removers.pop()()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._removers)
+
+    def __enter__(self) -> EditHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _add_tl_hook(model: nn.Module, name: str, fn: HookFn) -> Callable[[], None]:
+    hook_point = model.hook_dict.get(name) if hasattr(model, "hook_dict") else None
+    if hook_point is None:
+        raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
+    before = list(getattr(hook_point, "fwd_hooks", []))
+    lens_handle = hook_point.add_hook(fn)
+    if lens_handle is None:  # legacy HookedTransformer returns nothing; find what it added
+        added = [h for h in getattr(hook_point, "fwd_hooks", []) if h not in before]
+        if len(added) != 1:
+            raise RuntimeError(f"could not track the hook added at {name!r}")
+        lens_handle = added[0]
+    torch_handle = lens_handle.hook
+
+    def remove() -> None:
+        torch_handle.remove()
+        if lens_handle in getattr(hook_point, "fwd_hooks", []):
+            hook_point.fwd_hooks.remove(lens_handle)
+
+    return remove
+
+
+class Edit(nn.Module, ABC):
+    """Base class of every edit method (JoLA and the baselines)."""
+
+    method: ClassVar[str]
+
+    @abstractmethod
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        """TransformerLens ``(hook_name, fn)`` pairs applying this edit."""
+
+    @abstractmethod
+    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
+        """The same edit as torch hooks on the modules of ``hf_view(model)``."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The method's config as JSON-ready data."""
+
+    @classmethod
+    @abstractmethod
+    def from_config_dict(cls, model: nn.Module, config: dict[str, Any]) -> Edit:
+        """A freshly initialised edit for ``model`` from :meth:`config_dict` output."""
+
+    def to_safetensors(self) -> dict[str, torch.Tensor]:
+        """Readable-keyed tensors to save; override to rename."""
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+
+    def load_safetensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        result = self.load_state_dict(tensors, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise EditLoadError(
+                f"saved weights do not match this {self.method} edit: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+
+    # ---- attaching -------------------------------------------------------------------
+    def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
+        """Add this edit's hooks; keep the handle and call ``remove()`` (or use ``attached``)."""
+        backend = Backend(backend)
+        self._check_model(model)
+        handle = EditHandle(backend)
+        try:
+            if backend is Backend.HOOK_POINTS:
+                for name, fn in self.fwd_hooks():
+                    handle._removers.append(_add_tl_hook(model, name, fn))
+            else:
+                from .hf_view import hf_view
+
+                for hook in self.hf_hooks(hf_view(model)):
+                    register = hook.module.register_forward_pre_hook if hook.pre else hook.module.register_forward_hook
+                    handle._removers.append(register(hook.fn).remove)
+        except Exception:
+            handle.remove()
+            raise
+        return handle
+
+    @contextmanager
+    def attached(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> Iterator[nn.Module]:
+        """Attach for the ``with`` block; yields the model to run for that backend."""
+        backend = Backend(backend)
+        handle = self.attach(model, backend)
+        try:
+            if backend is Backend.HF_VIEW:
+                from .hf_view import hf_view
+
+                yield hf_view(model)
+            else:
+                yield model
+        finally:
+            handle.remove()
+
+    # ---- identity and disk -------------------------------------------------------------
+    def _check_model(self, model: nn.Module) -> None:
+        expected = getattr(self, "model_identity", None)
+        if expected is None:
+            return
+        got = model_identity(model)
+        diffs = {k: (expected.get(k), got.get(k)) for k in expected if expected.get(k) != got.get(k)}
+        if diffs:
+            detail = ", ".join(f"{k}: edit has {a!r}, model has {b!r}" for k, (a, b) in diffs.items())
+            raise EditLoadError(
+                f"This {self.method} edit was made for another model ({detail}). Load the model "
+                "it was trained on, or train a new edit for this one."
+            )
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``jola_config.json`` and ``jola_weights.safetensors`` into directory ``path``."""
+        from . import __version__
+
+        path = prepare_output_dir(path, overwrite=overwrite)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "jolalens_version": __version__,
+            "model": getattr(self, "model_identity", None),
+            "config": self.config_dict(),
+        }
+        tensors = self.to_safetensors()
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"method": self.method})
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> Edit:
+        """Load a saved edit strictly onto ``model``; refuses another method or model."""
+        meta, tensors = read_edit_dir(path)
+        if meta.get("method") != cls.method:
+            raise EditLoadError(
+                f"{path} holds a {meta.get('method')!r} edit, not {cls.method!r}; "
+                "load it with jolalens.load_edit(path, model)"
+            )
+        edit = cls.from_config_dict(model, meta.get("config") or {})
+        saved_identity = meta.get("model")
+        if saved_identity:
+            edit.model_identity = saved_identity
+            edit._check_model(model)
+            edit.model_identity = model_identity(model)
+        edit.load_safetensors(tensors)
+        return edit
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
+    """An empty directory to write into; an existing non-empty one needs ``overwrite=True``."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists and is not empty; choose a new directory or pass "
+                "overwrite=True (--overwrite on the command line)"
+            )
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_edit_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = Path(path)
+    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not cfg_file.is_file() or not w_file.is_file():
+        raise EditLoadError(
+            f"{path} is not a saved jolalens edit: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise EditLoadError(f"{cfg_file}: invalid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise EditLoadError(
+            f"{cfg_file} uses format {meta['format_version']}, newer than this jolalens "
+            f"understands ({FORMAT_VERSION}); upgrade jolalens"
+        )
+    return meta, load_file(str(w_file))
+
+
+def load_edit(path: str | Path, model: nn.Module) -> Edit:
+    """Load any saved jolalens edit onto ``model``, choosing the class from its config."""
+    meta, _ = read_edit_dir(path)
+    method = meta.get("method")
+    if method not in _METHODS:
+        raise EditLoadError(
+            f"{path} holds an edit of unknown method {method!r}; known: {sorted(_METHODS)}"
+        )
+    return _METHODS[method].load(path, model)

@@ -1,0 +1,372 @@
+"""The JoLA edit: gated additive and multiplicative edits of every head's ``hook_z``.
+
+For layer ``l`` and head ``h``: ``z' = (1 + g_m * m) * z + g_a * a``, with ``m, a`` vectors of
+size ``d_head`` and ``g_m, g_a`` Hard-Concrete gates. Parameters are stacked over the edited
+layers (``[layer, head_index, d_head]``), so the edit of a layer is one broadcast over heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .edit import Edit, HookFn, ModuleHook, register_method
+from .errors import EditLoadError
+from .gates import HardConcrete
+from .hf_view import o_proj_modules
+from .models import ModelDims, hook_z_name, model_dims, model_identity
+
+__all__ = ["EditType", "GateMode", "JolaConfig", "JolaEdit", "selected_heads"]
+
+
+class EditType(StrEnum):
+    """Which halves of the hybrid edit are learned (the paper's component ablation)."""
+
+    BOTH = "both"
+    ADDITIVE = "additive"
+    MULTIPLICATIVE = "multiplicative"
+
+
+class GateMode(StrEnum):
+    """Separate gates per type (JoLA), one shared gate per head, or no gates (always on)."""
+
+    SEPARATE = "separate"
+    SHARED = "shared"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class JolaConfig:
+    """What a JoLA edit learns.
+
+    Attributes:
+        layers: edited layers; ``None`` for all (the paper).
+        edit_type: additive, multiplicative, or both (the paper).
+        gate_mode: separate gates per type (the paper), one shared gate per head, or none.
+        init_std: std of the N(0, std^2) init of ``a`` and ``m`` (1e-3 in the released code).
+        gate: Hard-Concrete constants (temperature 0.33, stretch -0.1..1.1).
+        per_example_noise: draw gate noise per example instead of once per forward pass.
+        seed: seeds the parameter init and the gate noise (a generator of the edit's own).
+    """
+
+    layers: tuple[int, ...] | None = None
+    edit_type: EditType = EditType.BOTH
+    gate_mode: GateMode = GateMode.SEPARATE
+    init_std: float = 1e-3
+    gate: HardConcrete = field(default_factory=HardConcrete)
+    per_example_noise: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edit_type", EditType(self.edit_type))
+        object.__setattr__(self, "gate_mode", GateMode(self.gate_mode))
+        if isinstance(self.gate, dict):
+            object.__setattr__(self, "gate", HardConcrete(**self.gate))
+        if self.layers is not None:
+            layers = tuple(int(x) for x in self.layers)
+            if not layers or len(set(layers)) != len(layers) or any(x < 0 for x in layers):
+                raise ValueError(f"layers must be distinct non-negative ints, got {self.layers}")
+            object.__setattr__(self, "layers", tuple(sorted(layers)))
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["edit_type"] = self.edit_type.value
+        out["gate_mode"] = self.gate_mode.value
+        out["layers"] = list(self.layers) if self.layers is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JolaConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EditLoadError(f"unknown JoLA config keys {unknown}: saved by a newer jolalens?")
+        return cls(**data)
+
+
+@register_method
+class JolaEdit(Edit):
+    """Gated per-head edits on ``hook_z`` (or, equivalently, on the input of ``o_proj``)."""
+
+    method = "jola"
+
+    def __init__(self, dims: ModelDims, config: JolaConfig | None = None) -> None:
+        super().__init__()
+        config = config or JolaConfig()
+        layers = config.layers if config.layers is not None else tuple(range(dims.n_layers))
+        if max(layers) >= dims.n_layers:
+            raise ValueError(f"layer {max(layers)} out of range: the model has {dims.n_layers} layers")
+        self.config = config
+        self.dims = dims
+        self.layers: tuple[int, ...] = tuple(layers)
+        self.model_identity: dict[str, Any] | None = None
+        n, h, d = len(self.layers), dims.n_heads, dims.d_head
+        gen = torch.Generator().manual_seed(config.seed)
+        self.noise_generators: dict[torch.device, torch.Generator] = {}
+        std = config.init_std
+        if config.edit_type in (EditType.BOTH, EditType.ADDITIVE):
+            self.additive = nn.Parameter(torch.randn(n, h, d, generator=gen) * std)
+        if config.edit_type in (EditType.BOTH, EditType.MULTIPLICATIVE):
+            self.multiplicative = nn.Parameter(torch.randn(n, h, d, generator=gen) * std)
+        # Xavier-uniform on an [n_heads, 1] tensor, as the released code initialises log alpha.
+        bound = math.sqrt(6.0 / (h + 1))
+        for name in self.gate_names:
+            setattr(self, f"log_alpha_{name}", nn.Parameter((torch.rand(n, h, generator=gen) * 2 - 1) * bound))
+
+    @classmethod
+    def for_model(cls, model: nn.Module, config: JolaConfig | None = None) -> JolaEdit:
+        """A freshly initialised edit shaped for ``model``'s attention heads."""
+        edit = cls(model_dims(model), config)
+        edit.model_identity = model_identity(model)
+        return edit
+
+    # ---- structure ----------------------------------------------------------------------
+    @property
+    def has_additive(self) -> bool:
+        return self.config.edit_type in (EditType.BOTH, EditType.ADDITIVE)
+
+    @property
+    def has_multiplicative(self) -> bool:
+        return self.config.edit_type in (EditType.BOTH, EditType.MULTIPLICATIVE)
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """The gate parameters this edit has: ``additive``/``multiplicative``, ``shared``, or none."""
+        mode = self.config.gate_mode
+        if mode is GateMode.NONE:
+            return ()
+        if mode is GateMode.SHARED:
+            return ("shared",)
+        kinds = []
+        if self.has_additive:
+            kinds.append("additive")
+        if self.has_multiplicative:
+            kinds.append("multiplicative")
+        return tuple(kinds)
+
+    def _log_alpha(self, kind: str) -> Tensor | None:
+        mode = self.config.gate_mode
+        if mode is GateMode.NONE:
+            return None
+        return getattr(self, "log_alpha_shared" if mode is GateMode.SHARED else f"log_alpha_{kind}")
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        gen = self.noise_generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device).manual_seed(self.config.seed + 1)
+            self.noise_generators[device] = gen
+        return gen
+
+    # ---- gates --------------------------------------------------------------------------
+    def gates(
+        self, *, deterministic: bool | None = None, batch: int | None = None, layer_index: int | None = None
+    ) -> dict[str, Tensor]:
+        """Gate values per edit type: ``[layer, head_index]``, or one edited layer's ``[head_index]``.
+
+        Training mode samples (one draw shared by the batch, or ``[batch, ...]`` with
+        ``per_example_noise``); eval mode uses the deterministic gate. With
+        ``GateMode.NONE`` the gates are 1; with ``SHARED`` both types get the same sample.
+        """
+        deterministic = (not self.training) if deterministic is None else deterministic
+        hc = self.config.gate
+        out: dict[str, Tensor] = {}
+        drawn: dict[str, Tensor] = {}
+        for kind in ("additive", "multiplicative"):
+            vec = getattr(self, kind, None)
+            if vec is None:
+                continue
+            log_alpha = self._log_alpha(kind)
+            if log_alpha is None:
+                shape = vec.shape[:2] if layer_index is None else vec.shape[1:2]
+                out[kind] = torch.ones(shape, device=vec.device, dtype=vec.dtype)
+                continue
+            if layer_index is not None:
+                log_alpha = log_alpha[layer_index]
+            key = "shared" if self.config.gate_mode is GateMode.SHARED else kind
+            if key not in drawn:
+                if deterministic:
+                    drawn[key] = hc.deterministic(log_alpha)
+                else:
+                    shape = (batch,) if (batch and self.config.per_example_noise) else ()
+                    drawn[key] = hc.sample(
+                        log_alpha, generator=self._noise_generator(log_alpha.device), batch_shape=shape
+                    )
+            out[kind] = drawn[key]
+        return out
+
+    def apply(
+        self, z: Float[Tensor, "batch pos head_index d_head"], i: int
+    ) -> Float[Tensor, "batch pos head_index d_head"]:
+        """``(1 + g_m * m) * z + g_a * a`` for edited layer index ``i``, all heads at once."""
+        g = self.gates(batch=z.shape[0], layer_index=i)
+        out = z
+        if self.has_multiplicative:
+            gm = g["multiplicative"].to(z.dtype)
+            scale = 1 + gm[..., None] * self.multiplicative[i].to(z.dtype)  # [h d] or [b h d]
+            out = out * (scale[:, None] if scale.dim() == 3 else scale)
+        if self.has_additive:
+            ga = g["additive"].to(z.dtype)
+            shift = ga[..., None] * self.additive[i].to(z.dtype)
+            out = out + (shift[:, None] if shift.dim() == 3 else shift)
+        return out
+
+    # ---- hooks --------------------------------------------------------------------------
+    def _hook_z_fn(self, i: int) -> HookFn:
+        def edit_hook_z(z: Tensor, hook: Any = None) -> Tensor:
+            return self.apply(z, i)
+
+        return edit_hook_z
+
+    def _o_proj_fn(self, i: int) -> HookFn:
+        h, d = self.dims.n_heads, self.dims.d_head
+
+        def edit_o_proj_input(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            x = args[0]
+            edited = self.apply(x.view(*x.shape[:-1], h, d), i).reshape(x.shape)
+            return (edited, *args[1:])
+
+        return edit_o_proj_input
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        return [(hook_z_name(layer), self._hook_z_fn(i)) for i, layer in enumerate(self.layers)]
+
+    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
+        projections = o_proj_modules(view)
+        return [ModuleHook(projections[layer], self._o_proj_fn(i)) for i, layer in enumerate(self.layers)]
+
+    # ---- inspection ---------------------------------------------------------------------
+    def _full(self, per_layer: Tensor) -> Tensor:
+        """Scatter an ``[edited_layer, head]`` tensor into ``[n_layers, n_heads]`` (zeros elsewhere)."""
+        full = torch.zeros(self.dims.n_layers, self.dims.n_heads, dtype=per_layer.dtype)
+        full[list(self.layers)] = per_layer.detach().float().cpu()
+        return full
+
+    @torch.no_grad()
+    def head_maps(self) -> dict[str, Float[Tensor, "n_layers n_heads"]]:
+        """``[layer, head]`` maps: eval gates, P(gate open), and edit-vector norms per type.
+
+        An absent edit type, or a layer not edited, is 0 everywhere.
+        """
+        hc = self.config.gate
+        maps: dict[str, Tensor] = {}
+        gates = self.gates(deterministic=True)
+        for kind in ("additive", "multiplicative"):
+            vec = getattr(self, kind, None)
+            if vec is None:
+                zero = torch.zeros(self.dims.n_layers, self.dims.n_heads)
+                maps[f"gate_{kind}"] = maps[f"p_open_{kind}"] = maps[f"norm_{kind}"] = zero
+                continue
+            log_alpha = self._log_alpha(kind)
+            maps[f"gate_{kind}"] = self._full(gates[kind])
+            p_open = hc.prob_open(log_alpha) if log_alpha is not None else torch.ones(vec.shape[:2])
+            maps[f"p_open_{kind}"] = self._full(p_open)
+            maps[f"norm_{kind}"] = self._full(vec.norm(dim=-1))
+        return maps
+
+    @torch.no_grad()
+    def open_fractions(self) -> dict[str, float]:
+        """Fraction of edited heads whose eval gate is > 0, per edit type present."""
+        return {k: float((v > 0).float().mean()) for k, v in self.gates(deterministic=True).items()}
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_summary(self) -> pd.DataFrame:
+        """One row per parameter tensor: name, shape, count; a total row last."""
+        rows = [
+            {"parameter": name, "shape": tuple(p.shape), "count": p.numel()}
+            for name, p in self.named_parameters()
+        ]
+        rows.append({"parameter": "total", "shape": (), "count": self.n_trainable()})
+        return pd.DataFrame(rows)
+
+    def extra_repr(self) -> str:
+        opened = ", ".join(f"{k} open {v:.0%}" for k, v in self.open_fractions().items())
+        return (
+            f"layers={len(self.layers)}/{self.dims.n_layers}, heads={self.dims.n_heads}, "
+            f"d_head={self.dims.d_head}, edit={self.config.edit_type.value}, "
+            f"gates={self.config.gate_mode.value}, params={self.n_trainable():,}"
+            + (f", {opened}" if opened else "")
+        )
+
+    def __repr__(self) -> str:  # one line; nn.Module's default lists every parameter
+        return f"JolaEdit({self.extra_repr()})"
+
+    # ---- disk ---------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    @classmethod
+    def from_config_dict(cls, model: nn.Module, config: dict[str, Any]) -> JolaEdit:
+        return cls.for_model(model, JolaConfig.from_dict(config))
+
+    def _tensor_names(self) -> list[str]:
+        names = [k for k in ("additive", "multiplicative") if getattr(self, k, None) is not None]
+        return names + [f"log_alpha_{g}" for g in self.gate_names]
+
+    def to_safetensors(self) -> dict[str, Tensor]:
+        """Keys like ``blocks.3.attn.hook_z.additive`` ([head_index, d_head]) per edited layer."""
+        out = {}
+        for name in self._tensor_names():
+            stacked = getattr(self, name).detach().cpu().float()
+            for i, layer in enumerate(self.layers):
+                out[f"{hook_z_name(layer)}.{name}"] = stacked[i].contiguous()
+        return out
+
+    def load_safetensors(self, tensors: dict[str, Tensor]) -> None:
+        expected = set()
+        with torch.no_grad():
+            for name in self._tensor_names():
+                param = getattr(self, name)
+                for i, layer in enumerate(self.layers):
+                    key = f"{hook_z_name(layer)}.{name}"
+                    expected.add(key)
+                    if key not in tensors:
+                        raise EditLoadError(f"saved weights lack {key!r}: the file does not match its config")
+                    if tuple(tensors[key].shape) != tuple(param[i].shape):
+                        raise EditLoadError(
+                            f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(param[i].shape)}"
+                        )
+                    param[i].copy_(tensors[key])
+        extra = sorted(set(tensors) - expected)
+        if extra:
+            raise EditLoadError(f"saved weights hold unexpected tensors {extra[:5]}")
+
+
+def selected_heads(edit: JolaEdit) -> pd.DataFrame:
+    """The heads the edit changes at evaluation: one row per (layer, head, kind) with gate > 0.
+
+    Columns: layer, head, kind, gate, p_open, norm, label (``L{l}H{h}``); sorted by gate.
+    """
+    maps = edit.head_maps()
+    rows = []
+    for kind in ("additive", "multiplicative"):
+        if getattr(edit, kind, None) is None:
+            continue
+        gate = maps[f"gate_{kind}"]
+        for layer, head in (gate > 0).nonzero().tolist():
+            if layer not in edit.layers:
+                continue
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "kind": kind,
+                    "gate": float(gate[layer, head]),
+                    "p_open": float(maps[f"p_open_{kind}"][layer, head]),
+                    "norm": float(maps[f"norm_{kind}"][layer, head]),
+                    "label": f"L{layer}H{head}",
+                }
+            )
+    columns = ["layer", "head", "kind", "gate", "p_open", "norm", "label"]
+    df = pd.DataFrame(rows, columns=columns)
+    return df.sort_values(["gate", "norm"], ascending=False, ignore_index=True)

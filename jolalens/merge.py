@@ -1,0 +1,148 @@
+"""Fold a trained JoLA edit into ``o_proj``: a hook-free model and a plain HF checkpoint.
+
+With deterministic gates the edit is linear in ``z``: ``W_O ((1 + g_m m) * z + g_a a)`` equals
+``(W_O diag(1 + g_m m)) z + W_O (g_a a)``. So the input columns of ``W_O`` are scaled and the
+constant ``W_O (g_a a)`` becomes an ``o_proj`` bias; inference then costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .edit import prepare_output_dir
+from .errors import ModelError
+from .hf_view import forget_view, hf_view, o_proj_modules
+from .jola import JolaEdit
+
+__all__ = ["export_hf_checkpoint", "fold_factors", "merge_edit"]
+
+
+@torch.no_grad()
+def fold_factors(
+    edit: JolaEdit, layer_index: int, weight: Float[Tensor, "d_model n_heads_d_head"]
+) -> tuple[Tensor, Tensor]:
+    """Column scale ``1 + g_m m`` (flattened over heads) and bias ``W_O (g_a a)`` of one edited layer."""
+    gates = edit.gates(deterministic=True, layer_index=layer_index)
+    n_in = weight.shape[1]
+    scale = torch.ones(n_in, dtype=torch.float32, device=weight.device)
+    shift = torch.zeros(n_in, dtype=torch.float32, device=weight.device)
+    if edit.has_multiplicative:
+        m = edit.multiplicative[layer_index].float().to(weight.device)
+        scale = (1 + gates["multiplicative"].float().to(weight.device)[:, None] * m).reshape(n_in)
+    if edit.has_additive:
+        a = edit.additive[layer_index].float().to(weight.device)
+        shift = (gates["additive"].float().to(weight.device)[:, None] * a).reshape(n_in)
+    return scale, weight.float() @ shift
+
+
+def _fold_linear(edit: JolaEdit, i: int, linear: nn.Linear) -> None:
+    scale, bias = fold_factors(edit, i, linear.weight)
+    if edit.has_additive:
+        old = linear.bias.float() if linear.bias is not None else 0.0
+        new_bias = (old + bias).to(linear.weight.dtype)
+        if linear.bias is None:
+            linear.bias = nn.Parameter(new_bias, requires_grad=False)
+        else:
+            linear.bias.copy_(new_bias)
+    linear.weight.mul_(scale.to(linear.weight.dtype)[None, :])
+
+
+@torch.no_grad()
+def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn.Module:
+    """A model whose ``o_proj`` weights carry the edit, so it needs no hooks.
+
+    Works on a ``TransformerBridge`` (its ``o_proj`` modules are folded, and the cached
+    :func:`hf_view` is rebuilt). ``inplace=False`` (default) deep-copies the model first.
+    """
+    edit._check_model(model)
+    target = model if inplace else copy.deepcopy(model)
+    view = hf_view(target)
+    bridge_linears = _bridge_o_proj(target)
+    for i, layer in enumerate(edit.layers):
+        _fold_linear(edit, i, bridge_linears[layer])
+    forget_view(target)
+    del view
+    return target
+
+
+def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
+    """The ``nn.Linear`` that computes each layer's ``o_proj`` inside the bridge."""
+    out = []
+    for layer in range(model.cfg.n_layers):
+        o = model.blocks[layer].attn.o
+        linear = getattr(o, "original_component", o)
+        if not isinstance(linear, nn.Linear):
+            raise ModelError(f"blocks.{layer}.attn.o wraps {type(linear).__name__}, not nn.Linear; cannot fold")
+        out.append(linear)
+    return out
+
+
+@torch.no_grad()
+def export_hf_checkpoint(
+    model: nn.Module, edit: JolaEdit, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write a standard Hugging Face checkpoint of ``model`` with ``edit`` folded in.
+
+    ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it with no jolalens
+    code. An additive edit needs an ``o_proj`` bias: for configs with ``attention_bias`` this is
+    switched on and the other attention biases are saved as zeros.
+    """
+    edit._check_model(model)
+    view = hf_view(model)
+    config = copy.deepcopy(view.config)
+    config._attn_implementation = "sdpa"
+    if getattr(config, "quantization_config", None) is not None:
+        config.quantization_config = None
+    state = {k: v.detach().clone() for k, v in view.state_dict().items()}
+    projections = o_proj_modules(view)
+    prefix = {id(p): name for name, p in view.named_modules()}
+    if edit.has_additive and hasattr(config, "attention_bias"):
+        config.attention_bias = True
+    with torch.device("meta"):
+        skeleton = type(view)(config)
+    expected = skeleton.state_dict()
+    for i, layer in enumerate(edit.layers):
+        name = prefix[id(projections[layer])]
+        weight = state[f"{name}.weight"]
+        scale, bias = fold_factors(edit, i, weight)
+        state[f"{name}.weight"] = (weight.float() * scale[None, :]).to(weight.dtype)
+        if edit.has_additive:
+            if f"{name}.bias" not in expected:
+                raise ModelError(
+                    f"{type(view).__name__} has no o_proj bias even with attention_bias; an additive "
+                    "edit cannot be exported as a plain checkpoint for it (use merge_edit instead)"
+                )
+            old = state.get(f"{name}.bias")
+            state[f"{name}.bias"] = (bias + (old.float() if old is not None else 0.0)).to(weight.dtype)
+    for key, meta_tensor in expected.items():
+        if key not in state and key.endswith(".bias"):
+            state[key] = torch.zeros(meta_tensor.shape, dtype=meta_tensor.dtype)
+    unknown = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise ModelError(f"cannot export: unexpected {unknown[:3]}, missing {missing[:3]}")
+    with torch.device("meta"):
+        exported = type(view)(config)
+    exported.load_state_dict(state, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        exported.tie_weights()
+    out = prepare_output_dir(out_dir, overwrite=overwrite)
+    exported.save_pretrained(out)
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    (out / "jolalens_export.json").write_text(
+        json.dumps(
+            {"method": edit.method, "model": edit.model_identity, "config": edit.config_dict(),
+             "note": "JoLA edit folded into o_proj weights and biases"},
+            indent=2,
+        )
+        + "\n"
+    )
+    return out
