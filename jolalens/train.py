@@ -85,6 +85,7 @@ class TrainConfig:
     """The optimisation recipe; defaults are the paper's (AdamW 5e-3, cosine, 50 warm-up steps)."""
 
     lr: float = 5e-3
+    gate_lr_scale: float = 1.0
     epochs: int = 20
     batch_size: int = 8
     eval_batch_size: int = 8
@@ -104,6 +105,8 @@ class TrainConfig:
         object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
         object.__setattr__(self, "backend", Backend(self.backend))
         object.__setattr__(self, "selection", SelectionMetric(self.selection))
+        if self.gate_lr_scale <= 0:
+            raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("lr must be > 0 and epochs, batch sizes >= 1")
         if self.warmup_steps < 0 or self.patience < 1 or self.max_length < 2:
@@ -124,12 +127,31 @@ class TrainResult:
     seconds: float
 
     def save(self, run_dir: str | Path, *, overwrite: bool = False) -> Path:
-        """``run_dir/edit/`` (the saved edit), ``history.csv`` and ``gate_history.pt``."""
+        """A run directory: ``edit/`` (the saved edit), ``history.csv``, ``gate_history.pt``,
+        ``head_maps.pt`` (the final ``[layer, head]`` maps) and ``summary.json``."""
+        import json
+
         run_dir = prepare_output_dir(run_dir, overwrite=overwrite)
         self.edit.save(run_dir / "edit", overwrite=overwrite)
         self.history.to_csv(run_dir / "history.csv", index=False)
         torch.save(self.gate_history, run_dir / "gate_history.pt")
+        torch.save(self.edit.head_maps(), run_dir / "head_maps.pt")
+        (run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return run_dir
+
+    def summary(self) -> dict[str, Any]:
+        """Best epoch, its validation CE, the closed-gate fraction per type, and the time taken."""
+        best = self.history.loc[self.history["epoch"] == self.best_epoch].iloc[0]
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": int(self.history["epoch"].max()),
+            "stopped_early": self.stopped_early,
+            "val_ce_first_epoch": float(self.history["val_ce"].iloc[0]),
+            "val_ce_best": float(best["val_ce"]),
+            "closed_fraction": {k: 1.0 - v for k, v in self.edit.open_fractions().items()},
+            "trainable_parameters": self.edit.n_trainable(),
+            "seconds": round(self.seconds, 2),
+        }
 
 
 @contextmanager
@@ -253,7 +275,12 @@ def train_jola(
     device = next(model.parameters()).device
 
     edit = JolaEdit.for_model(model, jola).to(device)
-    optimizer = torch.optim.AdamW(edit.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    gate_params = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
+    vector_params = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
+    groups = [{"params": vector_params, "lr": cfg.lr}]
+    if gate_params:
+        groups.append({"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total_steps))

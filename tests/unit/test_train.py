@@ -35,10 +35,11 @@ def test_base_model_frozen_including_unembedding(tiny):
     original = torch.optim.AdamW
 
     class Spy(original):
-        def __init__(self, params, **kw):
-            params = list(params)
-            seen_requires_grad.extend(params)
-            super().__init__(params, **kw)
+        def __init__(self, groups, **kw):
+            groups = list(groups)
+            for group in groups:
+                seen_requires_grad.extend(group["params"])
+            super().__init__(groups, **kw)
 
     torch.optim.AdamW = Spy
     try:

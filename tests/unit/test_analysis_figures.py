@@ -1,0 +1,95 @@
+"""Figure builders checked on their data; PNG export checked for a file or a clear error."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from jolalens.analysis import (
+    FigureExportError,
+    gate_dynamics,
+    head_heatmap,
+    method_bar,
+    save_figure,
+    side_by_side,
+    similarity_matrix,
+    training_curves,
+)
+
+
+def test_heatmap_holds_the_values_and_labels():
+    values = torch.arange(8.0).reshape(2, 4)
+    fig = head_heatmap(values, title="gates", colorbar_title="gate")
+    trace = fig.data[0]
+    assert [list(row) for row in trace.z] == values.tolist()
+    assert trace.customdata[1][2] == "L1H2"
+    assert "%{customdata}" in trace.hovertemplate
+    assert trace.colorscale[0][1] in {"rgb(247,251,255)", "#f7fbff"}  # sequential, white at 0
+    assert trace.zmin == 0.0 and trace.zmax == 7.0
+    assert fig.layout.yaxis.autorange == "reversed"  # layer 0 on top
+    signed = head_heatmap(values - 3.0).data[0]
+    assert signed.zmid == 0.0 and signed.zmin == -4.0 and signed.zmax == 4.0
+
+
+def test_side_by_side_keeps_each_map():
+    a, b = torch.rand(3, 5), -torch.rand(3, 5)
+    fig = side_by_side({"JoLA gate": a, "ablation": b})
+    assert len(fig.data) == 2
+    assert [ann.text for ann in fig.layout.annotations] == ["JoLA gate", "ablation"]
+    torch.testing.assert_close(torch.tensor(fig.data[1].z), b)
+    assert fig.data[0].colorbar.x < fig.data[1].colorbar.x <= 1.05
+    assert fig.data[1].customdata[2][4] == "L2H4"
+    with pytest.raises(ValueError, match="differ in shape"):
+        side_by_side({"a": a, "b": torch.rand(2, 5)})
+
+
+def test_gate_dynamics_lines_per_head():
+    history = [{"gate_additive": torch.tensor([[0.1 * e, 0.0], [0.5, 1.0 - 0.1 * e]])} for e in range(3)]
+    fig = gate_dynamics(history, max_heads=2)
+    names = [t.name for t in fig.data]
+    assert names == ["L1H1", "L1H0", "mean (all heads)"]
+    assert list(fig.data[0].y) == pytest.approx([1.0, 0.9, 0.8])
+    assert list(fig.data[0].x) == [1, 2, 3]
+    with pytest.raises(KeyError, match="gate_multiplicative"):
+        gate_dynamics(history, key="gate_multiplicative")
+
+
+def test_training_curves_and_similarity_and_bars():
+    hist = pd.DataFrame({"epoch": [1, 2], "train_ce": [2.0, 1.5], "val_ce": [2.1, 1.7],
+                         "open_frac_additive": [1.0, 0.4]})
+    fig = training_curves(hist)
+    assert {t.name for t in fig.data} == {"train_ce", "val_ce", "open_frac_additive"}
+    matrix = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["s0", "s1"], columns=["s0", "s1"])
+    sim = similarity_matrix(matrix).data[0]
+    assert [list(r) for r in sim.z] == [[1.0, 0.25], [0.25, 1.0]]
+    assert sim.text[0][1] == "0.25" and list(sim.x) == ["s0", "s1"]
+    bars = method_bar(pd.DataFrame({"method": ["JoLA", "random"], "overlap_at_k": [0.75, 0.1]}), reference=0.1)
+    assert list(bars.data[0].x) == ["JoLA", "random"] and list(bars.data[0].y) == [0.75, 0.1]
+    assert bars.layout.shapes[0].y0 == 0.1
+    with pytest.raises(ValueError, match="lacks column"):
+        method_bar(pd.DataFrame({"method": ["a"]}))
+
+
+def test_save_figure_names_the_fix_without_kaleido(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido -> ImportError
+    with pytest.raises(FigureExportError, match="apt-get install -y chromium"):
+        save_figure(head_heatmap(torch.rand(2, 2)), tmp_path / "fig")
+    assert (tmp_path / "fig.html").is_file()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="PNG export needs chromium (see PNG_SETUP)")
+def test_save_figure_writes_html_and_png(tmp_path):
+    paths = save_figure(head_heatmap(torch.rand(3, 4), title="t"), tmp_path / "heat.png")
+    assert [p.name for p in paths] == ["heat.html", "heat.png"]
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "L2H3" in paths[0].read_text()
+
+
+def test_save_figure_names_the_fix_without_chrome(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    with pytest.raises(FigureExportError, match="BROWSER_PATH"):
+        save_figure(head_heatmap(torch.rand(2, 2)), tmp_path / "fig")
