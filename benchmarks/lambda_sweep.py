@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-valid", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     model = jolalens.load_model()
@@ -37,7 +39,8 @@ def main() -> None:
     rows = []
     for scale in [float(x) for x in args.gate_lr_scales.split(",")]:
         for lam in [float(x) for x in args.lams.split(",")]:
-            cfg = TrainConfig(epochs=args.epochs, seed=args.seed, gate_lr_scale=scale, progress=False)
+            cfg = TrainConfig(epochs=args.epochs, seed=args.seed, gate_lr_scale=scale, progress=False,
+                              lr=args.lr, warmup_steps=args.warmup, patience=args.epochs)
             result = train_jola(model, splits.train, splits.valid, config=cfg, sparsity=SparsityConfig(lam=lam))
             s = result.summary()
             row = {"lam": lam, "gate_lr_scale": scale, **{k: v for k, v in s.items() if k != "closed_fraction"},
@@ -50,7 +53,7 @@ def main() -> None:
     payload = {"machine": machine, "args": vars(args), "rows": rows}
     (out / f"lambda_sweep_{args.task}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"Task {args.task}, {args.n_train}/{args.n_valid} train/valid, seed {args.seed}, "
-             f"at most {args.epochs} epochs; {machine}. Validation data only.", "",
+             f"{args.epochs} epochs, lr {args.lr}, {args.warmup} warm-up steps; {machine}. Validation data only.", "",
              "| lam | gate_lr_scale | val CE epoch 1 | best val CE | best epoch | closed additive | closed multiplicative | s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -7,7 +7,9 @@ layers (``[layer, head_index, d_head]``), so the edit of a layer is one broadcas
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -276,6 +278,26 @@ class JolaEdit(Edit):
     def open_fractions(self) -> dict[str, float]:
         """Fraction of edited heads whose eval gate is > 0, per edit type present."""
         return {k: float((v > 0).float().mean()) for k, v in self.gates(deterministic=True).items()}
+
+    @torch.no_grad()
+    def without_heads(self, heads: Iterable[tuple[int, int, str]]) -> JolaEdit:
+        """A copy with the given ``(layer, head, kind)`` edits switched off (gate closed).
+
+        With a shared gate, closing either kind closes both; with no gates the vector is zeroed.
+        """
+        copy_ = copy.deepcopy(self)
+        for layer, head, kind in heads:
+            if layer not in self.layers:
+                raise ValueError(f"layer {layer} is not edited by this JolaEdit (layers {self.layers})")
+            if getattr(self, kind, None) is None:
+                raise ValueError(f"this JolaEdit has no {kind!r} edit")
+            i = self.layers.index(layer)
+            log_alpha = copy_._log_alpha(kind)
+            if log_alpha is None:
+                getattr(copy_, kind)[i, head] = 0.0
+            else:
+                log_alpha[i, head] = -1e4
+        return copy_
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

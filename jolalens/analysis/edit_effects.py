@@ -1,0 +1,78 @@
+"""How much each selected head's edit moves the answer: switch it off, re-score.
+
+The complement of ablation-based localization: ablation asks what the *base* model needs;
+this asks what the *edit* contributes, head by head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import Example, PromptStyle, collate, tokenize_example
+from ..edit import Backend
+from ..jola import JolaEdit, selected_heads
+
+__all__ = ["answer_logprobs", "edit_head_effects"]
+
+
+@torch.no_grad()
+def answer_logprobs(
+    model: nn.Module,
+    examples: Sequence[Example],
+    *,
+    edit: JolaEdit | None = None,
+    batch_size: int = 8,
+    style: PromptStyle = PromptStyle.ALPACA,
+    max_length: int = 400,
+) -> torch.Tensor:
+    """Mean log-probability of each example's answer tokens, ``[n_examples]`` (edit attached if given)."""
+    from ..hf_view import hf_view
+
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = [tokenize_example(tok, ex, style=style, max_length=max_length) for ex in examples]
+    out = []
+    runner = edit.attached(model, Backend.HF_VIEW) if edit is not None else nullcontext(hf_view(model))
+    with runner as view:
+        device = next(view.parameters()).device
+        for start in range(0, len(rows), batch_size):
+            batch = collate(rows[start : start + batch_size], pad, "right").to(device)
+            logits = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            target = batch.labels[:, 1:]
+            mask = target != -100
+            picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * mask
+            out.append(picked.sum(-1) / mask.sum(-1))
+    return torch.cat(out).cpu()
+
+
+def edit_head_effects(
+    model: nn.Module,
+    edit: JolaEdit,
+    examples: Sequence[Example],
+    *,
+    top_k: int | None = 10,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """For the ``top_k`` strongest open (head, kind) edits: the drop in mean answer log-prob
+    when that one edit is switched off, the rest kept. Sorted by effect, largest first.
+    """
+    heads = selected_heads(edit)
+    if top_k is not None:
+        heads = heads.head(top_k)
+    full = answer_logprobs(model, examples, edit=edit, batch_size=batch_size).mean().item()
+    rows = []
+    for row in tqdm(heads.itertuples(index=False), total=len(heads), disable=not progress, desc="edit effects"):
+        reduced = edit.without_heads([(row.layer, row.head, row.kind)])
+        without = answer_logprobs(model, examples, edit=reduced, batch_size=batch_size).mean().item()
+        rows.append({"label": row.label, "layer": row.layer, "head": row.head, "kind": row.kind, "gate": row.gate,
+                     "logprob_with_edit": full, "logprob_without_this": without, "effect": full - without})
+    columns = ["label", "layer", "head", "kind", "gate", "logprob_with_edit", "logprob_without_this", "effect"]
+    return pd.DataFrame(rows, columns=columns).sort_values("effect", ascending=False, ignore_index=True)
