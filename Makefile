@@ -49,7 +49,7 @@ test: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check jolalens tests benchmarks
+	$(PY) -m ruff check jolalens tests benchmarks notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -40,6 +40,7 @@ def run_demo(
     model_name: str = "smollm2-135m-instruct",
     budget: DemoBudget | None = None,
     figures_dir: str | Path | None = "figures/demo",
+    run_dir: str | Path | None = "runs/demo",
 ) -> int:
     budget = budget or DemoBudget()
     start = time.perf_counter()
@@ -82,18 +83,26 @@ def run_demo(
     heads = selected_heads(result.edit)
     print(f"\nThe 10 strongest of {len(heads)} open (head, type) edits:")
     print(heads.head(10).to_string(index=False))
-    if figures_dir is not None:
-        from .analysis.figures import FigureExportError, head_heatmap, save_figures
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        print(f"\nsaving the run to {run_dir} (the demo's own scratch directory; replaced each time)")
+        result.save(run_dir, overwrite=True)
+        # One forward+backward per batch: a first-order estimate of each head's importance to the
+        # base model (true ablation of all 270 heads takes tens of minutes on this CPU).
+        from .analysis import attribution_scores
 
-        maps = result.edit.head_maps()
-        items = [
-            (head_heatmap(maps["gate_additive"], title=f"JoLA additive gates, {task.name} (demo budget)"), Path(figures_dir) / "gate_additive"),
-            (head_heatmap(maps["gate_multiplicative"], title=f"JoLA multiplicative gates, {task.name} (demo budget)"), Path(figures_dir) / "gate_multiplicative"),
-        ]
+        scores = attribution_scores(model, splits.valid, ablation="mean", reference=splits.train)
+        scores.save(run_dir / "ablation" / "attribution_mean.pt")
+    if run_dir is not None and figures_dir is not None:
+        from .analysis import make_figures
+        from .analysis.figures import FigureExportError
+
+        figures_dir = Path(figures_dir)
+        (figures_dir / "README.md").unlink(missing_ok=True)
         try:
-            written = save_figures(items)
-            print("\nheatmaps: " + ", ".join(str(p) for p in written))
+            written = make_figures(run_dir, figures_dir, model=model, command="make demo")
+            print(f"figures: {len(written)} files in {figures_dir}/ (listed in {figures_dir / 'README.md'})")
         except FigureExportError as exc:  # a missing browser must not hide the results above
-            print(f"\n(heatmaps not written: {exc})")
+            print(f"(figures not written: {exc})")
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     return 0

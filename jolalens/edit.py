@@ -222,7 +222,7 @@ class Edit(nn.Module, ABC):
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> Edit:
-        """Load a saved edit strictly onto ``model``; refuses another method or model."""
+        """Load a saved edit strictly onto ``model`` (in eval mode); refuses another method or model."""
         meta, tensors = read_edit_dir(path)
         if meta.get("method") != cls.method:
             raise EditLoadError(
@@ -236,7 +236,7 @@ class Edit(nn.Module, ABC):
             edit._check_model(model)
             edit.model_identity = model_identity(model)
         edit.load_safetensors(tensors)
-        return edit
+        return edit.eval()
 
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:

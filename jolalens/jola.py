@@ -126,10 +126,10 @@ class JolaEdit(Edit):
 
     @classmethod
     def for_model(cls, model: nn.Module, config: JolaConfig | None = None) -> JolaEdit:
-        """A freshly initialised edit shaped for ``model``'s attention heads."""
+        """A freshly initialised edit shaped for ``model``'s attention heads, in eval mode."""
         edit = cls(model_dims(model), config)
         edit.model_identity = model_identity(model)
-        return edit
+        return edit.eval()  # deterministic gates unless a trainer switches to training mode
 
     # ---- structure ----------------------------------------------------------------------
     @property

@@ -69,7 +69,7 @@ class SparsityConfig:
     """
 
     mode: PenaltyMode = PenaltyMode.PAPER
-    lam: float = 0.02
+    lam: float = 2.0
     released_lambda0: float = 0.1
     released_decay: float = 0.01
     released_count_eval: bool = True
@@ -85,7 +85,7 @@ class TrainConfig:
     """The optimisation recipe; defaults are the paper's (AdamW 5e-3, cosine, 50 warm-up steps)."""
 
     lr: float = 5e-3
-    gate_lr_scale: float = 1.0
+    gate_lr_scale: float = 10.0
     epochs: int = 20
     batch_size: int = 8
     eval_batch_size: int = 8

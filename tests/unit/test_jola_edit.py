@@ -19,6 +19,7 @@ def test_shapes_and_init(tiny):
     bound = (6 / 5) ** 0.5
     assert edit.log_alpha_additive.abs().max() <= bound
     assert edit.n_trainable() == 2 * 4 * (2 * 8 + 2)
+    assert not edit.training, "a fresh edit starts with deterministic gates"
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ def test_round_trip_bit_exact(tiny, tmp_path):
     assert "blocks.1.attn.hook_z.additive" in keys and "blocks.0.attn.hook_z.log_alpha_multiplicative" in keys
     loaded = load_edit(tmp_path / "e", tiny)
     assert isinstance(loaded, JolaEdit)
+    assert not loaded.training, "a loaded edit uses deterministic gates"
     for (n1, p1), (n2, p2) in zip(edit.named_parameters(), loaded.named_parameters(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
     tokens = torch.randint(4, 100, (2, 7))

@@ -56,7 +56,10 @@ def test_base_model_frozen_including_unembedding(tiny):
 
 
 def test_training_lowers_validation_ce_and_records_history(tiny):
-    result = train_jola(tiny, _data(32), _data(8), config=TrainConfig(epochs=6, batch_size=8, warmup_steps=2, progress=False, lr=5e-2))
+    result = train_jola(
+        tiny, _data(32), _data(8), config=TrainConfig(epochs=6, batch_size=8, warmup_steps=2, progress=False, lr=5e-2),
+        sparsity=SparsityConfig(lam=0.1),
+    )
     h = result.history
     assert list(h.columns[:5]) == ["epoch", "step", "train_ce", "train_penalty", "val_ce"]
     assert h["val_ce"].min() < h["val_ce"].iloc[0]
