@@ -25,9 +25,9 @@ class DemoBudget:
     """How much work the demo does (the paper: 200/200 examples, 20 epochs, the full test split)."""
 
     task: str = "arc_easy"
-    n_train: int = 64
+    n_train: int = 48
     n_valid: int = 32
-    n_test: int = 200
+    n_test: int = 100
     epochs: int = 3
     lr: float = 2e-2
     warmup_steps: int = 2

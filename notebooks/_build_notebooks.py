@@ -1,7 +1,8 @@
 """Write the jolalens notebooks from the cells below; ``--execute`` runs them and saves outputs.
 
-Run from the repository root: ``python notebooks/_build_notebooks.py --execute`` (the default,
-demo-sized budget; a few minutes each on a 2-core CPU). The test suite runs them in fast mode.
+Run from the repository root: ``python notebooks/_build_notebooks.py --execute`` (the larger,
+demo-sized budget; several minutes each on a 2-core CPU), or with ``JOLALENS_NOTEBOOK_FAST=1``
+for the fast mode the test suite uses (and the committed outputs come from).
 """
 import sys
 
@@ -15,7 +16,8 @@ import jolalens
 from jolalens.tasks import load_task_splits
 
 # JOLALENS_NOTEBOOK_FAST=1 (set by the test suite) shrinks every budget so the notebook runs in
-# about a minute; the committed outputs come from the default (demo-sized) budget below.
+# about a minute. The committed outputs come from that fast mode
+# (`JOLALENS_NOTEBOOK_FAST=1 python notebooks/_build_notebooks.py --execute`); unset it for the larger budget.
 FAST = os.environ.get("JOLALENS_NOTEBOOK_FAST") == "1"
 BUDGET = dict(n_train=16, n_valid=8, epochs=1, n_eval=4) if FAST else dict(n_train=64, n_valid=32, epochs=3, n_eval=24)
 TASK = "arc_easy"
