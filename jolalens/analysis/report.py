@@ -181,7 +181,8 @@ def make_figures(
             f"JoLA gates beside the {name} head scores",
         )
         for kind in kinds:
-            if not bool((maps[f"gate_{kind}"] > 0).any()):
+            n_open = int((maps[f"gate_{kind}"] > 0).sum())
+            if not 0 < n_open < maps[f"gate_{kind}"].numel():  # no contrast: every head or none is edited
                 continue
             row = compare_selection(maps[f"gate_{kind}"], scores.logprob_drop)
             row.insert(0, "jola", kind)
