@@ -530,6 +530,26 @@ def _cache_path(cache_dir: str | Path | None, key: dict[str, Any]) -> Path | Non
     return Path(cache_dir) / f"{key['method']}-{key['ablation']}-{digest}.pt"
 
 
+def _scores_cache_path(
+    cache_dir: str | Path | None, method: str, ablation: Ablation, model: nn.Module,
+    scored: ScoringData, ref: ScoringData, seed: int,
+) -> Path | None:
+    """Where scores for these inputs are cached (None without a cache directory)."""
+    if cache_dir is None:
+        return None
+    key = {
+        "version": _CACHE_VERSION,
+        "method": method,
+        "ablation": ablation.value,
+        "positions": "all",
+        "model": model_fingerprint(model),
+        "data": scored.fingerprint(),
+        "reference": ref.fingerprint() if ablation is not Ablation.ZERO else None,
+        "seed": seed if ablation is Ablation.RESAMPLE else None,
+    }
+    return _cache_path(cache_dir, key)
+
+
 def _parse(ablation: Ablation | str, backend: ScoreBackend | str, batch_size: int) -> tuple[Ablation, ScoreBackend]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -577,17 +597,7 @@ def ablation_scores(
         raise ValueError(f"heads_per_pass must be >= 1, got {heads_per_pass}")
     group = min(group, dims.n_heads)
     scored, ref = _resolve(model, data, reference, style, max_length)
-    key = {
-        "version": _CACHE_VERSION,
-        "method": "ablation",
-        "ablation": ablation.value,
-        "positions": "all",
-        "model": model_fingerprint(model) if cache_dir is not None else None,
-        "data": scored.fingerprint() if cache_dir is not None else None,
-        "reference": ref.fingerprint() if cache_dir is not None and ablation is not Ablation.ZERO else None,
-        "seed": seed if ablation is Ablation.RESAMPLE else None,
-    }
-    path = _cache_path(cache_dir, key)
+    path = _scores_cache_path(cache_dir, "ablation", ablation, model, scored, ref, seed)
     if path is not None and path.is_file():
         return HeadScores.load(path)
 
@@ -680,17 +690,7 @@ def attribution_scores(
     ablation, backend = _parse(ablation, backend, batch_size)
     dims = model_dims(model)
     scored, ref = _resolve(model, data, reference, style, max_length)
-    key = {
-        "version": _CACHE_VERSION,
-        "method": "attribution",
-        "ablation": ablation.value,
-        "positions": "all",
-        "model": model_fingerprint(model) if cache_dir is not None else None,
-        "data": scored.fingerprint() if cache_dir is not None else None,
-        "reference": ref.fingerprint() if cache_dir is not None and ablation is not Ablation.ZERO else None,
-        "seed": seed if ablation is Ablation.RESAMPLE else None,
-    }
-    path = _cache_path(cache_dir, key)
+    path = _scores_cache_path(cache_dir, "attribution", ablation, model, scored, ref, seed)
     if path is not None and path.is_file():
         return HeadScores.load(path)
 
