@@ -1,5 +1,6 @@
 """jolalens: JoLA activation editing on TransformerLens ``hook_z``, and where it happens."""
 
+from . import baselines
 from .data import Example, PromptStyle, read_jsonl, write_jsonl
 from .edit import Backend, Edit, EditHandle, load_edit
 from .errors import DataError, EditLoadError, JolaError, ModelError, TrainingError
@@ -21,7 +22,9 @@ from .train import (
     SparsityConfig,
     TrainConfig,
     TrainResult,
+    train_edit,
     train_jola,
+    validation_ce,
 )
 
 __version__ = "0.1.0"
@@ -60,6 +63,9 @@ __all__ = [
     "model_identity",
     "read_jsonl",
     "selected_heads",
+    "baselines",
+    "train_edit",
     "train_jola",
+    "validation_ce",
     "write_jsonl",
 ]

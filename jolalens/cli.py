@@ -1,4 +1,4 @@
-"""The ``jolalens`` command line: train, eval, tasks, figures, export, demo."""
+"""The ``jolalens`` command line: train, compare, eval, tasks, figures, export, demo."""
 
 from __future__ import annotations
 
@@ -132,6 +132,60 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: __import__("jolalens.demo", fromlist=["run_demo"]).run_demo(model_name=args.model))
 
 
+def _csv(kind):
+    def parse(text: str):
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+
+    return parse
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="JoLA vs baselines: one run per (method, task, seed), resumable")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--methods", type=_csv(str), default=("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"),
+                   help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: all)")
+    p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated task names (see `jolalens tasks`)")
+    p.add_argument("--seeds", type=_csv(int), default=(0,), help="comma-separated seeds (data sample and training)")
+    p.add_argument("--out", type=Path, required=True, help="comparison directory (rerun the same command to resume)")
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-valid", type=int, default=200)
+    p.add_argument("--n-test", type=int, default=500, help="fixed test subset per task (0: the full split)")
+    p.add_argument("--protocol", choices=["loglik", "gen"], default="loglik")
+    p.add_argument("--budget", type=int, default=2, help="hyper-parameter points tried per method (same for all)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--max-length", type=int, default=400)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, run_compare
+    from .models import load_model
+    from .tasks.registry import get_task
+    from .train import TrainConfig
+
+    for task in args.tasks:
+        get_task(task)  # unknown names fail before the model loads
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, warmup_steps=args.warmup_steps,
+        max_length=args.max_length, progress=not args.no_progress,
+    )
+    config = CompareConfig(
+        methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
+        n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
+    )
+    print(f"Loading {args.model} ...")
+    model = load_model(args.model)
+    results = run_compare(model, config, args.out)
+    print((args.out / "summary.md").read_text())
+    failed = int((results["status"] == "failed").sum()) if "status" in results else 0
+    print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jolalens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figures(sub)
     _add_export(sub)
     _add_demo(sub)
+    _add_compare(sub)
     from .tasks.cli import register
 
     register(sub)

@@ -26,6 +26,7 @@ __all__ = [
     "Batch",
     "Example",
     "PromptStyle",
+    "answer_mask",
     "collate",
     "format_prompt",
     "read_jsonl",
@@ -199,3 +200,10 @@ def collate(
         mask_t[i, span] = 1
     pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
     return Batch(ids_t, mask_t, lab_t, pos_t)
+
+
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]`` True where the input token predicts an answer token (the next label)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask

@@ -18,6 +18,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +35,8 @@ __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "Backend",
+    "answer_positions",
+    "current_answer_positions",
     "Edit",
     "EditHandle",
     "HookFn",
@@ -50,6 +53,27 @@ FORMAT_VERSION = 1
 
 HookFn = Callable[..., Any]
 _METHODS: dict[str, type[Edit]] = {}
+_ANSWER_POSITIONS: ContextVar[torch.Tensor | None] = ContextVar("jolalens_answer_positions", default=None)
+
+
+@contextmanager
+def answer_positions(mask: torch.Tensor | None) -> Iterator[None]:
+    """Declare, for the forward passes inside the block, which positions predict answer tokens.
+
+    ``mask`` is ``[batch, pos]`` bool over the *current call's* inputs. jolalens' trainer and
+    scorers set it; position-dependent edits (ITI) read it through
+    :func:`current_answer_positions`. Position-independent edits ignore it.
+    """
+    token = _ANSWER_POSITIONS.set(mask)
+    try:
+        yield
+    finally:
+        _ANSWER_POSITIONS.reset(token)
+
+
+def current_answer_positions() -> torch.Tensor | None:
+    """The mask set by the innermost :func:`answer_positions` block, or ``None`` outside one."""
+    return _ANSWER_POSITIONS.get()
 
 
 def register_method(cls: type[Edit]) -> type[Edit]:
@@ -140,6 +164,35 @@ class Edit(nn.Module, ABC):
     @abstractmethod
     def from_config_dict(cls, model: nn.Module, config: dict[str, Any]) -> Edit:
         """A freshly initialised edit for ``model`` from :meth:`config_dict` output."""
+
+    # ---- training interface (shared by every method) -------------------------------------
+    def n_trainable(self) -> int:
+        """Number of parameters the trainer optimises."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; JoLA gives its gates a larger learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def penalty(self, step: int) -> tuple[torch.Tensor, float]:
+        """A regulariser added to the task loss at optimiser step ``step`` and its weight (none)."""
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        return torch.zeros((), device=device), 0.0
+
+    def parameter_summary(self) -> Any:
+        """One row per trainable parameter tensor: name, shape, count; a total row last."""
+        import pandas as pd
+
+        rows = [
+            {"parameter": name, "shape": tuple(p.shape), "count": p.numel()}
+            for name, p in self.named_parameters()
+            if p.requires_grad
+        ]
+        rows.append({"parameter": "total", "shape": (), "count": self.n_trainable()})
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:  # one line; nn.Module's default lists every parameter
+        return f"{type(self).__name__}({self.extra_repr()})"
 
     def to_safetensors(self) -> dict[str, torch.Tensor]:
         """Readable-keyed tensors to save; override to rename."""

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Example, PromptStyle, collate, format_prompt, tokenize_example
+from .data import Example, PromptStyle, answer_mask, collate, format_prompt, tokenize_example
+from .edit import answer_positions
 from .errors import DataError
 from .hf_view import hf_view
 from .tasks.registry import Extraction, Metric, Task, get_task
@@ -197,7 +198,8 @@ def _choice_logprobs_packed(view: nn.Module, tok: Any, examples: Sequence[Exampl
     device = next(view.parameters()).device
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad, "right").to(device)
-        logits = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        with answer_positions(answer_mask(batch.labels)):
+            logits = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = batch.labels[:, 1:]
         mask = target != -100
@@ -234,7 +236,8 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
     prefix_cache = None
     if n_prefix:
         prefix_cache = DynamicCache(config=view.config)
-        view(input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device), **{_cache_kw(view): prefix_cache}, use_cache=True, logits_to_keep=1)
+        with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
+            view(input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device), **{_cache_kw(view): prefix_cache}, use_cache=True, logits_to_keep=1)
     sums: list[list[float]] = [[] for _ in examples]
     order = sorted(range(len(examples)), key=lambda i: len(encoded[i][0]))
     for start in range(0, len(order), batch_size):
@@ -253,7 +256,10 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
             cache.batch_repeat_interleave(len(idx))
         else:
             cache = DynamicCache(config=view.config)
-        out = view(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), **{_cache_kw(view): cache}, use_cache=True, logits_to_keep=1)
+        last_prompt_token = torch.zeros((len(idx), width), dtype=torch.bool, device=device)
+        last_prompt_token[:, -1] = True  # the only position here that predicts an answer token
+        with answer_positions(last_prompt_token):
+            out = view(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), **{_cache_kw(view): cache}, use_cache=True, logits_to_keep=1)
         first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         # one row per (item, choice) for the choice tokens after the first
         rows = [(r, c_ids) for r, i in enumerate(idx) for c_ids in encoded[i][1]]
@@ -271,7 +277,8 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
             cache.batch_select_indices(owner.to(device))
             c_pos = pos[owner, -1:] + 1 + torch.arange(cont_w)
             c_full = torch.cat([full_mask[owner], c_mask], dim=1)
-            logits = view(input_ids=c_ids_t.to(device), attention_mask=c_full.to(device), position_ids=c_pos.to(device), **{_cache_kw(view): cache}, use_cache=True).logits
+            with answer_positions(c_mask.bool().to(device)):
+                logits = view(input_ids=c_ids_t.to(device), attention_mask=c_full.to(device), position_ids=c_pos.to(device), **{_cache_kw(view): cache}, use_cache=True).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for j, k in enumerate(longer):
                 target = torch.tensor(rows[k][1][1:], device=device)

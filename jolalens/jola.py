@@ -299,18 +299,6 @@ class JolaEdit(Edit):
                 log_alpha[i, head] = -1e4
         return copy_
 
-    def n_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def parameter_summary(self) -> pd.DataFrame:
-        """One row per parameter tensor: name, shape, count; a total row last."""
-        rows = [
-            {"parameter": name, "shape": tuple(p.shape), "count": p.numel()}
-            for name, p in self.named_parameters()
-        ]
-        rows.append({"parameter": "total", "shape": (), "count": self.n_trainable()})
-        return pd.DataFrame(rows)
-
     def extra_repr(self) -> str:
         opened = ", ".join(f"{k} open {v:.0%}" for k, v in self.open_fractions().items())
         return (
@@ -319,9 +307,6 @@ class JolaEdit(Edit):
             f"gates={self.config.gate_mode.value}, params={self.n_trainable():,}"
             + (f", {opened}" if opened else "")
         )
-
-    def __repr__(self) -> str:  # one line; nn.Module's default lists every parameter
-        return f"JolaEdit({self.extra_repr()})"
 
     # ---- disk ---------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:

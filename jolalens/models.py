@@ -98,6 +98,7 @@ class ModelDims:
     n_kv_heads: int
     d_head: int
     d_model: int
+    d_mlp: int = 0  # MLP width; 0 when unknown (only MLP-site baselines need it)
 
     @property
     def n_head_slots(self) -> int:
@@ -142,6 +143,7 @@ def model_dims(model: nn.Module) -> ModelDims:
             f"{type(model).__name__}.cfg lacks n_layers/n_heads/d_head/d_model: {exc}"
         ) from exc
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    d_mlp = int(getattr(cfg, "d_mlp", None) or 0)
     missing = [hook_z_name(layer) for layer in range(n_layers) if hook_z_name(layer) not in model.hook_dict]
     if missing:
         raise ModelError(
@@ -150,7 +152,7 @@ def model_dims(model: nn.Module) -> ModelDims:
             "head's output at blocks.{l}.attn.hook_z [batch, pos, head_index, d_head]; use a "
             "TransformerLens model that exposes it (TransformerBridge or HookedTransformer)."
         )
-    return ModelDims(n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model)
+    return ModelDims(n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model, d_mlp=d_mlp)
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:

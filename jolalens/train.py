@@ -11,7 +11,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import Batch, Example, PromptStyle, collate, tokenize_example
-from .edit import Backend, prepare_output_dir
+from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_example
+from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 
@@ -39,7 +39,9 @@ __all__ = [
     "answer_cross_entropy",
     "freeze",
     "sparsity_penalty",
+    "train_edit",
     "train_jola",
+    "validation_ce",
 ]
 
 
@@ -119,7 +121,7 @@ class TrainConfig:
 class TrainResult:
     """The trained edit (best epoch restored) and what happened on the way."""
 
-    edit: JolaEdit
+    edit: Edit
     history: pd.DataFrame
     gate_history: list[dict[str, Tensor]] = field(repr=False)
     best_epoch: int
@@ -134,24 +136,28 @@ class TrainResult:
         run_dir = prepare_output_dir(run_dir, overwrite=overwrite)
         self.edit.save(run_dir / "edit", overwrite=overwrite)
         self.history.to_csv(run_dir / "history.csv", index=False)
-        torch.save(self.gate_history, run_dir / "gate_history.pt")
-        torch.save(self.edit.head_maps(), run_dir / "head_maps.pt")
+        if isinstance(self.edit, JolaEdit):
+            torch.save(self.gate_history, run_dir / "gate_history.pt")
+            torch.save(self.edit.head_maps(), run_dir / "head_maps.pt")
         (run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return run_dir
 
     def summary(self) -> dict[str, Any]:
-        """Best epoch, its validation CE, the closed-gate fraction per type, and the time taken."""
+        """Best epoch, its validation CE, JoLA's closed-gate fraction per type, and the time taken."""
         best = self.history.loc[self.history["epoch"] == self.best_epoch].iloc[0]
-        return {
+        out: dict[str, Any] = {
+            "method": self.edit.method,
             "best_epoch": self.best_epoch,
             "epochs_run": int(self.history["epoch"].max()),
             "stopped_early": self.stopped_early,
             "val_ce_first_epoch": float(self.history["val_ce"].iloc[0]),
             "val_ce_best": float(best["val_ce"]),
-            "closed_fraction": {k: 1.0 - v for k, v in self.edit.open_fractions().items()},
             "trainable_parameters": self.edit.n_trainable(),
             "seconds": round(self.seconds, 2),
         }
+        if isinstance(self.edit, JolaEdit):
+            out["closed_fraction"] = {k: 1.0 - v for k, v in self.edit.open_fractions().items()}
+        return out
 
 
 @contextmanager
@@ -217,14 +223,15 @@ def _logits_at_answers(net: nn.Module, batch: Batch, backend: Backend) -> tuple[
     mask = targets != -100
     if not bool(mask.any()):
         raise DataError("a batch holds no answer tokens to supervise")
-    if backend is Backend.HF_VIEW:
-        hidden = net.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).last_hidden_state
-        picked = net.lm_head(hidden[:, :-1][mask])
-    else:
-        logits = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-        picked = logits[:, :-1][mask]
+    with answer_positions(answer_mask(batch.labels)):
+        if backend is Backend.HF_VIEW:
+            hidden = net.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).last_hidden_state
+            picked = net.lm_head(hidden[:, :-1][mask])
+        else:
+            logits = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+            picked = logits[:, :-1][mask]
     return picked, targets[mask]
 
 
@@ -266,6 +273,48 @@ def train_jola(
     sparsity = sparsity or SparsityConfig()
     seed_everything(cfg.seed)
     jola = jola or JolaConfig(seed=cfg.seed)
+    edit = JolaEdit.for_model(model, jola)
+    gate_params = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
+    vector_params = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
+    groups = [{"params": vector_params, "lr": cfg.lr}]
+    if gate_params:
+        groups.append({"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale})
+    return train_edit(
+        model,
+        edit,
+        train,
+        valid,
+        config=cfg,
+        param_groups=groups,
+        regularizer=lambda t: sparsity_penalty(edit, sparsity, t),
+        count_eval_steps=sparsity.mode is PenaltyMode.RELEASED and sparsity.released_count_eval,
+        desc="JoLA",
+    )
+
+
+def train_edit(
+    model: nn.Module,
+    edit: Edit,
+    train: Sequence[Example],
+    valid: Sequence[Example],
+    *,
+    config: TrainConfig | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    regularizer: Callable[[int], tuple[Tensor, float]] | None = None,
+    count_eval_steps: bool = False,
+    desc: str | None = None,
+) -> TrainResult:
+    """Train any edit's parameters on answer-only cross-entropy (+ its regulariser).
+
+    The one loop every trainable method shares: frozen base model, AdamW on the edit's
+    ``param_groups`` (default: all its trainable parameters at ``config.lr``), warm-up then
+    cosine decay, gradient clipping, validation CE each epoch, early stopping with
+    ``patience``, and the best epoch's state restored. ``regularizer(t)`` defaults to
+    ``edit.penalty``; ``t`` counts optimiser steps (and validation batches with
+    ``count_eval_steps``, as the released JoLA code's schedule does).
+    """
+    cfg = config or TrainConfig()
+    seed_everything(cfg.seed)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise DataError("the model has no tokenizer; load it with jolalens.load_model")
@@ -273,48 +322,49 @@ def train_jola(
     train_rows = _tokenize_all(tokenizer, train, cfg, "training")
     valid_rows = _tokenize_all(tokenizer, valid, cfg, "validation")
     device = next(model.parameters()).device
-
-    edit = JolaEdit.for_model(model, jola).to(device)
-    gate_params = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
-    vector_params = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
-    groups = [{"params": vector_params, "lr": cfg.lr}]
-    if gate_params:
-        groups.append({"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale})
+    edit.to(device)
+    groups = param_groups if param_groups is not None else edit.param_groups(cfg.lr)
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise TrainingError(f"the {edit.method} edit has no trainable parameters to train")
+    regularizer = regularizer or edit.penalty
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total_steps))
     valid_batches = _batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
     order_gen = torch.Generator().manual_seed(cfg.seed)
+    trainable = [p for g in groups for p in g["params"]]
+    is_jola = isinstance(edit, JolaEdit)
 
     history: list[dict[str, Any]] = []
     gate_history: list[dict[str, Tensor]] = []
     best = (math.inf, -1, copy.deepcopy(edit.state_dict()))
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="JoLA", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress)
     with freeze(model), edit.attached(model, cfg.backend) as net:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
             order = torch.randperm(len(train_rows), generator=order_gen).tolist()
             ce_sum = pen_sum = 0.0
             n_batches = 0
+            lam = 0.0
             for batch in _batches(train_rows, cfg.batch_size, pad_id, cfg.padding_side, order):
                 batch = batch.to(device)
                 picked, targets = _logits_at_answers(net, batch, cfg.backend)
                 ce = F.cross_entropy(picked.float(), targets)
-                penalty, lam = sparsity_penalty(edit, sparsity, t)
+                penalty, lam = regularizer(t)
                 loss = ce + penalty
                 if not torch.isfinite(loss):
                     bar.close()
                     raise TrainingError(
                         f"non-finite loss at epoch {epoch}, step {step + 1} (ce={ce.item()}, "
-                        f"penalty={penalty.item()}); lower the learning rate, use float32 or "
+                        f"penalty={float(penalty.detach())}); lower the learning rate, use float32 or "
                         "bfloat16 instead of float16, and check the data for empty answers"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(edit.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 t += 1
@@ -324,23 +374,26 @@ def train_jola(
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, ce=f"{ce.item():.3f}")
-            val_ce, val_pen, t = _validate(net, edit, valid_batches, device, cfg.backend, sparsity, t)
-            opened = edit.open_fractions()
+            val_ce, t_after = _validate(net, edit, valid_batches, device, cfg.backend, t if count_eval_steps else None)
+            t = t_after if t_after is not None else t
+            val_pen, _ = regularizer(t)
             row = {
                 "epoch": epoch,
                 "step": step,
                 "train_ce": ce_sum / n_batches,
                 "train_penalty": pen_sum / n_batches,
                 "val_ce": val_ce,
-                "val_loss": val_ce + val_pen,
+                "val_loss": val_ce + float(val_pen.detach()),
                 "lam": lam,
                 "lr": scheduler.get_last_lr()[0],
-                "open_frac_additive": opened.get("additive", float("nan")),
-                "open_frac_multiplicative": opened.get("multiplicative", float("nan")),
             }
+            if is_jola:
+                opened = edit.open_fractions()
+                row["open_frac_additive"] = opened.get("additive", float("nan"))
+                row["open_frac_multiplicative"] = opened.get("multiplicative", float("nan"))
+                gate_history.append(edit.head_maps())
             history.append(row)
-            gate_history.append(edit.head_maps())
-            bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}", open_a=f"{row['open_frac_additive']:.0%}")
+            bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}")
             metric = row[cfg.selection.value]
             if metric < best[0]:
                 best = (metric, epoch, copy.deepcopy(edit.state_dict()))
@@ -365,16 +418,49 @@ def train_jola(
 
 @torch.no_grad()
 def _validate(
-    net: nn.Module, edit: JolaEdit, batches: list[Batch], device: torch.device, backend: Backend, sparsity: SparsityConfig, t: int
-) -> tuple[float, float, int]:
-    """Validation answer CE (token mean, deterministic gates) and the penalty at this point."""
-    edit.eval()
+    net: nn.Module, edit: nn.Module | None, batches: list[Batch], device: torch.device, backend: Backend, t: int | None
+) -> tuple[float, int | None]:
+    """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given."""
+    if edit is not None:
+        edit.eval()
     total, count = 0.0, 0
     for batch in batches:
         picked, targets = _logits_at_answers(net, batch.to(device), backend)
         total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
         count += targets.numel()
-        if sparsity.mode is PenaltyMode.RELEASED and sparsity.released_count_eval:
+        if t is not None:
             t += 1
-    penalty, _ = sparsity_penalty(edit, sparsity, t)
-    return total / count, float(penalty), t
+    return total / count, t
+
+
+def validation_ce(
+    model: nn.Module,
+    edit: Edit | None,
+    examples: Sequence[Example],
+    *,
+    config: TrainConfig | None = None,
+) -> float:
+    """Answer-token cross-entropy of ``examples`` with ``edit`` attached (``None``: the base model).
+
+    The same number every method's early stopping and hyper-parameter choice use.
+    """
+    cfg = config or TrainConfig()
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise DataError("the model has no tokenizer; load it with jolalens.load_model")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = _tokenize_all(tokenizer, examples, cfg, "validation")
+    batches = _batches(rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(rows)))
+    device = next(model.parameters()).device
+    if edit is None:
+        from .hf_view import hf_view
+
+        net = hf_view(model) if cfg.backend is Backend.HF_VIEW else model
+        return _validate(net, None, batches, device, cfg.backend, None)[0]
+    with edit.attached(model, cfg.backend) as net:
+        was_training = edit.training
+        try:
+            return _validate(net, edit, batches, device, cfg.backend, None)[0]
+        finally:
+            edit.train(was_training)
+

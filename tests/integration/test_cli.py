@@ -51,3 +51,27 @@ def test_train_reports_malformed_line(tmp_path, capsys):
 def test_train_needs_data(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r")]) == 2
     assert "--task" in capsys.readouterr().err
+
+
+def test_compare_runs_every_method_on_a_commonsense_task(tmp_path, capsys):
+    """The issue's bar: `jolalens compare` runs all methods on the embedded model and writes
+    the table (a tiny budget here; benchmarks/ holds the real runs)."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "--tasks", "arc_easy", "--out", str(out), "--n-train", "8", "--n-valid", "4",
+            "--n-test", "8", "--epochs", "1", "--budget", "1", "--warmup-steps", "1", "--no-progress"]
+    assert main(argv) == 0
+    table = (out / "summary.md").read_text()
+    for method in ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"):
+        assert f"| {method} |" in table
+    import pandas as pd
+
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 7 and (results["status"] == "done").all() and (results["n_test"] == 8).all()
+    capsys.readouterr()
+    assert main(argv) == 0  # resumes: nothing left to run
+    assert capsys.readouterr().out.count("skip ") == 7
+
+
+def test_compare_unknown_task_fails_before_loading(tmp_path, capsys):
+    assert main(["compare", "--tasks", "nope", "--out", str(tmp_path / "c")]) == 2
+    assert "Unknown task" in capsys.readouterr().err

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_dims(embedded):
-    assert jolalens.model_dims(embedded) == jolalens.ModelDims(30, 9, 3, 64, 576)
+    assert jolalens.model_dims(embedded) == jolalens.ModelDims(30, 9, 3, 64, 576, 1536)
 
 
 def test_capital_of_france(embedded):

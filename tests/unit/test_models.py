@@ -10,7 +10,7 @@ from jolalens.models import ModelDims
 
 def test_model_dims_tiny(tiny):
     dims = jolalens.model_dims(tiny)
-    assert dims == ModelDims(n_layers=2, n_heads=4, n_kv_heads=2, d_head=8, d_model=32)
+    assert dims == ModelDims(n_layers=2, n_heads=4, n_kv_heads=2, d_head=8, d_model=32, d_mlp=64)
 
 
 def test_hook_z_shape_is_query_heads(tiny):

@@ -1,0 +1,158 @@
+"""What the baseline edits share: sites (HF modules and their TransformerLens hook points),
+config (de)serialisation, and strict per-layer safetensors keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..edit import Edit
+from ..errors import EditLoadError, ModelError
+from ..models import ModelDims, model_dims, model_identity
+
+__all__ = ["BaselineEdit", "Projection", "decoder_layers", "projection_shape"]
+
+
+class Projection(StrEnum):
+    """The linear maps of a Llama-style decoder layer, by their Hugging Face names."""
+
+    Q = "q_proj"
+    K = "k_proj"
+    V = "v_proj"
+    O = "o_proj"  # noqa: E741
+    GATE = "gate_proj"
+    UP = "up_proj"
+    DOWN = "down_proj"
+
+    @property
+    def hf_parent(self) -> str:
+        return "self_attn" if self in (Projection.Q, Projection.K, Projection.V, Projection.O) else "mlp"
+
+    @property
+    def tl_component(self) -> str:
+        """The TransformerBridge component wrapping this projection (``attn.q``, ``mlp.in`` ...)."""
+        return {
+            Projection.Q: "attn.q",
+            Projection.K: "attn.k",
+            Projection.V: "attn.v",
+            Projection.O: "attn.o",
+            Projection.GATE: "mlp.gate",
+            Projection.UP: "mlp.in",
+            Projection.DOWN: "mlp.out",
+        }[self]
+
+    def hook_name(self, layer: int, side: str) -> str:
+        """``blocks.{layer}.{component}.hook_in`` or ``hook_out`` on a TransformerBridge."""
+        return f"blocks.{layer}.{self.tl_component}.hook_{side}"
+
+    def hf_module(self, view: nn.Module, layer: int) -> nn.Linear:
+        module = getattr(getattr(decoder_layers(view)[layer], self.hf_parent, None), self.value, None)
+        if not isinstance(module, nn.Module):
+            raise ModelError(f"layer {layer} of {type(view).__name__} has no {self.hf_parent}.{self.value}")
+        return module
+
+
+def projection_shape(dims: ModelDims, proj: Projection) -> tuple[int, int]:
+    """``(d_in, d_out)`` of a projection for a model of shape ``dims``."""
+    if proj in (Projection.GATE, Projection.UP, Projection.DOWN) and dims.d_mlp <= 0:
+        raise ModelError("this model's d_mlp is unknown; MLP-site edits need it")
+    q, kv = dims.n_heads * dims.d_head, dims.n_kv_heads * dims.d_head
+    return {
+        Projection.Q: (dims.d_model, q),
+        Projection.K: (dims.d_model, kv),
+        Projection.V: (dims.d_model, kv),
+        Projection.O: (q, dims.d_model),
+        Projection.GATE: (dims.d_model, dims.d_mlp),
+        Projection.UP: (dims.d_model, dims.d_mlp),
+        Projection.DOWN: (dims.d_mlp, dims.d_model),
+    }[proj]
+
+
+def decoder_layers(view: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(view, "model", None), "layers", None)
+    if layers is None:
+        raise ModelError(f"{type(view).__name__} has no model.layers (not a Llama-style decoder)")
+    return layers
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, StrEnum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else (v.value if isinstance(v, StrEnum) else v) for v in value]
+        out[f.name] = value
+    return out
+
+
+def config_from_dict(cls: type, data: dict[str, Any], method: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EditLoadError(f"unknown {method} config keys {unknown}: saved by a newer jolalens?")
+    return cls(**data)
+
+
+class BaselineEdit(Edit):
+    """An edit built from ``ModelDims`` and a frozen config dataclass, saved per layer.
+
+    Subclasses list what they save in :meth:`_saved` as ``key -> (attribute, index)``; the
+    key names the site (``blocks.3.hook_mlp_out.bias``) so the file reads without jolalens.
+    """
+
+    config_cls: ClassVar[type]
+
+    def __init__(self, dims: ModelDims, config: Any) -> None:
+        super().__init__()
+        self.dims = dims
+        self.config = config
+        self.model_identity: dict[str, Any] | None = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module, config: Any = None) -> BaselineEdit:
+        """A freshly initialised edit shaped for ``model``, in eval mode."""
+        edit = cls(model_dims(model), config if config is not None else cls.config_cls())
+        edit.model_identity = model_identity(model)
+        return edit.eval()
+
+    def config_dict(self) -> dict[str, Any]:
+        return config_to_dict(self.config)
+
+    @classmethod
+    def from_config_dict(cls, model: nn.Module, config: dict[str, Any]) -> BaselineEdit:
+        return cls.for_model(model, config_from_dict(cls.config_cls, config, cls.method))
+
+    def _layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
+        chosen = tuple(range(self.dims.n_layers)) if layers is None else tuple(layers)
+        bad = [x for x in chosen if not 0 <= x < self.dims.n_layers]
+        if bad or not chosen:
+            raise ValueError(f"layers {list(chosen)} out of range: the model has {self.dims.n_layers} layers")
+        return chosen
+
+    def _saved(self) -> dict[str, Tensor]:
+        """Readable key -> a live view of the parameter (or buffer) slice saved under it."""
+        raise NotImplementedError
+
+    def to_safetensors(self) -> dict[str, Tensor]:
+        return {key: t.detach().float().cpu().contiguous() for key, t in self._saved().items()}
+
+    def load_safetensors(self, tensors: dict[str, Tensor]) -> None:
+        expected = self._saved()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise EditLoadError(
+                f"saved {self.method} weights do not match its config: missing {missing[:4]}, "
+                f"unexpected {extra[:4]}"
+            )
+        with torch.no_grad():
+            for key, target in expected.items():
+                if tuple(tensors[key].shape) != tuple(target.shape):
+                    raise EditLoadError(f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(target.shape)}")
+                target.copy_(tensors[key])

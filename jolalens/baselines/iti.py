@@ -1,0 +1,270 @@
+"""ITI, Inference-Time Intervention (Li et al., NeurIPS 2023), fitted rather than trained.
+
+1. Features: each head's ``hook_z`` at the last token of "prompt + option", for the correct
+   option (label 1) and one seeded wrong option (label 0) of every training question.
+2. Localisation: per head, an L2-regularised logistic probe (sklearn's objective, C=1, solved
+   by Newton's method for all heads at once) fitted on 80% of the questions; the score is its
+   accuracy on the other 20%; the top-K heads are edited.
+3. Edit: ``z <- z + alpha * sigma * theta_hat`` on the selected heads, with ``theta_hat`` the
+   normalised mass-mean difference (correct minus wrong) and ``sigma`` the std of the
+   activations' projection on it, both over all training activations.
+
+Positions: the ones that predict answer tokens, declared by jolalens' trainer and scorers via
+:func:`jolalens.edit.answer_positions` (the last prompt token, then each answer token: the
+legacy ITI multiple-choice rule). Outside such a block (``generate``) the last position of each
+forward call is edited: the last prompt token (prompts are left-padded), then each new token.
+Unlike the released intervener, which edits batch item 0 only, every row is edited.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import Example, PromptStyle, collate, tokenize_example
+from ..edit import HookFn, ModuleHook, current_answer_positions, register_method
+from ..errors import DataError, JolaError
+from ..hf_view import hf_view, o_proj_modules
+from ..models import ModelDims, hook_z_name, model_dims
+from ._common import BaselineEdit
+
+__all__ = ["ItiConfig", "ItiEdit", "fit_iti", "probe_accuracies"]
+
+
+@dataclass(frozen=True)
+class ItiConfig:
+    """How many heads to edit (``k``), how hard (``alpha``), and the probe's settings."""
+
+    k: int = 48
+    alpha: float = 15.0
+    probe_val_fraction: float = 0.2
+    l2_c: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.alpha < 0 or not 0 < self.probe_val_fraction < 1 or self.l2_c <= 0:
+            raise ValueError("ITI needs k >= 1, alpha >= 0, 0 < probe_val_fraction < 1 and l2_c > 0")
+
+    def n_parameters(self, dims: ModelDims) -> int:
+        """Numbers stored for the edit (none trained by gradient): K directions and K scales."""
+        k = min(self.k, dims.n_layers * dims.n_heads)
+        return k * dims.d_head + k
+
+
+@register_method
+class ItiEdit(BaselineEdit):
+    """Fitted per-head directions, scales and probe scores; the top-``k`` heads are shifted."""
+
+    method = "iti"
+    config_cls = ItiConfig
+
+    def __init__(self, dims: ModelDims, config: ItiConfig | None = None) -> None:
+        config = config or ItiConfig()
+        super().__init__(dims, config)
+        n_layers, h, d = dims.n_layers, dims.n_heads, dims.d_head
+        self.register_buffer("direction", torch.zeros(n_layers, h, d))
+        self.register_buffer("sigma", torch.zeros(n_layers, h))
+        self.register_buffer("probe_accuracy", torch.zeros(n_layers, h))
+
+    # ---- what gets edited ----------------------------------------------------------------
+    def selected(self) -> Tensor:
+        """``[layer, head]`` bool: the top-``k`` heads by probe accuracy (ties by index)."""
+        flat = self.probe_accuracy.flatten()
+        k = min(self.config.k, flat.numel())
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        mask[torch.topk(flat, k, sorted=True).indices] = True
+        return mask.view_as(self.probe_accuracy)
+
+    def shift(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        """``alpha * sigma * theta_hat`` on the selected heads, 0 elsewhere."""
+        scale = self.config.alpha * self.sigma * self.selected()
+        return scale[..., None] * self.direction
+
+    def with_strength(self, *, k: int | None = None, alpha: float | None = None) -> ItiEdit:
+        """The same fitted probes and directions with another ``k`` or ``alpha`` (no refit)."""
+        config = replace(self.config, k=self.config.k if k is None else k, alpha=self.config.alpha if alpha is None else alpha)
+        other = type(self)(self.dims, config)
+        other.model_identity = self.model_identity
+        other.load_state_dict(self.state_dict())
+        return other.to(self.direction.device).eval()
+
+    def apply(self, z: Float[Tensor, "batch pos head_index d_head"], shift: Tensor) -> Tensor:
+        mask = current_answer_positions()
+        if mask is None:
+            mask = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
+            mask[:, -1] = True
+        elif tuple(mask.shape) != tuple(z.shape[:2]):
+            raise JolaError(
+                f"answer_positions mask {tuple(mask.shape)} does not match this forward pass "
+                f"[batch, pos] = {tuple(z.shape[:2])}"
+            )
+        return z + mask.to(z.dtype)[..., None, None] * shift.to(z.dtype)
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def _edited_layers(self) -> list[int]:
+        return self.selected().any(dim=1).nonzero().flatten().tolist()
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        shift = self.shift()
+
+        def make(layer: int) -> HookFn:
+            def iti_hook_z(z: Tensor, hook: Any = None) -> Tensor:
+                return self.apply(z, shift[layer])
+
+            return iti_hook_z
+
+        return [(hook_z_name(layer), make(layer)) for layer in self._edited_layers()]
+
+    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
+        shift = self.shift()
+        projections = o_proj_modules(view)
+        h, d = self.dims.n_heads, self.dims.d_head
+
+        def make(layer: int):
+            def iti_o_proj_input(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                x = args[0]
+                edited = self.apply(x.view(*x.shape[:-1], h, d), shift[layer]).reshape(x.shape)
+                return (edited, *args[1:])
+
+            return iti_o_proj_input
+
+        return [ModuleHook(projections[layer], make(layer)) for layer in self._edited_layers()]
+
+    def n_stored(self) -> int:
+        return self.config.n_parameters(self.dims)
+
+    def _saved(self) -> dict[str, Tensor]:
+        out = {}
+        for layer in range(self.dims.n_layers):
+            site = hook_z_name(layer)
+            out[f"{site}.direction"] = self.direction[layer]
+            out[f"{site}.sigma"] = self.sigma[layer]
+            out[f"{site}.probe_accuracy"] = self.probe_accuracy[layer]
+        return out
+
+    def extra_repr(self) -> str:
+        top = self.probe_accuracy.max().item() if self.probe_accuracy.numel() else float("nan")
+        return f"k={self.config.k}, alpha={self.config.alpha:g}, heads={self.dims.n_layers}x{self.dims.n_heads}, best probe acc={top:.2f}"
+
+
+# ---- fitting -----------------------------------------------------------------------------------
+@torch.no_grad()
+def _last_token_z(
+    model: nn.Module, rows: list[tuple[list[int], list[int]]], batch_size: int, progress: bool
+) -> Float[Tensor, "n n_layers n_heads d_head"]:
+    """``hook_z`` of every layer at each row's last token (o_proj inputs of the HF view)."""
+    view = hf_view(model)
+    dims = model_dims(model)
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(view.parameters()).device
+    captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
+    last: Tensor | None = None
+
+    def make(layer: int):
+        def grab(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            captured[layer] = x[torch.arange(x.shape[0], device=x.device), last].float().cpu()
+
+        return grab
+
+    handles = [p.register_forward_pre_hook(make(i)) for i, p in enumerate(o_proj_modules(view))]
+    feats = []
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc="ITI activations", unit="batch", disable=not progress):
+            batch = collate(rows[start : start + batch_size], pad, "right").to(device)
+            last = batch.attention_mask.sum(-1) - 1
+            view.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+            feats.append(torch.stack(captured, dim=1).view(len(last), dims.n_layers, dims.n_heads, dims.d_head))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(feats)
+
+
+def _fit_probes(x: Tensor, y: Tensor, c: float, iters: int = 25) -> tuple[Tensor, Tensor]:
+    """L2 logistic regression for every head at once: ``x [heads, n, d]``, ``y [n]``.
+
+    Minimises ``0.5 |w|^2 + C * sum_i logloss`` (bias unpenalised), sklearn's objective, with
+    damped Newton steps. Returns weights ``[heads, d]`` and biases ``[heads]``.
+    """
+    heads, n, d = x.shape
+    xb = torch.cat([x, torch.ones(heads, n, 1, dtype=x.dtype)], dim=-1).double()
+    yd = y.double()
+    w = torch.zeros(heads, d + 1, dtype=torch.float64)
+    reg = torch.eye(d + 1, dtype=torch.float64)
+    reg[-1, -1] = 1e-8  # bias unpenalised (tiny ridge keeps the Hessian invertible)
+    for _ in range(iters):
+        p = torch.sigmoid(torch.einsum("hnd,hd->hn", xb, w))
+        grad = c * torch.einsum("hnd,hn->hd", xb, p - yd) + w @ reg
+        hess = c * torch.einsum("hnd,hn,hne->hde", xb, p * (1 - p), xb) + reg
+        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        w = w - step
+        if float(step.abs().max()) < 1e-8:
+            break
+    return w[:, :d].float(), w[:, d].float()
+
+
+def probe_accuracies(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, c: float = 1.0) -> Tensor:
+    """Validation accuracy of a per-head probe: ``x [n, layer, head, d_head]`` -> ``[layer, head]``."""
+    n_layers, n_heads, d = train_x.shape[1:]
+    flat = lambda t: t.permute(1, 2, 0, 3).reshape(n_layers * n_heads, t.shape[0], d)  # noqa: E731
+    w, b = _fit_probes(flat(train_x), train_y, c)
+    logits = torch.einsum("hnd,hd->hn", flat(val_x), w) + b[:, None]
+    acc = ((logits > 0).float() == val_y.float()).float().mean(-1)
+    return acc.view(n_layers, n_heads)
+
+
+def fit_iti(
+    model: nn.Module,
+    train: Sequence[Example],
+    config: ItiConfig | None = None,
+    *,
+    style: PromptStyle = PromptStyle.ALPACA,
+    max_length: int = 400,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ItiEdit:
+    """Fit ITI's probes, directions and scales on ``train`` (multiple-choice examples)."""
+    config = config or ItiConfig()
+    bad = [i for i, ex in enumerate(train) if not ex.choices or ex.answer not in ex.choices or len(ex.choices) < 2]
+    if bad:
+        raise DataError(
+            f"ITI probes need multiple-choice examples whose answer is one of >= 2 choices; "
+            f"training example {bad[0]} is not ({len(bad)} in all). Generation tasks have no "
+            "wrong answers to contrast: leave ITI out for them."
+        )
+    if len(train) < 5:
+        raise DataError(f"ITI needs at least 5 training questions to split into probe train/val, got {len(train)}")
+    rng = random.Random(config.seed)
+    rows, labels = [], []
+    for ex in train:
+        assert ex.choices is not None
+        wrong = rng.choice([c for c in ex.choices if c != ex.answer])
+        for answer, label in ((ex.answer, 1), (wrong, 0)):
+            rows.append(tokenize_example(model.tokenizer, ex, style=style, max_length=max_length, answer=answer))
+            labels.append(label)
+    feats = _last_token_z(model, rows, batch_size, progress)  # [2 * n_questions, L, H, d]
+    y = torch.tensor(labels)
+    questions = list(range(len(train)))
+    rng.shuffle(questions)
+    n_val = max(1, round(config.probe_val_fraction * len(questions)))
+    val_q = set(questions[:n_val])
+    is_val = torch.tensor([i // 2 in val_q for i in range(len(rows))])
+    acc = probe_accuracies(feats[~is_val], y[~is_val], feats[is_val], y[is_val], config.l2_c)
+
+    theta = feats[y == 1].mean(0) - feats[y == 0].mean(0)  # [L, H, d]
+    theta_hat = theta / theta.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    proj = torch.einsum("nlhd,lhd->nlh", feats, theta_hat)
+    edit = ItiEdit.for_model(model, config)
+    edit.direction.copy_(theta_hat)
+    edit.sigma.copy_(proj.std(dim=0))
+    edit.probe_accuracy.copy_(acc)
+    return edit.to(next(model.parameters()).device)

@@ -1,0 +1,93 @@
+"""RED (Wu et al., ACL 2024): a per-layer scale and bias on every MLP output.
+
+``m' = (1 + delta_l) * m + b_l`` at ``blocks.{l}.hook_mlp_out`` (the output of the Hugging Face
+``mlp`` module), all positions. The scale is stored as ``delta`` in float32, starting at 0, so
+small updates are not rounded away (the released code keeps the scale itself in bf16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from ..edit import HookFn, ModuleHook, register_method
+from ..models import ModelDims
+from ._common import BaselineEdit, decoder_layers
+
+__all__ = ["RedConfig", "RedEdit"]
+
+
+@dataclass(frozen=True)
+class RedConfig:
+    """Which layers RED edits (all by default) and which halves it learns."""
+
+    layers: tuple[int, ...] | None = None
+    scaling: bool = True
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if not (self.scaling or self.bias):
+            raise ValueError("RED needs scaling, bias, or both")
+
+    def n_parameters(self, dims: ModelDims) -> int:
+        n_layers = dims.n_layers if self.layers is None else len(self.layers)
+        return n_layers * dims.d_model * (int(self.scaling) + int(self.bias))
+
+
+@register_method
+class RedEdit(BaselineEdit):
+    """Scale-and-bias of ``hook_mlp_out``, stacked over layers: ``[layer, d_model]``."""
+
+    method = "red"
+    config_cls = RedConfig
+
+    def __init__(self, dims: ModelDims, config: RedConfig | None = None) -> None:
+        config = config or RedConfig()
+        super().__init__(dims, config)
+        self.layers = self._layers(config.layers)
+        shape = (len(self.layers), dims.d_model)
+        if config.scaling:
+            self.scale_delta = nn.Parameter(torch.zeros(shape))
+        if config.bias:
+            self.bias = nn.Parameter(torch.zeros(shape))
+
+    def apply(self, m: Float[Tensor, "batch pos d_model"], i: int) -> Float[Tensor, "batch pos d_model"]:
+        if self.config.scaling:
+            m = m * (1 + self.scale_delta[i].to(m.dtype))
+        if self.config.bias:
+            m = m + self.bias[i].to(m.dtype)
+        return m
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        def make(i: int) -> HookFn:
+            def edit_mlp_out(m: Tensor, hook: Any = None) -> Tensor:
+                return self.apply(m, i)
+
+            return edit_mlp_out
+
+        return [(f"blocks.{layer}.hook_mlp_out", make(i)) for i, layer in enumerate(self.layers)]
+
+    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
+        blocks = decoder_layers(view)
+
+        def make(i: int):
+            def edit_mlp_output(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+                return self.apply(output, i)
+
+            return edit_mlp_output
+
+        return [ModuleHook(blocks[layer].mlp, make(i), pre=False) for i, layer in enumerate(self.layers)]
+
+    def _saved(self) -> dict[str, Tensor]:
+        names = [n for n, on in (("scale_delta", self.config.scaling), ("bias", self.config.bias)) if on]
+        return {f"blocks.{layer}.hook_mlp_out.{n}": getattr(self, n)[i] for n in names for i, layer in enumerate(self.layers)}
+
+    def extra_repr(self) -> str:
+        parts = [p for p, on in (("scale", self.config.scaling), ("bias", self.config.bias)) if on]
+        return f"layers={len(self.layers)}/{self.dims.n_layers}, {'+'.join(parts)}, params={self.n_trainable():,}"

@@ -1,0 +1,343 @@
+"""JoLA against the baselines on the same footing: one run per (task, method, seed).
+
+Every method sees the same seeded train / valid samples and the same fixed test subset, the
+same prompt, loss and early stopping, and the same hyper-parameter budget: the first
+``budget`` points of its search space (ordered from the published recipe outwards), the one
+with the lowest validation answer cross-entropy kept. Test data is touched once, by the kept
+edit. Runs are written to ``OUT/runs/{task}/{method}/seed{seed}/`` and a run counts as done
+only once its ``result.json`` exists, so an interrupted comparison resumes where it stopped
+and a crashed run (its traceback kept in ``error.txt``) costs nothing else. ``results.csv``,
+``summary.csv`` and ``summary.md`` are rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from .baselines import (
+    BitFitConfig,
+    BitFitEdit,
+    ItiConfig,
+    LoraConfig,
+    LoraEdit,
+    RedConfig,
+    RedEdit,
+    ZeroShotEdit,
+    fit_iti,
+    train_lofit,
+)
+from .data import Example
+from .edit import Edit
+from .errors import JolaError
+from .evaluate import Protocol, evaluate
+from .models import ModelDims, model_dims, model_identity
+from .train import TrainConfig, train_edit, train_jola, validation_ce
+
+__all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "run_compare", "summarise"]
+
+
+@dataclass
+class Fitted:
+    """One trained (or fitted) edit and its validation cross-entropy."""
+
+    edit: Edit
+    val_ce: float
+    trainable_parameters: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+FitFn = Callable[[nn.Module, Sequence[Example], Sequence[Example], dict[str, Any], TrainConfig, dict[str, Any]], Fitted]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's ordered hyper-parameter search space and how to fit one point of it."""
+
+    name: str
+    search_space: Callable[[ModelDims], list[dict[str, Any]]]
+    fit: FitFn
+    description: str
+
+
+def _best_val(result: Any) -> float:
+    return float(result.history.loc[result.history["epoch"] == result.best_epoch, "val_ce"].iloc[0])
+
+
+def _fit_jola(model, train, valid, hp, cfg, ctx) -> Fitted:
+    result = train_jola(model, train, valid, config=replace(cfg, lr=hp["lr"]))
+    closed = {k: 1 - v for k, v in result.edit.open_fractions().items()}
+    return Fitted(result.edit, _best_val(result), result.edit.n_trainable(), {"best_epoch": result.best_epoch, "closed_fraction": closed})
+
+
+def _fit_trained(make: Callable[[nn.Module, dict[str, Any], TrainConfig], Edit]) -> FitFn:
+    def fit(model, train, valid, hp, cfg, ctx) -> Fitted:
+        result = train_edit(model, make(model, hp, cfg), train, valid, config=replace(cfg, lr=hp["lr"]))
+        return Fitted(result.edit, _best_val(result), result.edit.n_trainable(), {"best_epoch": result.best_epoch})
+
+    return fit
+
+
+def _n_heads(dims: ModelDims, fraction: float) -> int:
+    return max(1, round(fraction * dims.n_layers * dims.n_heads))
+
+
+def _fit_lofit(model, train, valid, hp, cfg, ctx) -> Fitted:
+    k = _n_heads(model_dims(model), hp["k_frac"])
+    res = train_lofit(model, train, valid, k=k, stage1_lr=hp["stage1_lr"], stage2_lr=hp["stage2_lr"], l1=hp["l1"], config=cfg)
+    return Fitted(
+        res.stage2.edit,
+        _best_val(res.stage2),
+        res.stage2.edit.n_trainable(),
+        {"k": k, "stage1_parameters": res.stage1.edit.n_trainable(), "heads": [f"L{a}H{b}" for a, b in res.heads]},
+    )
+
+
+def _fit_iti(model, train, valid, hp, cfg, ctx) -> Fitted:
+    key = ("iti", cfg.seed)
+    if key not in ctx:  # probes and directions do not depend on k or alpha: fit them once
+        ctx[key] = fit_iti(model, train, ItiConfig(seed=cfg.seed), style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+    k = _n_heads(model_dims(model), hp["k_frac"])
+    edit = ctx[key].with_strength(k=k, alpha=hp["alpha"])
+    return Fitted(edit, validation_ce(model, edit, valid, config=cfg), 0, {"k": k, "stored_parameters": edit.n_stored()})
+
+
+def _fit_zeroshot(model, train, valid, hp, cfg, ctx) -> Fitted:
+    edit = ZeroShotEdit.for_model(model)
+    return Fitted(edit, validation_ce(model, None, valid, config=cfg), 0)
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in [
+        MethodSpec("jola", lambda d: [{"lr": 5e-3}, {"lr": 2e-2}, {"lr": 1e-3}, {"lr": 5e-2}], _fit_jola,
+                   "gated additive + multiplicative head edits (paper recipe, lr first)"),
+        MethodSpec("iti", lambda d: [{"k_frac": 48 / 1024, "alpha": 15.0}, {"k_frac": 48 / 1024, "alpha": 5.0},
+                                     {"k_frac": 16 / 1024, "alpha": 15.0}, {"k_frac": 64 / 1024, "alpha": 10.0}], _fit_iti,
+                   "probe-selected heads shifted along the mass-mean direction (K as a fraction of all heads)"),
+        MethodSpec("red", lambda d: [{"lr": 5e-3}, {"lr": 1e-2}, {"lr": 1e-3}, {"lr": 2e-2}],
+                   _fit_trained(lambda m, hp, cfg: RedEdit.for_model(m, RedConfig())),
+                   "scale and bias on every MLP output"),
+        MethodSpec("lofit", lambda d: [
+            {"k_frac": 0.03, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
+            {"k_frac": 0.06, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
+            {"k_frac": 0.03, "stage1_lr": 1e-3, "l1": 1e-3, "stage2_lr": 5e-3},
+            {"k_frac": 0.015, "stage1_lr": 5e-3, "l1": 1e-3, "stage2_lr": 1e-2}], _fit_lofit,
+                   "L1-scaled heads, top 3% kept, bias vectors on them"),
+        MethodSpec("lora", lambda d: [{"lr": 3e-4, "r": 8}, {"lr": 1e-3, "r": 8}, {"lr": 1e-4, "r": 32}, {"lr": 3e-4, "r": 32}],
+                   _fit_trained(lambda m, hp, cfg: LoraEdit.for_model(m, LoraConfig(r=hp["r"], alpha=2.0 * hp["r"], seed=cfg.seed))),
+                   "peft LoRA on q, k, v, up, down (alpha = 2r, dropout 0.05)"),
+        MethodSpec("bitfit", lambda d: [{"lr": 1e-3}, {"lr": 5e-3}, {"lr": 5e-4}, {"lr": 1e-4}],
+                   _fit_trained(lambda m, hp, cfg: BitFitEdit.for_model(m, BitFitConfig())),
+                   "zero-initialised biases on all seven linear maps"),
+        MethodSpec("zeroshot", lambda d: [{}], _fit_zeroshot, "the frozen model, same prompt"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What a comparison runs. ``budget``: hyper-parameter points tried per method (all equal)."""
+
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    n_train: int = 200
+    n_valid: int = 200
+    n_test: int | None = 500
+    protocol: Protocol = Protocol.LOGLIK
+    budget: int = 2
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protocol", Protocol(self.protocol))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise JolaError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        if not self.methods or not self.tasks or not self.seeds:
+            raise JolaError("give at least one method, one task and one seed")
+        if self.budget < 1:
+            raise JolaError(f"budget must be >= 1, got {self.budget}")
+
+    def protocol_dict(self) -> dict[str, Any]:
+        """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
+        train = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self.train).items() if k not in ("progress", "seed")}
+        return {"n_train": self.n_train, "n_valid": self.n_valid, "n_test": self.n_test,
+                "protocol": self.protocol.value, "budget": self.budget, "train": train}
+
+
+RESULT_FILE = "result.json"
+
+
+def _check_out_dir(out: Path, config: CompareConfig, identity: dict[str, Any]) -> None:
+    stamp = {"protocol": config.protocol_dict(), "model": identity}
+    path = out / "compare_config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(stamp)):
+            raise JolaError(
+                f"{out} holds a comparison made with other settings or another model "
+                f"(see {path}); resume it with the same settings, or choose a new --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise JolaError(f"{out} exists, is not empty and is not a jolalens comparison; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from .tasks import load_task_splits
+
+    splits = load_task_splits(task, n_train=config.n_train, n_valid=config.n_valid, n_test=config.n_test, seed=seed)
+    cfg = replace(config.train, seed=seed)
+    points = spec.search_space(model_dims(model))[: config.budget]
+    ctx: dict[str, Any] = {}
+    search, best = [], None
+    t0 = time.perf_counter()
+    for i, hp in enumerate(points):
+        log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp}")
+        fitted = spec.fit(model, splits.train, splits.valid, hp, cfg, ctx)
+        if not math.isfinite(fitted.val_ce):
+            raise JolaError(f"validation CE is {fitted.val_ce} for {hp}")
+        search.append({**hp, "val_ce": fitted.val_ce})
+        if best is None or fitted.val_ce < best[1].val_ce:
+            best = (hp, fitted)
+        else:
+            del fitted
+    assert best is not None
+    fit_seconds = time.perf_counter() - t0
+    hp, fitted = best
+    fitted.edit.save(run_dir / "edit")
+    pd.DataFrame(search).to_csv(run_dir / "search.csv", index=False)
+    result = evaluate(model, splits.test, task, edit=fitted.edit if spec.name != "zeroshot" else None,
+                      protocol=config.protocol, style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+    result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "test_items.csv", index=False)
+    metric = "accuracy" if "accuracy" in result.summary else "rougeL"
+    return {
+        "task": task, "method": spec.name, "seed": seed, "status": "done",
+        "metric": metric, "score": float(result.summary[metric]),
+        "n_test": len(splits.test), "n_train": len(splits.train), "n_valid": len(splits.valid),
+        "val_ce": fitted.val_ce, "hyperparameters": hp,
+        "trainable_parameters": fitted.trainable_parameters,
+        "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(float(result.summary["seconds"]), 1),
+        "info": fitted.info,
+    }
+
+
+def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) the comparison into ``out``; returns the per-run results table."""
+    out = Path(out)
+    _check_out_dir(out, config, model_identity(model))
+    for task in config.tasks:
+        for seed in config.seeds:
+            for name in config.methods:
+                run_dir = out / "runs" / task / name / f"seed{seed}"
+                if (run_dir / RESULT_FILE).is_file():
+                    log(f"skip {task}/{name}/seed{seed}: done")
+                    continue
+                if run_dir.exists():  # a crashed or interrupted attempt of this very run
+                    shutil.rmtree(run_dir)
+                run_dir.mkdir(parents=True)
+                log(f"run {task}/{name}/seed{seed}")
+                try:
+                    row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # one failed run must not cost the others
+                    (run_dir / "error.txt").write_text(traceback.format_exc())
+                    log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
+                    continue
+                _write_json_atomic(run_dir / RESULT_FILE, row)
+                log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
+                write_tables(out)
+    return write_tables(out)
+
+
+def collect(out: str | Path) -> pd.DataFrame:
+    """Every finished run under ``out`` as one row; failed runs as ``status='failed'`` rows."""
+    out = Path(out)
+    rows = []
+    for run_dir in sorted((out / "runs").glob("*/*/seed*")):
+        task, method, seed = run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name[4:])
+        if (run_dir / RESULT_FILE).is_file():
+            row = json.loads((run_dir / RESULT_FILE).read_text())
+            row["hyperparameters"] = json.dumps(row.get("hyperparameters", {}), sort_keys=True)
+            row["info"] = json.dumps(row.get("info", {}), sort_keys=True)
+            rows.append(row)
+        elif (run_dir / "error.txt").is_file():
+            rows.append({"task": task, "method": method, "seed": seed, "status": "failed"})
+    return pd.DataFrame(rows)
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (task, method), with parameters and wall time."""
+    if results.empty or "score" not in results:
+        return pd.DataFrame(columns=["task", "method", "mean", "std", "n_seeds", "trainable_parameters", "fit_seconds", "eval_seconds"])
+    done = results[results["status"] == "done"]
+    grouped = done.groupby(["task", "method"], sort=False)
+    summary = grouped.agg(
+        mean=("score", "mean"), std=("score", "std"), n_seeds=("seed", "nunique"),
+        trainable_parameters=("trainable_parameters", "mean"), fit_seconds=("fit_seconds", "mean"),
+        eval_seconds=("eval_seconds", "mean"), val_ce=("val_ce", "mean"),
+    ).reset_index()
+    return summary
+
+
+def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None) -> str:
+    """Methods as rows, tasks as columns (``mean ± std`` in %), then average, parameters, time."""
+    if summary.empty:
+        return "_no finished runs yet_\n"
+    tasks = list(dict.fromkeys(summary["task"]))
+    order = [m for m in (methods_order or METHODS) if m in set(summary["method"])]
+    header = "| method | " + " | ".join(tasks) + " | average | trainable params | fit s (mean) |"
+    lines = [header, "|" + "---|" * (len(tasks) + 4)]
+    for method in order:
+        rows = summary[summary["method"] == method].set_index("task")
+        cells, means = [], []
+        for task in tasks:
+            if task in rows.index:
+                r = rows.loc[task]
+                std = "" if pd.isna(r["std"]) else f" ± {100 * r['std']:.1f}"
+                cells.append(f"{100 * r['mean']:.1f}{std} (n={int(r['n_seeds'])})")
+                means.append(r["mean"])
+            else:
+                cells.append("–")
+        avg = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
+        params = int(rows["trainable_parameters"].iloc[0])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {rows['fit_seconds'].mean():.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(out: str | Path) -> pd.DataFrame:
+    """Rewrite ``results.csv``, ``summary.csv`` and ``summary.md`` from the finished runs."""
+    out = Path(out)
+    results = collect(out)
+    results.to_csv(out / "results.csv", index=False)
+    summary = summarise(results)
+    summary.to_csv(out / "summary.csv", index=False)
+    failed = results[results["status"] == "failed"] if "status" in results else results
+    note = ""
+    if len(failed):
+        note = "\nFailed runs (see their error.txt; rerun the same command to retry): " + ", ".join(
+            f"{r.task}/{r.method}/seed{r.seed}" for r in failed.itertuples()) + "\n"
+    metric = results["metric"].dropna().iloc[0] if "metric" in results and results["metric"].notna().any() else "score"
+    (out / "summary.md").write_text(
+        f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n" + markdown_table(summary) + note
+    )
+    return results

@@ -1,0 +1,116 @@
+"""The comparison runner on the tiny model: every method runs, tables appear, runs resume,
+a crashed run costs nothing else, and a directory made with other settings is refused."""
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+import jolalens.tasks
+from jolalens import Example, TrainConfig
+from jolalens.compare import METHODS, CompareConfig, markdown_table, run_compare, summarise
+from jolalens.errors import JolaError
+from jolalens.tasks.splits import TaskSplits
+
+ALL = ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot")
+
+
+def _splits(task, n_train, n_valid, n_test, seed, **kw):
+    def make(n, offset):
+        return [Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)]
+
+    return TaskSplits(make(n_train, seed), make(n_valid, 100), make(n_test, 200))
+
+
+@pytest.fixture
+def patched(monkeypatch):
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", _splits)
+
+
+def _config(**kw):
+    train = TrainConfig(epochs=1, batch_size=4, warmup_steps=1, progress=False, max_length=64)
+    base = dict(methods=ALL, tasks=("arc_easy",), seeds=(0,), n_train=9, n_valid=6, n_test=6, budget=1, train=train)
+    base.update(kw)
+    return CompareConfig(**base)
+
+
+def test_all_methods_run_and_resume(tiny, tmp_path, patched):
+    logs: list[str] = []
+    results = run_compare(tiny, _config(), tmp_path / "cmp", log=logs.append)
+    assert set(results["method"]) == set(ALL) and (results["status"] == "done").all()
+    assert results["score"].between(0, 1).all()
+    for name in ALL:
+        run = tmp_path / "cmp" / "runs" / "arc_easy" / name / "seed0"
+        assert (run / "result.json").is_file() and (run / "edit" / "jola_config.json").is_file()
+        assert len(pd.read_csv(run / "test_items.csv")) == 6
+    by = results.set_index("method")
+    assert by.loc["zeroshot", "trainable_parameters"] == 0 and by.loc["iti", "trainable_parameters"] == 0
+    assert by.loc["red", "trainable_parameters"] == 2 * 2 * 32
+    md = (tmp_path / "cmp" / "summary.md").read_text()
+    assert all(f"| {m} |" in md for m in ALL)
+
+    logs.clear()
+    again = run_compare(tiny, _config(), tmp_path / "cmp", log=logs.append)
+    assert sum("skip" in line for line in logs) == len(ALL) and not any(line.startswith("run ") for line in logs)
+    pd.testing.assert_frame_equal(again.sort_values("method").reset_index(drop=True), results.sort_values("method").reset_index(drop=True))
+
+    # more seeds later: only the new runs happen
+    logs.clear()
+    run_compare(tiny, _config(methods=("zeroshot",), seeds=(0, 1)), tmp_path / "cmp", log=logs.append)
+    assert [line for line in logs if line.startswith("run ")] == ["run arc_easy/zeroshot/seed1"]
+
+
+def test_a_crashed_run_costs_nothing_else(tiny, tmp_path, patched, monkeypatch):
+    def boom(*args, **kw):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setitem(METHODS, "red", replace(METHODS["red"], fit=boom))
+    config = _config(methods=("red", "zeroshot"))
+    results = run_compare(tiny, config, tmp_path / "cmp", log=lambda s: None)
+    status = dict(zip(results["method"], results["status"], strict=True))
+    assert status == {"red": "failed", "zeroshot": "done"}
+    assert "planted failure" in (tmp_path / "cmp" / "runs" / "arc_easy" / "red" / "seed0" / "error.txt").read_text()
+    assert "red/seed0" in (tmp_path / "cmp" / "summary.md").read_text()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", _splits)
+    logs: list[str] = []
+    results = run_compare(tiny, config, tmp_path / "cmp", log=logs.append)
+    assert (results["status"] == "done").all()
+    assert [line for line in logs if line.startswith("run ")] == ["run arc_easy/red/seed0"]
+
+
+def test_other_settings_or_foreign_directory_refused(tiny, tmp_path, patched):
+    run_compare(tiny, _config(methods=("zeroshot",)), tmp_path / "cmp", log=lambda s: None)
+    with pytest.raises(JolaError, match="other settings"):
+        run_compare(tiny, _config(methods=("zeroshot",), n_train=12), tmp_path / "cmp", log=lambda s: None)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(JolaError, match="not a jolalens comparison"):
+        run_compare(tiny, _config(methods=("zeroshot",)), tmp_path / "foreign", log=lambda s: None)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    saved = json.loads((tmp_path / "cmp" / "compare_config.json").read_text())
+    assert saved["protocol"]["n_train"] == 9
+
+
+def test_config_validation():
+    with pytest.raises(JolaError, match="unknown method"):
+        _config(methods=("jola", "prefix"))
+    with pytest.raises(JolaError, match="budget"):
+        _config(budget=0)
+
+
+def test_summary_mean_std_and_markdown():
+    rows = [
+        {"task": t, "method": m, "seed": s, "status": "done", "score": sc, "trainable_parameters": p,
+         "fit_seconds": 1.0, "eval_seconds": 1.0, "val_ce": 1.0}
+        for t, m, s, sc, p in [("a", "jola", 0, 0.5, 10), ("a", "jola", 1, 0.7, 10), ("b", "jola", 0, 0.4, 10), ("a", "red", 0, 0.3, 4)]
+    ]
+    summary = summarise(pd.DataFrame(rows)).set_index(["task", "method"])
+    assert summary.loc[("a", "jola"), "mean"] == pytest.approx(0.6)
+    assert summary.loc[("a", "jola"), "std"] == pytest.approx(0.1414, abs=1e-4)
+    assert summary.loc[("a", "jola"), "n_seeds"] == 2
+    md = markdown_table(summary.reset_index())
+    assert "| jola | 60.0 ± 14.1 (n=2) | 40.0 (n=1) | 50.0 | 10 |" in md
+    assert "| red | 30.0 (n=1) | – | – | 4 |" in md
