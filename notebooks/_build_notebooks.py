@@ -2,7 +2,8 @@
 
 Run from the repository root: ``python notebooks/_build_notebooks.py --execute`` (the larger,
 demo-sized budget; several minutes each on a 2-core CPU), or with ``JOLALENS_NOTEBOOK_FAST=1``
-for the fast mode the test suite uses (and the committed outputs come from).
+for the fast mode the test suite uses (and the committed outputs come from). Name notebooks
+to build only those: ``python notebooks/_build_notebooks.py --execute 03``.
 """
 import sys
 
@@ -70,8 +71,29 @@ versus = nb([
     "from jolalens.analysis import side_by_side\n\nside_by_side({\"JoLA gate (max of types)\": gates, \"mean-ablation drop\": ablation.logprob_drop, \"attribution estimate\": attribution.logprob_drop},\n             title=f\"{TASK}: JoLA selection beside ablation importance\")",
 ])
 
-PATHS = {"notebooks/01_explore_selected_heads.ipynb": explore, "notebooks/02_jola_vs_ablation.ipynb": versus}
+baselines = nb([
+    "md:# JoLA against the baselines, and where each one edits\n\nRun `jolalens.compare` (the code behind `jolalens compare`) for JoLA, ITI, RED, LoFiT, LoRA, BitFit and zero-shot on one task, then ask the interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the same heads? Set `JOLALENS_COMPARE_DIR` to a finished comparison directory (e.g. one from `benchmarks/compare_embedded.py`) to read it instead of running a small one here.",
+    SETUP,
+    "import tempfile\nfrom pathlib import Path\n\nfrom jolalens.compare import CompareConfig, run_compare, summarise\n\nmodel = jolalens.load_model()\nsizes = dict(n_train=16, n_valid=8, n_test=16, epochs=1) if FAST else dict(n_train=64, n_valid=32, n_test=100, epochs=3)\nout = Path(os.environ.get(\"JOLALENS_COMPARE_DIR\") or tempfile.mkdtemp(prefix=\"jolalens-compare-\"))\nconfig = CompareConfig(\n    methods=(\"jola\", \"iti\", \"red\", \"lofit\", \"lora\", \"bitfit\", \"zeroshot\"), tasks=(TASK,), seeds=(0,),\n    n_train=sizes[\"n_train\"], n_valid=sizes[\"n_valid\"], n_test=sizes[\"n_test\"], budget=1,\n    train=jolalens.TrainConfig(epochs=sizes[\"epochs\"], warmup_steps=2, progress=False),\n)\nif \"JOLALENS_COMPARE_DIR\" in os.environ:\n    from jolalens.compare import collect\n    results = collect(out)\nelse:\n    results = run_compare(model, config, out, log=lambda line: None)\nresults[[\"task\", \"method\", \"seed\", \"score\", \"val_ce\", \"trainable_parameters\", \"fit_seconds\", \"hyperparameters\"]]",
+    "md:## Test accuracy per method\n\nThe dashed line is zero-shot. With budgets this small, differences of a few points are noise: the test subset is tiny and each method saw one hyper-parameter point. `benchmarks/RESULTS.md` has the real runs.",
+    "from jolalens.analysis import method_bar\n\nsummary = summarise(results)\nzero = float(summary.loc[summary[\"method\"] == \"zeroshot\", \"mean\"].iloc[0])\nmethod_bar(summary, x=\"method\", y=\"mean\", title=f\"{TASK}: test accuracy\", reference=zero)",
+    "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|` (an open gate with a tiny vector is not a real selection), ITI by its probes' validation accuracy, LoFiT keeps the heads with the largest stage-1 scales. We compare the top-K of each, with K = LoFiT's K.",
+    "from jolalens.analysis import jaccard_matrix, layer_distribution, side_by_side, similarity_matrix, top_k\n\nrun = lambda method: out / \"runs\" / TASK / method / \"seed0\" / \"edit\"  # noqa: E731\njola, iti, lofit = (jolalens.load_edit(run(m), model) for m in (\"jola\", \"iti\", \"lofit\"))\nmaps = jola.head_maps()\njola_effect = maps[\"gate_additive\"] * maps[\"norm_additive\"] + maps[\"gate_multiplicative\"] * maps[\"norm_multiplicative\"]\nk = len(lofit.config.heads)\nlofit_map = torch.zeros_like(jola_effect)\nfor layer, head in lofit.config.heads:\n    lofit_map[layer, head] = 1.0\nselections = {\"JoLA\": top_k(jola_effect, k), \"ITI\": top_k(iti.probe_accuracy, k), \"LoFiT\": set(lofit.config.heads)}\nprint(f\"K = {k} of {jola_effect.numel()} heads\")\njaccard_matrix(selections)",
+    "similarity_matrix(jaccard_matrix(selections), title=f\"Top-{k} head sets, Jaccard\")",
+    "side_by_side({\"JoLA |edit|\": jola_effect, \"ITI probe accuracy\": iti.probe_accuracy, \"LoFiT heads\": lofit_map}, title=\"Where each method edits\")",
+    "import pandas as pd\n\nn_layers, n_heads = jola_effect.shape\npd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)[\"n_selected\"] for name, sel in selections.items()})",
+    "md:Random top-K sets of K heads out of N overlap in K^2/N heads on average, a Jaccard of about K/(2N - K); `jolalens.analysis.compare_selection` adds a permutation p-value when one side is a full score map. RED (MLP outputs), LoRA and BitFit (weights) have no head-level selection to compare.",
+])
+
+PATHS = {
+    "notebooks/01_explore_selected_heads.ipynb": explore,
+    "notebooks/02_jola_vs_ablation.ipynb": versus,
+    "notebooks/03_jola_vs_baselines.ipynb": baselines,
+}
+only = [a for a in sys.argv[1:] if not a.startswith("--")]  # e.g. `03` builds only notebook 03
 for path, book in PATHS.items():
+    if only and not any(o in path for o in only):
+        continue
     if "--execute" in sys.argv:
         from nbclient import NotebookClient
 

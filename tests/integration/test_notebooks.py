@@ -8,11 +8,11 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
-ALLOWED_IMPORTS = {"os", "torch", "jolalens", "plotly", "pandas"}
+ALLOWED_IMPORTS = {"os", "pathlib", "tempfile", "torch", "jolalens", "plotly", "pandas"}
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_explore_selected_heads.ipynb", "02_jola_vs_ablation.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_explore_selected_heads.ipynb", "02_jola_vs_ablation.ipynb", "03_jola_vs_baselines.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

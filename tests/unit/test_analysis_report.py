@@ -81,6 +81,15 @@ def test_make_figures_writes_every_supported_figure(run_dir, tmp_path, captured)
     assert "`jolalens figures --run run --out figures`" in readme and "`jola_vs_mean.png`" in readme
 
 
+def test_all_gates_open_skips_agreement_but_keeps_the_side_by_side(run_dir, tmp_path, captured):
+    """Every head edited (the best epoch came before any gate closed): no contrast to rank."""
+    torch.save(_maps(torch.full((3, 4), 0.7)), run_dir / "head_maps.pt")
+    paths = make_figures(run_dir, tmp_path / "figures")
+    assert "jola_vs_mean" in captured and "methods_vs_mean_additive" not in captured
+    assert tmp_path / "figures" / "agreement.csv" not in paths
+    assert not (tmp_path / "figures" / "agreement.csv").exists()
+
+
 def test_run_dir_without_edit_or_maps_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EditLoadError, match="not a JoLA run directory"):
