@@ -24,6 +24,7 @@ from .compare import (
     spearman,
     top_k,
 )
+from .compare_report import head_level_maps, make_compare_figures
 from .edit_effects import answer_logprobs, edit_head_effects
 from .figures import (
     PNG_SETUP,
@@ -40,6 +41,8 @@ from .figures import (
 from .report import head_maps_from_run, make_figures, make_similarity_figure
 
 __all__ = [
+    "head_level_maps",
+    "make_compare_figures",
     "PNG_SETUP",
     "Ablation",
     "FigureExportError",

@@ -114,3 +114,33 @@ def test_summary_mean_std_and_markdown():
     md = markdown_table(summary.reset_index())
     assert "| jola | 60.0 ± 14.1 (n=2) | 40.0 (n=1) | 50.0 | 10 |" in md
     assert "| red | 30.0 (n=1) | – | – | 4 |" in md
+
+
+def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, monkeypatch):
+    import torch
+
+    from jolalens.analysis import HeadScores, compare_report, make_compare_figures
+
+    figs = {}
+
+    def fake_save_figures(items, **kw):
+        for fig, path in items:
+            figs[path.name] = fig
+        return [path.with_suffix(".html") for _, path in items]
+
+    monkeypatch.setattr(compare_report, "save_figures", fake_save_figures)
+    run_compare(tiny, _config(methods=("jola", "iti", "lofit", "zeroshot")), tmp_path / "cmp", log=lambda s: None)
+    importance = torch.zeros(2, 4)
+    importance[1, 3] = 1.0
+    scores = HeadScores(importance, None, -1.0, None, "attribution", "mean", 6)
+    paths = make_compare_figures(tmp_path / "cmp", "arc_easy", tmp_path / "fig", model=tiny, scores=scores)
+    assert set(figs) == {"arc_easy_test_accuracy", "arc_easy_head_maps", "arc_easy_head_jaccard", "arc_easy_jola_vs_attribution"}
+    bars = figs["arc_easy_test_accuracy"]
+    assert sorted(bars.data[0].x) == ["iti", "jola", "lofit", "zeroshot"]
+    assert [t.text for t in figs["arc_easy_head_maps"].layout.annotations] == ["JoLA |edit|", "ITI probe accuracy", "LoFiT heads"]
+    jac = pd.read_csv(tmp_path / "fig" / "arc_easy_head_jaccard.csv", index_col=0)
+    assert list(jac.columns) == ["JoLA", "ITI", "LoFiT"] and (jac.values.diagonal() == 1).all()
+    agreement = pd.read_csv(tmp_path / "fig" / "arc_easy_vs_attribution_mean.csv")
+    assert list(agreement["method"]) == ["JoLA |edit|", "ITI probe accuracy"]
+    assert (agreement["n_selected"] == agreement["k"]).all()
+    assert tmp_path / "fig" / "arc_easy_head_layers.csv" in paths
