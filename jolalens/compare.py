@@ -42,6 +42,7 @@ from .edit import Edit
 from .errors import JolaError
 from .evaluate import Protocol, evaluate
 from .models import ModelDims, model_dims, model_identity
+from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
 
 __all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "run_compare", "summarise"]
@@ -68,6 +69,7 @@ class MethodSpec:
     search_space: Callable[[ModelDims], list[dict[str, Any]]]
     fit: FitFn
     description: str
+    needs_choices: bool = False  # only for multiple-choice tasks (ITI contrasts right and wrong options)
 
 
 def _best_val(result: Any) -> float:
@@ -124,7 +126,8 @@ METHODS: dict[str, MethodSpec] = {
                    "gated additive + multiplicative head edits (paper recipe, lr first)"),
         MethodSpec("iti", lambda d: [{"k_frac": 48 / 1024, "alpha": 15.0}, {"k_frac": 48 / 1024, "alpha": 5.0},
                                      {"k_frac": 16 / 1024, "alpha": 15.0}, {"k_frac": 64 / 1024, "alpha": 10.0}], _fit_iti,
-                   "probe-selected heads shifted along the mass-mean direction (K as a fraction of all heads)"),
+                   "probe-selected heads shifted along the mass-mean direction (K as a fraction of all heads)",
+                   needs_choices=True),
         MethodSpec("red", lambda d: [{"lr": 5e-3}, {"lr": 1e-2}, {"lr": 1e-3}, {"lr": 2e-2}],
                    _fit_trained(lambda m, hp, cfg: RedEdit.for_model(m, RedConfig())),
                    "scale and bias on every MLP output"),
@@ -254,6 +257,12 @@ def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log
                 if run_dir.exists():  # a crashed or interrupted attempt of this very run
                     shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True)
+                if METHODS[name].needs_choices and not get_task(task).multiple_choice:
+                    _write_json_atomic(run_dir / RESULT_FILE, {
+                        "task": task, "method": name, "seed": seed, "status": "not_applicable",
+                        "reason": f"{name} needs answer options; {task} is a generation task"})
+                    log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
+                    continue
                 log(f"run {task}/{name}/seed{seed}")
                 try:
                     row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
@@ -299,10 +308,14 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None) -> str:
-    """Methods as rows, tasks as columns (``mean ± std`` in %), then average, parameters, time."""
+def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None, not_applicable: pd.DataFrame | None = None) -> str:
+    """Methods as rows, tasks as columns (``mean ± std`` in %), then average, parameters, time.
+
+    ``not_applicable``: rows (task, method) shown as ``n/a`` instead of ``–`` (not run yet).
+    """
     if summary.empty:
         return "_no finished runs yet_\n"
+    results_na = not_applicable if not_applicable is not None else pd.DataFrame(columns=["task", "method"])
     tasks = list(dict.fromkeys(summary["task"]))
     order = [m for m in (methods_order or METHODS) if m in set(summary["method"])]
     header = "| method | " + " | ".join(tasks) + " | average | trainable params | fit s (mean) |"
@@ -316,6 +329,8 @@ def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = 
                 std = "" if pd.isna(r["std"]) else f" ± {100 * r['std']:.1f}"
                 cells.append(f"{100 * r['mean']:.1f}{std} (n={int(r['n_seeds'])})")
                 means.append(r["mean"])
+            elif not results_na.empty and ((results_na["task"] == task) & (results_na["method"] == method)).any():
+                cells.append("n/a")
             else:
                 cells.append("–")
         avg = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
@@ -338,6 +353,8 @@ def write_tables(out: str | Path) -> pd.DataFrame:
             f"{r.task}/{r.method}/seed{r.seed}" for r in failed.itertuples()) + "\n"
     metric = results["metric"].dropna().iloc[0] if "metric" in results and results["metric"].notna().any() else "score"
     (out / "summary.md").write_text(
-        f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n" + markdown_table(summary) + note
+        f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
+        + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None)
+        + note
     )
     return results

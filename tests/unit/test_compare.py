@@ -114,6 +114,8 @@ def test_summary_mean_std_and_markdown():
     md = markdown_table(summary.reset_index())
     assert "| jola | 60.0 ± 14.1 (n=2) | 40.0 (n=1) | 50.0 | 10 |" in md
     assert "| red | 30.0 (n=1) | – | – | 4 |" in md
+    na = pd.DataFrame([{"task": "b", "method": "red"}])
+    assert "| red | 30.0 (n=1) | n/a | – | 4 |" in markdown_table(summary.reset_index(), not_applicable=na)
 
 
 def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, monkeypatch):
@@ -144,3 +146,11 @@ def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, mon
     assert list(agreement["method"]) == ["JoLA |edit|", "ITI probe accuracy"]
     assert (agreement["n_selected"] == agreement["k"]).all()
     assert tmp_path / "fig" / "arc_easy_head_layers.csv" in paths
+
+
+def test_iti_is_not_applicable_to_generation_tasks(tiny, tmp_path, patched):
+    results = run_compare(tiny, _config(methods=("iti",), tasks=("e2e_nlg",)), tmp_path / "cmp", log=lambda s: None)
+    assert list(results["status"]) == ["not_applicable"]
+    logs: list[str] = []
+    run_compare(tiny, _config(methods=("iti",), tasks=("e2e_nlg",)), tmp_path / "cmp", log=logs.append)
+    assert logs == ["skip e2e_nlg/iti/seed0: done"]
