@@ -63,8 +63,10 @@ def make_compare_figures(
     written: list[Path] = []
     zero = summary.loc[summary["method"] == "zeroshot", "mean"]
     pending.append((
-        method_bar(summary, x="method", y="mean", error="std" if summary["std"].notna().any() else None,
-                   title=f"{task}: test accuracy per method", reference=float(zero.iloc[0]) if len(zero) else None),
+        method_bar(summary.rename(columns={"mean": "test score"}), x="method", y="test score",
+                   error="std" if summary["std"].notna().any() else None,
+                   title=f"{task}: test score per method (mean over seeds)",
+                   reference=float(zero.iloc[0]) if len(zero) else None, reference_label="zero-shot"),
         out_dir / f"{task}_test_accuracy",
     ))
     maps = head_level_maps(compare_dir, task, model, seed)

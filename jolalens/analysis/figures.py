@@ -282,10 +282,12 @@ def method_bar(
     error: str | None = None,
     title: str = "",
     reference: float | None = None,
+    reference_label: str = "chance",
 ) -> go.Figure:
     """Bars of one metric per method (grouped by ``color`` if given); ``reference`` draws a dashed line.
 
-    Use ``reference`` for a chance level, e.g. the random-set expected overlap.
+    Use ``reference`` for a chance level (e.g. the random-set expected overlap) or a baseline,
+    named by ``reference_label``.
     """
     missing = [c for c in (x, y, color, error) if c is not None and c not in frame.columns]
     if missing:
@@ -308,7 +310,8 @@ def method_bar(
             )
         )
     if reference is not None:
-        fig.add_hline(y=reference, line_dash="dash", line_color="gray", annotation_text="chance")
+        fig.add_hline(y=reference, line_dash="dash", line_color="gray", annotation_text=reference_label,
+                      annotation_position="top left")
     fig.update_layout(
         title={"text": title},
         xaxis_title=x,
