@@ -4,6 +4,7 @@ config (de)serialisation, and strict per-layer safetensors keys."""
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -135,9 +136,9 @@ class BaselineEdit(Edit):
             raise ValueError(f"layers {list(chosen)} out of range: the model has {self.dims.n_layers} layers")
         return chosen
 
+    @abstractmethod
     def _saved(self) -> dict[str, Tensor]:
         """Readable key -> a live view of the parameter (or buffer) slice saved under it."""
-        raise NotImplementedError
 
     def to_safetensors(self) -> dict[str, Tensor]:
         return {key: t.detach().float().cpu().contiguous() for key, t in self._saved().items()}

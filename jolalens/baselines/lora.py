@@ -136,7 +136,20 @@ class LoraEdit(BaselineEdit):
         return handle
 
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        raise NotImplementedError("LoraEdit attaches to the HF view by swapping in peft layers; use attach()")
+        """The same update as output hooks on the view's ``Linear`` modules (``attach`` swaps in
+        peft's layers instead; both are tested equal)."""
+
+        def make(key: str):
+            def add_lora(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+                return out + self.delta(args[0], key).to(out.dtype)
+
+            return add_lora
+
+        return [
+            ModuleHook(proj.hf_module(view, layer), make(_key(proj, layer)), pre=False)
+            for layer in self.layers
+            for proj in self.config.targets
+        ]
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         hooks: list[tuple[str, HookFn]] = []

@@ -300,6 +300,20 @@ def test_lora_swaps_peft_layers_in_and_out(tiny):
     with edit.attached(tiny, Backend.HF_VIEW):
         assert isinstance(view.model.layers[0].self_attn.q_proj, PeftLinear)
     assert view.model.layers[0].self_attn.q_proj is original
+    _perturb(edit)
+    with torch.no_grad(), edit.attached(tiny, Backend.HF_VIEW) as net:
+        swapped = net(TOKENS).logits
+    handles = [
+        (h.module.register_forward_hook(h.fn)) for h in edit.hf_hooks(view)
+    ]
+    try:
+        with torch.no_grad():
+            hooked = view(TOKENS).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(swapped, hooked, atol=1e-6, rtol=1e-6)
+    assert (swapped - _logits(tiny)).abs().max() > 1e-4
     assert set(edit.state_dict()) == {f"lora_{x}.L{i}_q_proj.weight" for x in "AB" for i in range(2)}
 
 
