@@ -15,7 +15,7 @@ from ..edit import Edit
 from ..errors import EditLoadError, ModelError
 from ..models import ModelDims, model_dims, model_identity
 
-__all__ = ["BaselineEdit", "Projection", "decoder_layers", "projection_shape"]
+__all__ = ["BaselineEdit", "Projection", "decoder_layers", "normalise_sites", "projection_shape"]
 
 
 class Projection(StrEnum):
@@ -71,6 +71,16 @@ def projection_shape(dims: ModelDims, proj: Projection) -> tuple[int, int]:
         Projection.UP: (dims.d_model, dims.d_mlp),
         Projection.DOWN: (dims.d_mlp, dims.d_model),
     }[proj]
+
+
+def normalise_sites(config: Any) -> None:
+    """Coerce a frozen config's ``targets`` to distinct :class:`Projection` and ``layers`` to ints."""
+    targets = tuple(Projection(t) for t in config.targets)
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be distinct projections, got {config.targets}")
+    object.__setattr__(config, "targets", targets)
+    if config.layers is not None:
+        object.__setattr__(config, "layers", tuple(int(x) for x in config.layers))
 
 
 def decoder_layers(view: nn.Module) -> nn.ModuleList:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..edit import HookFn, ModuleHook, register_method
 from ..models import ModelDims
-from ._common import BaselineEdit, Projection, projection_shape
+from ._common import BaselineEdit, Projection, normalise_sites, projection_shape
 
 __all__ = ["BitFitConfig", "BitFitEdit"]
 
@@ -31,12 +31,7 @@ class BitFitConfig:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        targets = tuple(Projection(t) for t in self.targets)
-        if not targets or len(set(targets)) != len(targets):
-            raise ValueError(f"targets must be distinct projections, got {self.targets}")
-        object.__setattr__(self, "targets", targets)
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        normalise_sites(self)
 
     def n_parameters(self, dims: ModelDims) -> int:
         n_layers = dims.n_layers if self.layers is None else len(self.layers)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..edit import Backend, EditHandle, HookFn, ModuleHook, register_method
 from ..errors import ModelError
 from ..models import ModelDims, model_dims, model_identity
-from ._common import BaselineEdit, Projection, projection_shape
+from ._common import BaselineEdit, Projection, normalise_sites, projection_shape
 
 __all__ = ["LoraConfig", "LoraEdit"]
 
@@ -38,12 +38,7 @@ class LoraConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        targets = tuple(Projection(t) for t in self.targets)
-        if not targets or len(set(targets)) != len(targets):
-            raise ValueError(f"targets must be distinct projections, got {self.targets}")
-        object.__setattr__(self, "targets", targets)
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        normalise_sites(self)
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"need r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}")
 
