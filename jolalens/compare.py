@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import traceback
@@ -41,6 +42,7 @@ from .data import Example
 from .edit import Edit
 from .errors import JolaError
 from .evaluate import Protocol, evaluate
+from .jola import EditType, GateMode, JolaConfig
 from .models import ModelDims, model_dims, model_identity
 from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
@@ -76,10 +78,20 @@ def _best_val(result: Any) -> float:
     return float(result.history.loc[result.history["epoch"] == result.best_epoch, "val_ce"].iloc[0])
 
 
-def _fit_jola(model, train, valid, hp, cfg, ctx) -> Fitted:
-    result = train_jola(model, train, valid, config=replace(cfg, lr=hp["lr"]))
-    closed = {k: 1 - v for k, v in result.edit.open_fractions().items()}
-    return Fitted(result.edit, _best_val(result), result.edit.n_trainable(), {"best_epoch": result.best_epoch, "closed_fraction": closed})
+def _jola_fit(edit_type: EditType = EditType.BOTH, gate_mode: GateMode = GateMode.SEPARATE) -> FitFn:
+    """JoLA, or one of the paper's ablations of it (one edit type, a shared gate, no gates)."""
+
+    def fit(model, train, valid, hp, cfg, ctx) -> Fitted:
+        jola = JolaConfig(edit_type=edit_type, gate_mode=gate_mode)  # init seed as before: runs stay reproducible
+        result = train_jola(model, train, valid, jola=jola, config=replace(cfg, lr=hp["lr"]))
+        closed = {k: 1 - v for k, v in result.edit.open_fractions().items()}
+        return Fitted(result.edit, _best_val(result), result.edit.n_trainable(), {"best_epoch": result.best_epoch, "closed_fraction": closed})
+
+    return fit
+
+
+def _jola_space(dims: ModelDims) -> list[dict[str, Any]]:
+    return [{"lr": 5e-3}, {"lr": 2e-2}, {"lr": 1e-3}, {"lr": 5e-2}]
 
 
 def _fit_trained(make: Callable[[nn.Module, dict[str, Any], TrainConfig], Edit]) -> FitFn:
@@ -122,7 +134,7 @@ def _fit_zeroshot(model, train, valid, hp, cfg, ctx) -> Fitted:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
-        MethodSpec("jola", lambda d: [{"lr": 5e-3}, {"lr": 2e-2}, {"lr": 1e-3}, {"lr": 5e-2}], _fit_jola,
+        MethodSpec("jola", _jola_space, _jola_fit(),
                    "gated additive + multiplicative head edits (paper recipe, lr first)"),
         MethodSpec("iti", lambda d: [{"k_frac": 48 / 1024, "alpha": 15.0}, {"k_frac": 48 / 1024, "alpha": 5.0},
                                      {"k_frac": 16 / 1024, "alpha": 15.0}, {"k_frac": 64 / 1024, "alpha": 10.0}], _fit_iti,
@@ -144,6 +156,15 @@ METHODS: dict[str, MethodSpec] = {
                    _fit_trained(lambda m, hp, cfg: BitFitEdit.for_model(m, BitFitConfig())),
                    "zero-initialised biases on all seven linear maps"),
         MethodSpec("zeroshot", lambda d: [{}], _fit_zeroshot, "the frozen model, same prompt"),
+        # the paper's ablations of JoLA: same search space and trainer, one design choice changed
+        MethodSpec("jola_additive", _jola_space, _jola_fit(edit_type=EditType.ADDITIVE),
+                   "JoLA ablation: additive edit only (separate gates)"),
+        MethodSpec("jola_multiplicative", _jola_space, _jola_fit(edit_type=EditType.MULTIPLICATIVE),
+                   "JoLA ablation: multiplicative edit only (separate gates)"),
+        MethodSpec("jola_shared_gate", _jola_space, _jola_fit(gate_mode=GateMode.SHARED),
+                   "JoLA ablation: one gate per head shared by both edits"),
+        MethodSpec("jola_no_gate", _jola_space, _jola_fit(gate_mode=GateMode.NONE),
+                   "JoLA ablation: no gates (every head edited, no L0 penalty)"),
     ]
 }
 
@@ -192,14 +213,18 @@ def _check_out_dir(out: Path, config: CompareConfig, identity: dict[str, Any]) -
                 f"{out} holds a comparison made with other settings or another model "
                 f"(see {path}); resume it with the same settings, or choose a new --out"
             )
-    elif out.exists() and any(out.iterdir()):
+        return
+    if out.exists() and any(out.iterdir()):
         raise JolaError(f"{out} exists, is not empty and is not a jolalens comparison; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    # atomic, so that several processes sharing one comparison directory never read half a file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
     tmp.replace(path)
 
@@ -239,6 +264,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
         "val_ce": fitted.val_ce, "hyperparameters": hp,
         "trainable_parameters": fitted.trainable_parameters,
         "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(float(result.summary["seconds"]), 1),
+        "device": str(next(model.parameters()).device),
         "info": fitted.info,
     }
 

@@ -55,6 +55,7 @@ def tiny_model(
     d_mlp: int = 64,
     tie_word_embeddings: bool = False,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """A random Llama-style ``TransformerBridge`` with grouped-query attention."""
     from transformer_lens.model_bridge import TransformerBridge
@@ -78,8 +79,10 @@ def tiny_model(
     )
     torch.manual_seed(seed)
     hf = LlamaForCausalLM(config).to(dtype).eval()
+    if device is not None:
+        hf.to(device)
     bridge = TransformerBridge.boot_transformers(
-        f"jolalens-tiny-llama-L{n_layers}H{n_heads}", hf_model=hf, tokenizer=tokenizer, dtype=dtype
+        f"jolalens-tiny-llama-L{n_layers}H{n_heads}", hf_model=hf, tokenizer=tokenizer, dtype=dtype, device=device
     )
     bridge.eval()
     return bridge

@@ -1,0 +1,336 @@
+"""The paper's comparison grid (issue #7) as one prioritised, resumable work queue.
+
+Every cell is one ``jolalens compare`` run (task, method, seed) in one of five groups that share a
+protocol: ``main`` (8 commonsense tasks, the 7 methods and the 4 JoLA ablations), ``nlu`` (MMLU
+domains), ``nlg`` (GEM tasks, generation protocol), ``datasize`` (50-1000 training examples) and
+``gen`` (the main table's kept edits re-scored with the generation protocol). The paper's sizes
+throughout: 200 train / 200 valid examples, up to 20 epochs with early stopping, the same 500
+test items per task (or the whole split if smaller), 2 hyper-parameter points per method chosen
+on validation cross-entropy only.
+
+Several worker processes share the queue (a cell is claimed by creating its lock file), so the
+cells of a small model run side by side on one GPU. Results go to ``OUT/{group}/runs/...`` exactly
+as ``jolalens compare`` writes them; rerunning the command resumes (done cells are skipped, lost
+claims are retried). Usage::
+
+    python benchmarks/paper_grid.py --plan                          # list the cells, in order
+    python benchmarks/paper_grid.py --device cuda --workers 12 --deadline 500
+    python benchmarks/paper_grid.py --device cpu --workers 1        # resume here, slowly
+    python benchmarks/paper_grid.py --tables                        # rewrite every summary
+
+``--snapshot DIR`` packs the finished results (edits over 1 MB left out) into one tarball per
+group under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+OUT = Path(__file__).parent / "results" / "paper_grid"
+
+COMMONSENSE = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "siqa", "winogrande")
+MMLU = ("mmlu_business", "mmlu_economics", "mmlu_health", "mmlu_history", "mmlu_law",
+        "mmlu_math", "mmlu_other", "mmlu_philosophy", "mmlu_physics", "mmlu_psychology")
+GEM = ("common_gen", "e2e_nlg", "web_nlg", "xsum")
+BASELINES = ("zeroshot", "jola", "iti", "red", "lofit", "bitfit", "lora")
+ABLATIONS = ("jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
+ABLATION_TASKS = ("openbookqa", "arc_easy", "boolq", "piqa")
+DATASIZE_TASKS = ("arc_easy", "boolq")
+DATASIZES = (50, 100, 200, 500, 1000)
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: ``group`` names the comparison directory it belongs to."""
+
+    group: str
+    task: str
+    method: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}__{self.task}__{self.method}__seed{self.seed}"
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.group / "runs" / self.task / self.method / f"seed{self.seed}"
+
+
+def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
+    """The CompareConfig of a group (its protocol stamp); ``smoke``: tiny sizes for a dry run."""
+    from jolalens import TrainConfig
+    from jolalens.compare import CompareConfig
+    from jolalens.evaluate import Protocol
+
+    train = TrainConfig(epochs=20, warmup_steps=50, progress=False, eval_batch_size=eval_batch_size)
+    n_train, n_valid, n_test = 200, 200, 500
+    if group.startswith("datasize_n"):
+        n_train = int(group.removeprefix("datasize_n"))
+    if smoke:
+        train = TrainConfig(epochs=1, warmup_steps=1, progress=False, eval_batch_size=eval_batch_size)
+        n_train, n_valid, n_test = min(n_train, 8), 8, 8
+    protocol = Protocol.GEN if group == "nlg" else Protocol.LOGLIK
+    tasks = {"main": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
+    methods = tuple(dict.fromkeys(BASELINES + ABLATIONS))
+    return CompareConfig(methods=methods, tasks=tasks, seeds=SEEDS, n_train=n_train, n_valid=n_valid,
+                         n_test=n_test, protocol=protocol, budget=2, train=train)
+
+
+def plan() -> list[Cell]:
+    """Every cell, most informative first: seed 0 of the main table, then the rest."""
+    cells = [Cell("main", t, m, 0) for m in BASELINES for t in COMMONSENSE]
+    cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in ABLATION_TASKS]
+    cells += [Cell("gen", t, m, 0) for m in BASELINES for t in COMMONSENSE]
+    cells += [Cell("nlg", t, m, 0) for t in GEM for m in ("zeroshot", "jola", "red")]
+    cells += [Cell("nlu", t, m, 0) for t in MMLU for m in ("zeroshot", "jola", "iti", "red")]
+    cells += [Cell("main", t, m, s) for s in (1, 2) for m in BASELINES if m != "zeroshot" for t in COMMONSENSE]
+    cells += [Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES for t in DATASIZE_TASKS for m in ("jola", "red", "lora")]
+    cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
+    cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in COMMONSENSE if t not in ABLATION_TASKS]
+    return cells
+
+
+def _done(cell: Cell, out: Path) -> bool:
+    name = "gen_result.json" if cell.group == "gen" else "result.json"
+    if cell.group == "gen":
+        return (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / name).is_file()
+    return (cell.run_dir(out) / name).is_file()
+
+
+def _ready(cell: Cell, out: Path) -> bool:
+    """Re-scoring needs the main run's kept edit first."""
+    return cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
+
+
+def _claim(cell: Cell, out: Path, worker: int) -> bool:
+    path = out / "claims" / cell.key
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, f"worker {worker} pid {os.getpid()} at {time.time():.0f}\n".encode())
+    os.close(fd)
+    return True
+
+
+def rescore_generation(model, cell: Cell, out: Path, config) -> dict:
+    """Score a main-table run's kept edit with the generation protocol on the same test items."""
+    from jolalens import load_edit
+    from jolalens.evaluate import Protocol, evaluate
+    from jolalens.tasks import load_task_splits
+
+    run_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
+    splits = load_task_splits(cell.task, n_train=0, n_valid=0, n_test=config.n_test, seed=cell.seed)
+    edit = None if cell.method == "zeroshot" else load_edit(run_dir / "edit", model)
+    result = evaluate(model, splits.test, cell.task, edit=edit, protocol=Protocol.GEN,
+                      style=config.train.prompt_style, max_length=config.train.max_length, progress=False)
+    result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv", index=False)
+    row = {"task": cell.task, "method": cell.method, "seed": cell.seed, "protocol": "gen",
+           "accuracy": float(result.summary["accuracy"]), "n_test": len(splits.test),
+           "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device)}
+    tmp = run_dir / ".gen_result.json.tmp"
+    tmp.write_text(json.dumps(row, indent=2) + "\n")
+    tmp.replace(run_dir / "gen_result.json")
+    return row
+
+
+def worker(args: argparse.Namespace, index: int) -> int:
+    """Claim and run cells until none is left or the claim deadline passes."""
+    import torch
+
+    from jolalens import load_model
+    from jolalens.compare import run_compare
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.tf32:  # fp32 weights, TF32 matrix products: ~4x the fp32 rate of an H100
+        torch.set_float32_matmul_precision("high")
+    out: Path = args.out
+    stop_at = float(args.stop_claiming_at) if args.stop_claiming_at else float("inf")
+    model = load_model(device=args.device)
+    log_path = out / "logs" / f"worker{index}.log"
+
+    def log(msg: str) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    log(f"worker {index} ready on {args.device}")
+    cells = [c for c in plan() if args.only is None or c.group in args.only]
+    while time.time() < stop_at:
+        todo = [c for c in cells if not _done(c, out)]
+        ready = [c for c in todo if _ready(c, out) and not (out / "claims" / c.key).exists()]
+        if not ready:
+            running = [c for c in todo if c.group != "gen" and (out / "claims" / c.key).exists()
+                       and not (c.run_dir(out) / "error.txt").exists()]
+            if not running:
+                break  # done, claimed, or waiting on a main run that failed
+            time.sleep(5)  # re-scoring cells wait for their main run
+            continue
+        cell = ready[0]
+        if not _claim(cell, out, index):
+            continue
+        t0 = time.perf_counter()
+        log(f"start {cell.key}")
+        try:
+            config = group_config("main" if cell.group == "gen" else cell.group, smoke=args.smoke, eval_batch_size=args.eval_batch_size)
+            if cell.group == "gen":
+                row = rescore_generation(model, cell, out, config)
+                log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.0f} s")
+                continue
+            from dataclasses import replace
+
+            one = replace(config, methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
+            run_compare(model, one, out / cell.group, log=log)
+            log(f"done {cell.key} in {time.perf_counter() - t0:.0f} s")
+        except Exception:  # noqa: BLE001 - a broken cell is logged and left for the next invocation
+            log(f"FAILED {cell.key}\n{traceback.format_exc()}")
+    log(f"worker {index} exits")
+    return 0
+
+
+def _keep(path: Path) -> bool:
+    """Results, logs and the head-level edits (JoLA, ITI, LoFiT) travel; other weights stay."""
+    if path.name.endswith(".tmp"):
+        return False
+    if path.suffix != ".safetensors":
+        return path.stat().st_size < 4_000_000
+    method = path.parts[-4] if len(path.parts) >= 4 else ""
+    return (method.startswith("jola") or method in ("iti", "lofit")) and path.stat().st_size < 1_000_000
+
+
+def snapshot(out: Path, dest: Path) -> None:
+    """Two tarballs of everything finished so far: ``main.tgz`` and ``rest.tgz`` (other groups, logs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    groups = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "claims")
+    for name, members in (("main", [g for g in groups if g == "main"]), ("rest", [g for g in groups if g != "main"])):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for group in members:
+                for path in sorted((out / group).rglob("*")):
+                    if path.is_file() and _keep(path):
+                        tar.add(path, arcname=str(path.relative_to(out)))
+        tmp = dest / f".{name}.tgz.tmp"
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(dest / f"{name}.tgz")
+
+
+def tables(out: Path) -> None:
+    from jolalens.compare import write_tables
+
+    for group_dir in sorted(p for p in out.iterdir() if (p / "compare_config.json").is_file()):
+        write_tables(group_dir)
+        print(f"{group_dir}/summary.md")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
+    parser.add_argument("--eval-batch-size", type=int, default=8, help="speed only; not part of the protocol")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds: stop claiming cells at 85%%, stop workers at 100%%")
+    parser.add_argument("--snapshot", type=Path, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the machinery")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in logs/invocations.jsonl)")
+    parser.add_argument("--plan", action="store_true")
+    parser.add_argument("--tables", action="store_true")
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.only = None if args.only is None else set(args.only.split(","))
+    if args.plan:
+        cells = [c for c in plan() if args.only is None or c.group in args.only]
+        for i, c in enumerate(cells):
+            print(f"{i:4d} {c.key}{'  (done)' if _done(c, args.out) else ''}")
+        return 0
+    if args.tables:
+        tables(args.out)
+        return 0
+    if args.worker_index is not None:
+        return worker(args, args.worker_index)
+    return coordinate(args)
+
+
+def coordinate(args: argparse.Namespace) -> int:
+    """Stamp every group's directory, start the workers, snapshot, stop them at the deadline."""
+    from jolalens import load_model
+    from jolalens.compare import _check_out_dir
+    from jolalens.models import model_identity
+
+    out: Path = args.out
+    t0 = time.time()
+    model = load_model()  # converts the embedded GGUF once, before the workers race for it
+    identity = model_identity(model)
+    del model
+    groups = sorted({c.group for c in plan() if args.only is None or c.group in args.only} - {"gen"} | {"main"})
+    for group in groups:
+        _check_out_dir(out / group, group_config(group, smoke=args.smoke, eval_batch_size=args.eval_batch_size), identity)
+    (out / "claims").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "claims").iterdir():  # claims of cells that never finished: run them again
+        key = stale.name.split("__")
+        if len(key) == 4 and not _done(Cell(key[0], key[1], key[2], int(key[3][4:])), out):
+            stale.unlink()
+    import torch
+
+    machine = {"command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
+               "cpus": os.cpu_count(), "device": args.device, "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    import transformers
+
+    machine["transformers"] = transformers.__version__
+    machine["tf32"] = bool(args.tf32)
+    machine["workers"] = args.workers
+    with open(out / "logs" / "invocations.jsonl", "a") as fh:
+        fh.write(json.dumps(machine) + "\n")
+    stop_claiming = t0 + 0.85 * args.deadline if args.deadline else None
+    base = [sys.executable, __file__, "--out", str(out), "--device", args.device, "--threads", str(args.threads),
+            "--eval-batch-size", str(args.eval_batch_size)]
+    if args.smoke:
+        base.append("--smoke")
+    if args.tf32:
+        base.append("--tf32")
+    if args.only:
+        base += ["--only", ",".join(sorted(args.only))]
+    if stop_claiming:
+        base += ["--stop-claiming-at", str(stop_claiming)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([*base, "--worker-index", str(i)], env=env, start_new_session=True) for i in range(args.workers)]
+    last_snap = 0.0
+    while any(p.poll() is None for p in procs):
+        if args.deadline and time.time() > t0 + args.deadline:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            break
+        if args.snapshot and time.time() - last_snap > 30:
+            snapshot(out, args.snapshot)
+            last_snap = time.time()
+        time.sleep(2)
+    for p in procs:
+        p.wait()
+    tables(out)
+    if args.snapshot:
+        snapshot(out, args.snapshot)
+    cells = [c for c in plan() if args.only is None or c.group in args.only]
+    done = sum(_done(c, out) for c in cells)
+    print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
