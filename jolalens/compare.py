@@ -334,10 +334,12 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None, not_applicable: pd.DataFrame | None = None) -> str:
+def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None, not_applicable: pd.DataFrame | None = None,
+                   *, scale: float = 100.0) -> str:
     """Methods as rows, tasks as columns (``mean ± std`` in %), then average, parameters, time.
 
     ``not_applicable``: rows (task, method) shown as ``n/a`` instead of ``–`` (not run yet).
+    ``scale``: 100 for accuracies stored as fractions, 1 for BLEU / ROUGE (already in %).
     """
     if summary.empty:
         return "_no finished runs yet_\n"
@@ -352,14 +354,14 @@ def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = 
         for task in tasks:
             if task in rows.index:
                 r = rows.loc[task]
-                std = "" if pd.isna(r["std"]) else f" ± {100 * r['std']:.1f}"
-                cells.append(f"{100 * r['mean']:.1f}{std} (n={int(r['n_seeds'])})")
+                std = "" if pd.isna(r["std"]) else f" ± {scale * r['std']:.1f}"
+                cells.append(f"{scale * r['mean']:.1f}{std} (n={int(r['n_seeds'])})")
                 means.append(r["mean"])
             elif not results_na.empty and ((results_na["task"] == task) & (results_na["method"] == method)).any():
                 cells.append("n/a")
             else:
                 cells.append("–")
-        avg = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
+        avg = f"{scale * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
         params = int(rows["trainable_parameters"].iloc[0])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {rows['fit_seconds'].mean():.0f} |")
     return "\n".join(lines) + "\n"
@@ -380,7 +382,8 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     metric = results["metric"].dropna().iloc[0] if "metric" in results and results["metric"].notna().any() else "score"
     (out / "summary.md").write_text(
         f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
-        + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None)
+        + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
+                         scale=100.0 if metric == "accuracy" else 1.0)
         + note
     )
     return results

@@ -13,7 +13,9 @@ ver() { $py -m pip show "$1" | awk '/^Version/{print $2}'; }
 $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .xfer1/whl \
   "transformer-lens==$(ver transformer-lens)" "gguf==$(ver gguf)" "datasets==$(ver datasets)" \
-  "dill==$(ver dill)" "multiprocess==$(ver multiprocess)"
+  "dill==$(ver dill)" "multiprocess==$(ver multiprocess)" "nltk==$(ver nltk)"
+# rouge-score (ROUGE-L of the generation tasks) is published as an sdist only: build its wheel here
+$py -m pip wheel -q --no-deps -w .xfer1/whl "rouge-score==$(ver rouge-score)"
 head -c 58000000 "$gguf" > .xfer1/gguf.part_a
 tail -c +58000001 "$gguf" > .xfer2/gguf.part_b
 (cd "$cache" && tar -cf - tasks | xz -9 -T0 -c) > .xfer2/tasks.tar.xz

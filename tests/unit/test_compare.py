@@ -154,3 +154,23 @@ def test_iti_is_not_applicable_to_generation_tasks(tiny, tmp_path, patched):
     logs: list[str] = []
     run_compare(tiny, _config(methods=("iti",), tasks=("e2e_nlg",)), tmp_path / "cmp", log=logs.append)
     assert logs == ["skip e2e_nlg/iti/seed0: done"]
+
+
+def test_jola_ablations_change_one_design_choice(tiny, tmp_path, patched):
+    ablations = ("jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
+    results = run_compare(tiny, _config(methods=ablations), tmp_path / "cmp", log=lambda s: None)
+    assert (results["status"] == "done").all()
+    expected = {"jola_additive": ("additive", "separate"), "jola_multiplicative": ("multiplicative", "separate"),
+                "jola_shared_gate": ("both", "shared"), "jola_no_gate": ("both", "none")}
+    for name, (edit_type, gate_mode) in expected.items():
+        saved = json.loads((tmp_path / "cmp" / "runs" / "arc_easy" / name / "seed0" / "edit" / "jola_config.json").read_text())
+        assert (saved["config"]["edit_type"], saved["config"]["gate_mode"]) == (edit_type, gate_mode)
+    params = results.set_index("method")["trainable_parameters"]
+    assert params["jola_additive"] == params["jola_multiplicative"] < params["jola_shared_gate"] < params["jola_no_gate"] * 2
+
+
+def test_generation_scores_are_not_scaled_twice():
+    summary = pd.DataFrame([{"task": "e2e_nlg", "method": "jola", "mean": 45.25, "std": float("nan"), "n_seeds": 1,
+                             "trainable_parameters": 10, "fit_seconds": 1.0}])
+    assert "45.2 (n=1)" in markdown_table(summary, scale=1.0)
+    assert "4525.0" in markdown_table(summary)
