@@ -1,0 +1,219 @@
+"""Tables and figures of the #7 grid from its committed results (no training, no GPU).
+
+Reads ``benchmarks/results/paper_grid`` (written by ``paper_grid.py``) and writes
+``benchmarks/results/paper_grid/report.md`` + ``report_cells.csv`` and ``figures/paper_grid/``:
+
+* the main table (test accuracy per task and method, average, parameters, fit time);
+* every method against zero-shot on the same test items: the difference, an exact McNemar
+  p-value, and the *label-prior* accuracy, i.e. what a guesser that picks labels with the
+  method's own label frequencies, independently of the item, would score on these items
+  (``sum_l P(pred = l) P(answer = l)``). Accuracy far above it means item-specific skill;
+  accuracy near it means the method only moved the label prior;
+* JoLA's closed-gate fractions and best epochs per task;
+* figures: accuracy minus zero-shot (task x method) and, per task, the comparison figures of
+  ``jolalens.analysis.make_compare_figures`` (bars, where the head-level methods edit, head-set
+  Jaccard). Usage::
+
+    python benchmarks/paper_grid_report.py            # loads the embedded model for head maps
+    python benchmarks/paper_grid_report.py --no-figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from jolalens.compare import collect, markdown_table, summarise
+
+OUT = Path(__file__).parent / "results" / "paper_grid"
+FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
+ORDER = ("zeroshot", "jola", "iti", "red", "lofit", "lora", "bitfit",
+         "jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
+
+
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar test: binomial(a_only + b_only, 1/2) on the discordant items."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def label_prior_accuracy(items: pd.DataFrame) -> float:
+    """Accuracy of an item-blind guesser with the method's predicted-label frequencies."""
+    pred = items["prediction"].astype(str).value_counts(normalize=True)
+    gold = items["answer"].astype(str).value_counts(normalize=True)
+    return float(sum(p * gold.get(label, 0.0) for label, p in pred.items()))
+
+
+def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
+    """One row per finished run: accuracy, label-prior accuracy, and the test against zero-shot."""
+    rows = []
+    runs = out / group / "runs"
+    for task_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        zero_path = task_dir / "zeroshot" / "seed0" / "test_items.csv"
+        zero = pd.read_csv(zero_path) if zero_path.is_file() else None
+        for run in sorted(task_dir.glob("*/seed*")):
+            if not (run / "result.json").is_file() or not (run / "test_items.csv").is_file():
+                continue
+            result = json.loads((run / "result.json").read_text())
+            items = pd.read_csv(run / "test_items.csv")
+            row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
+                   "accuracy": float(items["correct"].mean()), "n_test": len(items),
+                   "label_prior_accuracy": label_prior_accuracy(items),
+                   "top_label_share": float(items["prediction"].astype(str).value_counts(normalize=True).iloc[0]),
+                   "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
+                   "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {}))}
+            if zero is not None and len(zero) == len(items) and (zero["item"].to_numpy() == items["item"].to_numpy()).all():
+                a = items["correct"].astype(bool).to_numpy()
+                b = zero["correct"].astype(bool).to_numpy()
+                row["minus_zeroshot"] = row["accuracy"] - float(b.mean())
+                row["mcnemar_p"] = mcnemar_p(int((a & ~b).sum()), int((~a & b).sum()))
+            info = result.get("info", {})
+            for kind, frac in info.get("closed_fraction", {}).items():
+                row[f"closed_{kind}"] = frac
+            if "best_epoch" in info:
+                row["best_epoch"] = info["best_epoch"]
+            rows.append(row)
+    cells = pd.DataFrame(rows)
+    cells["excess_over_label_prior"] = cells["accuracy"] - cells["label_prior_accuracy"]
+    return cells
+
+
+def _pct(x: float) -> str:
+    return "–" if pd.isna(x) else f"{100 * x:.1f}"
+
+
+def report(out: Path) -> str:
+    results = collect(out / "main")
+    summary = summarise(results)
+    cells = cell_table(out)
+    cells.to_csv(out / "report_cells.csv", index=False)
+    seed0 = cells[cells["seed"] == 0]
+    tasks = sorted(seed0["task"].unique())
+    methods = [m for m in ORDER if m in set(seed0["method"])]
+    lines = ["# The #7 grid: report", "",
+             "Written by `python benchmarks/paper_grid_report.py` from the runs under this directory.", "",
+             "## Main table: test accuracy (%)", "", markdown_table(summary, methods_order=ORDER), "",
+             "## Against zero-shot, seed 0: accuracy − zero-shot (points), McNemar p, label-prior accuracy", "",
+             "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.", "",
+             "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for method in methods:
+        if method == "zeroshot":
+            row = [f"{_pct(c.accuracy)} \\| {_pct(c.label_prior_accuracy)}" for c in
+                   seed0[seed0["method"] == "zeroshot"].set_index("task").reindex(tasks).itertuples()]
+            lines.append("| zeroshot (accuracy \\| label-prior) | " + " | ".join(row) + " |")
+            continue
+        row = []
+        for task in tasks:
+            c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
+            if c.empty:
+                row.append("–")
+                continue
+            c = c.iloc[0]
+            delta = f"{100 * c['minus_zeroshot']:+.1f} (p={c['mcnemar_p']:.2g})" if "minus_zeroshot" in c and pd.notna(c.get("minus_zeroshot")) else "–"
+            if pd.notna(c.get("mcnemar_p")) and c["mcnemar_p"] < 0.05 and method != "zeroshot":
+                delta = f"**{delta}**"
+            row.append(f"{delta} \\| {_pct(c['label_prior_accuracy'])}")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    jola = seed0[seed0["method"].str.startswith("jola")].copy()
+    if not jola.empty:
+        lines += ["", "## JoLA: closed gates at the kept epoch (fraction of the 270 heads), seed 0", "",
+                  "| method | task | closed additive | closed multiplicative | best epoch | lr |", "|---|---|---|---|---|---|"]
+        for r in jola.sort_values(["method", "task"]).itertuples():
+            lines.append(f"| {r.method} | {r.task} | {_pct(getattr(r, 'closed_additive', float('nan')))}% | "
+                         f"{_pct(getattr(r, 'closed_multiplicative', float('nan')))}% | {int(getattr(r, 'best_epoch', -1))} | {json.loads(r.hyperparameters).get('lr')} |")
+    wins = []
+    for method in methods:
+        if method in ("jola", "zeroshot"):
+            continue
+        both = seed0[seed0["method"].isin(["jola", method])].pivot(index="task", columns="method", values="accuracy").dropna()
+        if len(both):
+            wins.append(f"| {method} | {int((both['jola'] > both[method]).sum())} | {int((both['jola'] == both[method]).sum())} | "
+                        f"{int((both['jola'] < both[method]).sum())} | {len(both)} |")
+    if wins:
+        lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
+                  "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
+    """The accuracy-difference heatmap, and per task the comparison figures with JoLA beside
+    mean-ablation attribution scores (first-order, on the run's own validation examples)."""
+    import plotly.graph_objects as go
+
+    from jolalens import load_model
+    from jolalens.analysis import attribution_scores, compare_selection, make_compare_figures
+    from jolalens.analysis.compare_report import head_level_maps
+    from jolalens.analysis.figures import save_figure
+    from jolalens.tasks import load_task_splits
+
+    cells = pd.read_csv(out / "report_cells.csv")
+    seed0 = cells[(cells["seed"] == 0) & (cells["method"] != "zeroshot")]
+    pivot = seed0.pivot(index="method", columns="task", values="minus_zeroshot") * 100
+    pivot = pivot.reindex([m for m in ORDER if m in pivot.index])
+    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=list(pivot.index), colorscale="RdBu", zmid=0,
+                               text=pivot.map(lambda v: "not run" if pd.isna(v) else f"{v:+.1f}").to_numpy(), texttemplate="%{text}",
+                               colorbar={"title": "points"}))
+    fig.update_layout(title="Test accuracy minus zero-shot (points), SmolLM2-135M, seed 0", width=900, height=480,
+                      yaxis={"autorange": "reversed"})
+    dest.mkdir(parents=True, exist_ok=True)
+    written = save_figure(fig, dest / "accuracy_minus_zeroshot")
+    model = load_model()
+    config = json.loads((out / "main" / "compare_config.json").read_text())["protocol"]
+    agreement = []
+    for task in sorted(cells["task"].unique()):
+        jola = head_level_maps(out / "main", task, model).get("JoLA |edit|")
+        selective = jola is not None and 0 < int((jola > 0).sum()) < jola.numel()  # some gates closed
+        scores = None
+        if selective:  # attribution is only worth its CPU time where JoLA actually selected heads
+            splits = load_task_splits(task, n_train=config["n_train"], n_valid=config["n_valid"], n_test=0, seed=0)
+            scores = attribution_scores(model, splits.valid[:attribution_examples], ablation="mean",
+                                        reference=splits.train[:attribution_examples], cache_dir=out / "attribution_cache",
+                                        batch_size=2)  # long HellaSwag endings: keep the logits small
+        written += make_compare_figures(out / "main", task, dest / task, model=model, scores=scores)
+        if selective:
+            row = compare_selection(jola, scores.logprob_drop, threshold=0.0)
+            row.insert(0, "task", task)
+            agreement.append(row)
+    if agreement:
+        table = pd.concat(agreement, ignore_index=True)
+        table.to_csv(out / "jola_open_heads_vs_attribution.csv", index=False)
+        lines = ["", "## JoLA's open heads against mean-ablation attribution (seed 0)", "",
+                 f"Attribution: first-order mean-ablation log-prob drop of the base model on the first {attribution_examples} "
+                 f"validation examples, head means from the first {attribution_examples} training examples; only tasks "
+                 "where some of JoLA's gates closed. k = the number of heads with an open gate.", "",
+                 "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
+                  for r in table.itertuples()]
+        with open(out / "report.md", "a") as fh:
+            fh.write("\n".join(lines) + "\n")
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--attribution-examples", type=int, default=48, help="validation (and reference) examples for attribution")
+    args = parser.parse_args()
+    print(report(args.out))
+    if not args.no_figures:
+        for path in figures(args.out, args.figures, attribution_examples=args.attribution_examples):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
