@@ -19,15 +19,9 @@ import jolalens.tasks
 from jolalens import Example, TrainConfig, load_edit
 from jolalens.compare import METHODS, CompareConfig, run_compare
 from jolalens.evaluate import Protocol, evaluate
-from jolalens.tasks.splits import TaskSplits
-from jolalens.testing import tiny_model
+from jolalens.testing import choice_splits, tiny_model
 
-
-def _splits(task, n_train, n_valid, n_test, seed, **kw):
-    def make(n, offset):
-        return [Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)]
-
-    return TaskSplits(make(n_train, seed), make(n_valid, 100), make(n_test, 200))
+_splits = choice_splits
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-__all__ = ["char_tokenizer", "tiny_model"]
+__all__ = ["char_tokenizer", "choice_splits", "tiny_model"]
 
 
 @lru_cache(maxsize=1)
@@ -86,3 +86,17 @@ def tiny_model(
     )
     bridge.eval()
     return bridge
+
+
+def choice_splits(task: object, n_train: int, n_valid: int, n_test: int, seed: int = 0, **_: object):
+    """A synthetic three-option task in the shape of ``jolalens.tasks.load_task_splits``.
+
+    Patched in for the real loader, it lets the comparison runner run without any data files.
+    """
+    from .data import Example
+    from .tasks.splits import TaskSplits
+
+    def make(n: int, offset: int) -> list[Example]:
+        return [Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)]
+
+    return TaskSplits(make(n_train, seed), make(n_valid, 100), make(n_test, 200))

@@ -8,19 +8,15 @@ import pandas as pd
 import pytest
 
 import jolalens.tasks
-from jolalens import Example, TrainConfig
+from jolalens import TrainConfig
 from jolalens.compare import METHODS, CompareConfig, markdown_table, run_compare, summarise
 from jolalens.errors import JolaError
-from jolalens.tasks.splits import TaskSplits
+from jolalens.testing import choice_splits
 
 ALL = ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot")
 
 
-def _splits(task, n_train, n_valid, n_test, seed, **kw):
-    def make(n, offset):
-        return [Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)]
-
-    return TaskSplits(make(n_train, seed), make(n_valid, 100), make(n_test, 200))
+_splits = choice_splits
 
 
 @pytest.fixture
