@@ -35,7 +35,7 @@ import sys
 import tarfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "paper_grid"
@@ -83,7 +83,7 @@ def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
         train = TrainConfig(epochs=1, warmup_steps=1, progress=False, eval_batch_size=eval_batch_size)
         n_train, n_valid, n_test = min(n_train, 8), 8, 8
     protocol = Protocol.GEN if group == "nlg" else Protocol.LOGLIK
-    tasks = {"main": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
+    tasks = {"main": COMMONSENSE, "rerun": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
     methods = tuple(dict.fromkeys(BASELINES + ABLATIONS))
     return CompareConfig(methods=methods, tasks=tasks, seeds=SEEDS, n_train=n_train, n_valid=n_valid,
                          n_test=n_test, protocol=protocol, budget=2, train=train)
@@ -101,6 +101,12 @@ def plan() -> list[Cell]:
     cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
     cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in COMMONSENSE if t not in ABLATION_TASKS]
     return cells
+
+
+def selected(only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None) -> list[Cell]:
+    """The plan, restricted to some groups, methods and/or tasks (``None``: all of them)."""
+    return [c for c in plan() if (only is None or c.group in only) and (methods is None or c.method in methods)
+            and (tasks is None or c.task in tasks)]
 
 
 def _done(cell: Cell, out: Path) -> bool:
@@ -126,25 +132,56 @@ def _claim(cell: Cell, out: Path, worker: int) -> bool:
     return True
 
 
-def rescore_generation(model, cell: Cell, out: Path, config) -> dict:
-    """Score a main-table run's kept edit with the generation protocol on the same test items."""
+def edit_kept(run_dir: Path, method: str) -> bool:
+    """Whether a run's trained weights are on disk (zero-shot has none to keep)."""
+    return method == "zeroshot" or (run_dir / "edit" / "jola_weights.safetensors").is_file()
+
+
+def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path | None = None,
+                       provenance: dict | None = None) -> dict:
+    """Score a main-table run's edit with the generation protocol on the same test items.
+
+    ``edit_dir``: where the edit is (default: the main run's own ``edit/``); ``provenance`` is
+    recorded in ``gen_result.json`` when the edit comes from a retrained copy of the run.
+    """
     from jolalens import load_edit
     from jolalens.evaluate import Protocol, evaluate
     from jolalens.tasks import load_task_splits
 
     run_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
     splits = load_task_splits(cell.task, n_train=0, n_valid=0, n_test=config.n_test, seed=cell.seed)
-    edit = None if cell.method == "zeroshot" else load_edit(run_dir / "edit", model)
+    edit = None if cell.method == "zeroshot" else load_edit(edit_dir or run_dir / "edit", model)
     result = evaluate(model, splits.test, cell.task, edit=edit, protocol=Protocol.GEN,
                       style=config.train.prompt_style, max_length=config.train.max_length, progress=False)
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv", index=False)
     row = {"task": cell.task, "method": cell.method, "seed": cell.seed, "protocol": "gen",
            "accuracy": float(result.summary["accuracy"]), "n_test": len(splits.test),
-           "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device)}
+           "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device),
+           **(provenance or {})}
     tmp = run_dir / ".gen_result.json.tmp"
     tmp.write_text(json.dumps(row, indent=2) + "\n")
     tmp.replace(run_dir / "gen_result.json")
     return row
+
+
+def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
+    """A ``gen`` cell: re-score the main run's edit, retraining it (group ``rerun``) if not kept."""
+    from jolalens.compare import run_compare
+
+    main_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
+    if edit_kept(main_dir, cell.method):
+        return rescore_generation(model, cell, out, config)
+    again = Cell("rerun", cell.task, cell.method, cell.seed)
+    if not (again.run_dir(out) / "result.json").is_file():
+        log(f"  {main_dir} kept no weights: retraining it as {again.key}")
+        run_compare(model, config, out / "rerun", log=log)
+    if not edit_kept(again.run_dir(out), cell.method):
+        raise FileNotFoundError(f"{again.run_dir(out)} has no edit weights either; delete that run to retrain it")
+    main_score = json.loads((main_dir / "result.json").read_text())["score"]
+    rerun_score = json.loads((again.run_dir(out) / "result.json").read_text())["score"]
+    provenance = {"edit_from": f"rerun/runs/{cell.task}/{cell.method}/seed{cell.seed}",
+                  "loglik_score_main": main_score, "loglik_score_rerun": rerun_score}
+    return rescore_generation(model, cell, out, config, edit_dir=again.run_dir(out) / "edit", provenance=provenance)
 
 
 def worker(args: argparse.Namespace, index: int) -> int:
@@ -167,7 +204,7 @@ def worker(args: argparse.Namespace, index: int) -> int:
             fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
     log(f"worker {index} ready on {args.device}")
-    cells = [c for c in plan() if args.only is None or c.group in args.only]
+    cells = selected(args.only, args.methods, args.tasks)
     while time.time() < stop_at:
         todo = [c for c in cells if not _done(c, out)]
         ready = [c for c in todo if _ready(c, out) and not (out / "claims" / c.key).exists()]
@@ -185,14 +222,16 @@ def worker(args: argparse.Namespace, index: int) -> int:
         log(f"start {cell.key}")
         try:
             config = group_config("main" if cell.group == "gen" else cell.group, smoke=args.smoke, eval_batch_size=args.eval_batch_size)
+            one = replace(config, methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
             if cell.group == "gen":
-                row = rescore_generation(model, cell, out, config)
+                row = score_generation(model, cell, out, one, log)
                 log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.0f} s")
                 continue
-            from dataclasses import replace
-
-            one = replace(config, methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
             run_compare(model, one, out / cell.group, log=log)
+            if cell.group == "main" and (cell.run_dir(out) / "result.json").is_file():
+                # both protocols while the edit is on disk here (LoRA weights are too large to keep)
+                row = rescore_generation(model, Cell("gen", cell.task, cell.method, cell.seed), out, one)
+                log(f"  gen-protocol accuracy {row['accuracy']:.3f}")
             log(f"done {cell.key} in {time.perf_counter() - t0:.0f} s")
         except Exception:  # noqa: BLE001 - a broken cell is logged and left for the next invocation
             log(f"FAILED {cell.key}\n{traceback.format_exc()}")
@@ -201,13 +240,10 @@ def worker(args: argparse.Namespace, index: int) -> int:
 
 
 def _keep(path: Path) -> bool:
-    """Results, logs and the head-level edits (JoLA, ITI, LoFiT) travel; other weights stay."""
+    """Results, logs and edits under 1 MB travel (all but LoRA's, which is gen-scored in place)."""
     if path.name.endswith(".tmp"):
         return False
-    if path.suffix != ".safetensors":
-        return path.stat().st_size < 4_000_000
-    method = path.parts[-4] if len(path.parts) >= 4 else ""
-    return (method.startswith("jola") or method in ("iti", "lofit")) and path.stat().st_size < 1_000_000
+    return path.stat().st_size < (1_000_000 if path.suffix == ".safetensors" else 4_000_000)
 
 
 def snapshot(out: Path, dest: Path) -> None:
@@ -244,6 +280,8 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=None, help="seconds: stop claiming cells at 85%%, stop workers at 100%%")
     parser.add_argument("--snapshot", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
+    parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks (openbookqa, mmlu_law, ...): only their cells")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the machinery")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in logs/invocations.jsonl)")
     parser.add_argument("--plan", action="store_true")
@@ -252,8 +290,14 @@ def main() -> int:
     parser.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.only = None if args.only is None else set(args.only.split(","))
+    args.methods = None if args.methods is None else set(args.methods.split(","))
+    args.tasks = None if args.tasks is None else set(args.tasks.split(","))
+    for name, given, field in (("--only", args.only, "group"), ("--methods", args.methods, "method"), ("--tasks", args.tasks, "task")):
+        known = {getattr(c, field) for c in plan()}
+        if given and not given <= known:
+            parser.error(f"{name}: unknown {sorted(given - known)}; choose from {sorted(known)}")
     if args.plan:
-        cells = [c for c in plan() if args.only is None or c.group in args.only]
+        cells = selected(args.only, args.methods, args.tasks)
         for i, c in enumerate(cells):
             print(f"{i:4d} {c.key}{'  (done)' if _done(c, args.out) else ''}")
         return 0
@@ -276,7 +320,7 @@ def coordinate(args: argparse.Namespace) -> int:
     model = load_model()  # converts the embedded GGUF once, before the workers race for it
     identity = model_identity(model)
     del model
-    groups = sorted({c.group for c in plan() if args.only is None or c.group in args.only} - {"gen"} | {"main"})
+    groups = sorted({c.group for c in selected(args.only, args.methods, args.tasks)} - {"gen"} | {"main", "rerun"})
     for group in groups:
         _check_out_dir(out / group, group_config(group, smoke=args.smoke, eval_batch_size=args.eval_batch_size), identity)
     (out / "claims").mkdir(parents=True, exist_ok=True)
@@ -306,6 +350,10 @@ def coordinate(args: argparse.Namespace) -> int:
         base.append("--tf32")
     if args.only:
         base += ["--only", ",".join(sorted(args.only))]
+    if args.methods:
+        base += ["--methods", ",".join(sorted(args.methods))]
+    if args.tasks:
+        base += ["--tasks", ",".join(sorted(args.tasks))]
     if stop_claiming:
         base += ["--stop-claiming-at", str(stop_claiming)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -326,7 +374,7 @@ def coordinate(args: argparse.Namespace) -> int:
     tables(out)
     if args.snapshot:
         snapshot(out, args.snapshot)
-    cells = [c for c in plan() if args.only is None or c.group in args.only]
+    cells = selected(args.only, args.methods, args.tasks)
     done = sum(_done(c, out) for c in cells)
     print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s")
     return 0

@@ -10,6 +10,10 @@ Reads ``benchmarks/results/paper_grid`` (written by ``paper_grid.py``) and write
   (``sum_l P(pred = l) P(answer = l)``). Accuracy far above it means item-specific skill;
   accuracy near it means the method only moved the label prior;
 * JoLA's closed-gate fractions and best epochs per task;
+* run to run: the main table's cells repeated with the same seed on the same kind of GPU
+  (``repeat/``): how many predictions change, and for JoLA, how many of the open heads stay;
+* the generation-protocol scores of the main table's edits (``gen_result.json``), and the tables
+  of the other groups (NLU, NLG, data size) as far as they have run;
 * figures: accuracy minus zero-shot (task x method) and, per task, the comparison figures of
   ``jolalens.analysis.make_compare_figures`` (bars, where the head-level methods edit, head-set
   Jaccard). Usage::
@@ -87,6 +91,58 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
     return cells
 
 
+def open_heads(edit_dir: Path) -> set[tuple[str, int, int]]:
+    """(kind, layer, head) of every gate a saved JoLA edit keeps open at evaluation (no model needed)."""
+    from safetensors.torch import load_file
+
+    from jolalens import JolaConfig
+
+    config = JolaConfig.from_dict(json.loads((edit_dir / "jola_config.json").read_text())["config"])
+    heads = set()
+    for key, log_alpha in load_file(str(edit_dir / "jola_weights.safetensors")).items():
+        if ".log_alpha_" not in key:
+            continue
+        layer = int(key.split(".")[1])
+        kind = key.rsplit("log_alpha_", 1)[1]
+        for head in (config.gate.deterministic(log_alpha) > 0).nonzero().flatten().tolist():
+            heads.add((kind, layer, head))
+    return heads
+
+
+def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.DataFrame:
+    """Per run present in both groups: both accuracies, changed predictions, McNemar between runs,
+    whether the same hyper-parameters were chosen, and for JoLA the Jaccard of the open-gate sets."""
+    rows = []
+    for run_b in sorted((out / second / "runs").glob("*/*/seed*")):
+        run_a = out / first / run_b.relative_to(out / second)
+        if not ((run_a / "test_items.csv").is_file() and (run_b / "test_items.csv").is_file()):
+            continue
+        a, b = pd.read_csv(run_a / "test_items.csv"), pd.read_csv(run_b / "test_items.csv")
+        if len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+            continue
+        ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
+        ra, rb = (json.loads((r / "result.json").read_text()) for r in (run_a, run_b))
+        row = {"task": run_b.parent.parent.name, "method": run_b.parent.name, "seed": int(run_b.name[4:]),
+               "accuracy_first": float(ca.mean()), "accuracy_second": float(cb.mean()),
+               "difference": float(cb.mean() - ca.mean()),
+               "changed_predictions": int((a["prediction"].astype(str) != b["prediction"].astype(str)).sum()),
+               "mcnemar_p": mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum())),
+               "same_hyperparameters": ra.get("hyperparameters") == rb.get("hyperparameters"),
+               "val_ce_first": ra.get("val_ce"), "val_ce_second": rb.get("val_ce")}
+        if all((r / "edit" / "jola_weights.safetensors").is_file() for r in (run_a, run_b)) and row["method"].startswith("jola"):
+            ha, hb = open_heads(run_a / "edit"), open_heads(run_b / "edit")
+            row["open_heads_first"], row["open_heads_second"] = len(ha), len(hb)
+            row["open_heads_jaccard"] = len(ha & hb) / len(ha | hb) if ha | hb else 1.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gen_table(out: Path) -> pd.DataFrame:
+    """The main table's runs scored with the generation protocol (``gen_result.json``)."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "main" / "runs").glob("*/*/seed*/gen_result.json"))]
+    return pd.DataFrame(rows)
+
+
 def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f}"
 
@@ -141,9 +197,58 @@ def report(out: Path) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+    lines += _repeat_section(out)
+    gen = gen_table(out)
+    if not gen.empty:
+        gen_summary = summarise(gen.rename(columns={"accuracy": "score"}).assign(status="done", trainable_parameters=0,
+                                                                                 fit_seconds=0.0))
+        lines += ["", "## The same edits scored with the generation protocol: test accuracy (%)", "",
+                  "Greedy-free beam search (4 beams), the answer read off the generated text; same 500 items.", "",
+                  markdown_table(gen_summary, methods_order=ORDER)]
+    for group, title, scale in (("nlu", "NLU (MMLU domains): test accuracy (%)", 100.0),
+                                ("nlg", "NLG (GEM): ROUGE-L", 1.0)):
+        results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
+        if not results.empty and (results.get("status") == "done").any():
+            lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale)]
+    sizes = sorted((int(p.name.removeprefix("datasize_n")), p) for p in out.glob("datasize_n*") if (p / "runs").is_dir())
+    size_rows = []
+    for n, path in sizes:
+        results = collect(path)
+        if not results.empty and "score" in results:
+            size_rows.append(summarise(results).assign(n_train=n))
+    if size_rows:
+        curve = pd.concat(size_rows)
+        pivot = curve.pivot_table(index=["task", "method"], columns="n_train", values="mean")
+        lines += ["", "## Data size: test accuracy (%) by number of training examples", "",
+                  "| task | method | " + " | ".join(str(n) for n in pivot.columns) + " |", "|---|---|" + "---|" * len(pivot.columns)]
+        for (task, method), vals in pivot.iterrows():
+            lines.append(f"| {task} | {method} | " + " | ".join(_pct(v) for v in vals) + " |")
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def _repeat_section(out: Path) -> list[str]:
+    rep = repeat_table(out)
+    if rep.empty:
+        return []
+    rep.to_csv(out / "repeat_cells.csv", index=False)
+    same = rep["difference"] == 0
+    lines = ["", "## Run to run: the same cells again, same seed, same kind of GPU", "",
+             f"{len(rep)} runs of the main table were run a second time (`repeat/`). {int(same.sum())} scored exactly "
+             f"the same; the largest difference is {100 * rep['difference'].abs().max():.1f} points; "
+             f"{int(rep['same_hyperparameters'].sum())} chose the same hyper-parameters. "
+             "Differences come from nondeterministic GPU kernels (TF32, atomics), not from the seed.", "",
+             "| task | method | first | second | changed predictions | McNemar p | same hp | JoLA open heads (Jaccard) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rep[(rep["difference"] != 0) | rep["method"].str.startswith("jola")].itertuples():
+        heads = (f"{int(r.open_heads_first)} / {int(r.open_heads_second)} ({r.open_heads_jaccard:.2f})"
+                 if "open_heads_jaccard" in rep and pd.notna(getattr(r, "open_heads_jaccard", float("nan"))) else "–")
+        lines.append(f"| {r.task} | {r.method} | {_pct(r.accuracy_first)} | {_pct(r.accuracy_second)} | "
+                     f"{r.changed_predictions} | {r.mcnemar_p:.2g} | {'yes' if r.same_hyperparameters else 'no'} | {heads} |")
+    lines.append("")
+    lines.append("Rows: every run whose accuracy changed, and every JoLA run. All rows: `repeat_cells.csv`.")
+    return lines
 
 
 def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:

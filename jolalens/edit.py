@@ -211,6 +211,7 @@ class Edit(nn.Module, ABC):
         """Add this edit's hooks; keep the handle and call ``remove()`` (or use ``attached``)."""
         backend = Backend(backend)
         self._check_model(model)
+        self._check_device(model)
         handle = EditHandle(backend)
         try:
             if backend is Backend.HOOK_POINTS:
@@ -256,6 +257,15 @@ class Edit(nn.Module, ABC):
                 "it was trained on, or train a new edit for this one."
             )
 
+    def _check_device(self, model: nn.Module) -> None:
+        """Refuse to attach across devices: the hooks would fail deep inside the forward pass."""
+        mine, theirs = _first_device(self), _first_device(model)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(
+                f"this {self.method} edit is on {mine} but the model is on {theirs}; "
+                f"move the edit first with edit.to({str(theirs)!r})"
+            )
+
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``jola_config.json`` and ``jola_weights.safetensors`` into directory ``path``."""
         from . import __version__
@@ -289,7 +299,17 @@ class Edit(nn.Module, ABC):
             edit._check_model(model)
             edit.model_identity = model_identity(model)
         edit.load_safetensors(tensors)
+        device = _first_device(model)
+        if device is not None:
+            edit.to(device)  # weights load on the CPU; the edit follows the model it is loaded onto
         return edit.eval()
+
+
+def _first_device(module: nn.Module) -> torch.device | None:
+    """The device of a module's first parameter or buffer (``None`` if it has neither)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return None
 
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:

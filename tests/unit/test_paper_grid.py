@@ -1,12 +1,20 @@
-"""The #7 grid's queue: every cell once, the main table's seed 0 first, exclusive claims, and
-snapshots that keep results but leave the large baseline weights behind."""
+"""The #7 grid's queue: every cell once, the main table's seed 0 first, exclusive claims,
+snapshots and commits that keep results but leave LoRA's large weights behind, and re-scoring of
+a run whose weights were not kept."""
 
 import importlib.util
+import json
+import shutil
+import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+import jolalens.tasks
+from jolalens.testing import choice_splits, tiny_model
 
 _spec = importlib.util.spec_from_file_location("paper_grid", Path(__file__).parents[2] / "benchmarks" / "paper_grid.py")
 grid = importlib.util.module_from_spec(_spec)
@@ -42,9 +50,9 @@ def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
     assert grid._ready(gen, tmp_path) and grid._done(cell, tmp_path) and not grid._done(gen, tmp_path)
 
 
-def test_snapshot_keeps_results_and_head_edits_only(tmp_path):
+def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     out = tmp_path / "grid"
-    for method, size in (("jola", 10), ("lora", 10), ("bitfit", 2_000_000)):
+    for method, size in (("jola", 10), ("red", 10), ("lora", 2_000_000)):
         edit = out / "main" / "runs" / "arc_easy" / method / "seed0" / "edit"
         edit.mkdir(parents=True)
         (edit / "weights.safetensors").write_bytes(b"x" * size)
@@ -54,8 +62,50 @@ def test_snapshot_keeps_results_and_head_edits_only(tmp_path):
     grid.snapshot(out, tmp_path / "snap")
     with tarfile.open(tmp_path / "snap" / "main.tgz") as tar:
         names = set(tar.getnames())
-    assert "main/runs/arc_easy/jola/seed0/edit/weights.safetensors" in names
-    assert not any("lora/seed0/edit" in n or "bitfit/seed0/edit" in n for n in names)
-    assert {f"main/runs/arc_easy/{m}/seed0/result.json" for m in ("jola", "lora", "bitfit")} <= names
+    assert {f"main/runs/arc_easy/{m}/seed0/edit/weights.safetensors" for m in ("jola", "red")} <= names
+    assert not any("lora/seed0/edit" in n for n in names)
+    assert {f"main/runs/arc_easy/{m}/seed0/result.json" for m in ("jola", "lora", "red")} <= names
     with tarfile.open(tmp_path / "snap" / "rest.tgz") as tar:
         assert tar.getnames() == ["logs/worker0.log"]
+
+
+def test_selected_filters_groups_and_methods():
+    cells = grid.selected({"nlu", "gen"}, {"zeroshot"})
+    assert cells and {c.group for c in cells} == {"nlu", "gen"} and {c.method for c in cells} == {"zeroshot"}
+    assert grid.selected(None, None) == grid.plan()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_grid_results_are_committed_but_lora_weights_are_not():
+    """A fresh clone (and a lent GPU, which gets the tracked tree) must see the finished cells."""
+    root = Path(__file__).parents[2]
+    if subprocess.run(["git", "-C", str(root), "rev-parse"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    run = "benchmarks/results/paper_grid/main/runs/arc_easy/{}/seed0/"
+    paths = [run.format("red") + name for name in ("result.json", "gen_result.json", "test_items.csv", "search.csv",
+                                                   "edit/jola_config.json", "edit/jola_weights.safetensors")]
+    paths += [run.format("lora") + "edit/jola_weights.safetensors", "benchmarks/results/paper_grid/claims/x"]
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths],
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == paths[-2:]
+
+
+def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    model = tiny_model(seed=0)
+    config = replace(grid.group_config("main", smoke=True), methods=("red",), tasks=("arc_easy",), seeds=(0,))
+    config = replace(config, train=replace(config.train, max_length=64))
+    from jolalens.compare import run_compare
+
+    run_compare(model, config, tmp_path / "main", log=lambda s: None)
+    main_dir = grid.Cell("main", "arc_easy", "red", 0).run_dir(tmp_path)
+    before = (main_dir / "result.json").read_text()
+    (main_dir / "edit" / "jola_weights.safetensors").unlink()  # as if the weights stayed on the GPU machine
+    cell = grid.Cell("gen", "arc_easy", "red", 0)
+    assert grid._ready(cell, tmp_path) and not grid._done(cell, tmp_path)
+    row = grid.score_generation(model, cell, tmp_path, config, log=lambda s: None)
+    assert grid._done(cell, tmp_path) and (main_dir / "result.json").read_text() == before
+    assert row["edit_from"] == "rerun/runs/arc_easy/red/seed0" and 0 <= row["accuracy"] <= 1
+    rerun = json.loads((tmp_path / "rerun" / "runs" / "arc_easy" / "red" / "seed0" / "result.json").read_text())
+    assert rerun["score"] == json.loads(before)["score"] == row["loglik_score_main"]  # same seed, same CPU
+    assert json.loads((main_dir / "gen_result.json").read_text()) == row

@@ -105,3 +105,31 @@ def test_unknown_method_rejected(tiny, tmp_path):
     (tmp_path / "e" / "jola_config.json").write_text(json.dumps(meta))
     with pytest.raises(EditLoadError, match="unknown method 'mystery'"):
         load_edit(tmp_path / "e", tiny)
+
+
+_EVERY_METHOD = [
+    lambda m: _trained_like(m),
+    lambda m: jolalens.baselines.RedEdit.for_model(m),
+    lambda m: jolalens.baselines.BitFitEdit.for_model(m),
+    lambda m: jolalens.baselines.LoraEdit.for_model(m, jolalens.baselines.LoraConfig(r=4, alpha=8)),
+    lambda m: jolalens.baselines.LofitEdit.for_model(m),
+    lambda m: jolalens.baselines.ItiEdit.for_model(m),
+]
+
+
+@pytest.mark.parametrize("make", _EVERY_METHOD, ids=["jola", "red", "bitfit", "lora", "lofit", "iti"])
+def test_loaded_edit_follows_the_model_device(tiny, tmp_path, make):
+    """Weights load on the CPU; a model on another device (here ``meta``) gets the edit there."""
+    import copy
+
+    make(tiny).save(tmp_path / "e")
+    elsewhere = copy.deepcopy(tiny).to("meta")
+    loaded = load_edit(tmp_path / "e", elsewhere)
+    devices = {t.device.type for t in (*loaded.parameters(), *loaded.buffers())}
+    assert devices == {"meta"}
+
+
+def test_attaching_across_devices_names_the_fix(tiny):
+    edit = _trained_like(tiny).to("meta")
+    with pytest.raises(ValueError, match=r"edit is on meta but the model is on cpu.*edit.to\('cpu'\)"):
+        edit.attach(tiny)
