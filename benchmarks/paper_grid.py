@@ -49,7 +49,9 @@ ABLATIONS = ("jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_n
 ABLATION_TASKS = ("openbookqa", "arc_easy", "boolq", "piqa")
 DATASIZE_TASKS = ("arc_easy", "boolq")
 DATASIZES = (50, 100, 200, 500, 1000)
+DATASIZE_METHODS = ("jola", "red", "lora")
 SEEDS = (0, 1, 2)
+KEEP_EDIT_BYTES = 300_000  # edits that come back from a GPU machine and are committed
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ def plan() -> list[Cell]:
     cells += [Cell("nlg", t, m, 0) for t in GEM for m in ("zeroshot", "jola", "red")]
     cells += [Cell("nlu", t, m, 0) for t in MMLU for m in ("zeroshot", "jola", "iti", "red")]
     cells += [Cell("main", t, m, s) for s in (1, 2) for m in BASELINES if m != "zeroshot" for t in COMMONSENSE]
-    cells += [Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES for t in DATASIZE_TASKS for m in ("jola", "red", "lora")]
+    # n = 200 is the main table's protocol: those runs are the curves' middle point
+    cells += [Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES if n != 200 for t in DATASIZE_TASKS for m in DATASIZE_METHODS]
     cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
     cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in COMMONSENSE if t not in ABLATION_TASKS]
     return cells
@@ -132,6 +135,19 @@ def _claim(cell: Cell, out: Path, worker: int) -> bool:
     return True
 
 
+def compress_items(run_dir: Path) -> None:
+    """``test_items.csv`` -> ``.csv.gz`` (a third of the size): every committed byte also travels
+    to each lent GPU machine with the working tree."""
+    import gzip
+
+    plain = run_dir / "test_items.csv"
+    if plain.is_file():
+        tmp = run_dir / ".test_items.csv.gz.tmp"
+        tmp.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+        tmp.replace(run_dir / "test_items.csv.gz")
+        plain.unlink()
+
+
 def edit_kept(run_dir: Path, method: str) -> bool:
     """Whether a run's trained weights are on disk (zero-shot has none to keep)."""
     return method == "zeroshot" or (run_dir / "edit" / "jola_weights.safetensors").is_file()
@@ -153,7 +169,7 @@ def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path |
     edit = None if cell.method == "zeroshot" else load_edit(edit_dir or run_dir / "edit", model)
     result = evaluate(model, splits.test, cell.task, edit=edit, protocol=Protocol.GEN,
                       style=config.train.prompt_style, max_length=config.train.max_length, progress=False)
-    result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv", index=False)
+    result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv.gz", index=False)
     row = {"task": cell.task, "method": cell.method, "seed": cell.seed, "protocol": "gen",
            "accuracy": float(result.summary["accuracy"]), "n_test": len(splits.test),
            "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device),
@@ -175,6 +191,7 @@ def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
     if not (again.run_dir(out) / "result.json").is_file():
         log(f"  {main_dir} kept no weights: retraining it as {again.key}")
         run_compare(model, config, out / "rerun", log=log)
+        compress_items(again.run_dir(out))
     if not edit_kept(again.run_dir(out), cell.method):
         raise FileNotFoundError(f"{again.run_dir(out)} has no edit weights either; delete that run to retrain it")
     main_score = json.loads((main_dir / "result.json").read_text())["score"]
@@ -228,6 +245,7 @@ def worker(args: argparse.Namespace, index: int) -> int:
                 log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.0f} s")
                 continue
             run_compare(model, one, out / cell.group, log=log)
+            compress_items(cell.run_dir(out))
             if cell.group == "main" and (cell.run_dir(out) / "result.json").is_file():
                 # both protocols while the edit is on disk here (LoRA weights are too large to keep)
                 row = rescore_generation(model, Cell("gen", cell.task, cell.method, cell.seed), out, one)
@@ -240,10 +258,11 @@ def worker(args: argparse.Namespace, index: int) -> int:
 
 
 def _keep(path: Path) -> bool:
-    """Results, logs and edits under 1 MB travel (all but LoRA's, which is gen-scored in place)."""
+    """Results, logs and edits under 300 kB travel: JoLA's, ITI's, LoFiT's and RED's, not BitFit's
+    (620 kB) or LoRA's (1.8 MB), which are scored with both protocols where they were trained."""
     if path.name.endswith(".tmp"):
         return False
-    return path.stat().st_size < (1_000_000 if path.suffix == ".safetensors" else 4_000_000)
+    return path.stat().st_size < (KEEP_EDIT_BYTES if path.suffix == ".safetensors" else 4_000_000)
 
 
 def snapshot(out: Path, dest: Path) -> None:
@@ -298,8 +317,14 @@ def main() -> int:
             parser.error(f"{name}: unknown {sorted(given - known)}; choose from {sorted(known)}")
     if args.plan:
         cells = selected(args.only, args.methods, args.tasks)
+        counts: dict[str, list[int]] = {}
         for i, c in enumerate(cells):
-            print(f"{i:4d} {c.key}{'  (done)' if _done(c, args.out) else ''}")
+            done = _done(c, args.out)
+            counts.setdefault(c.group, [0, 0])[0] += done
+            counts[c.group][1] += 1
+            print(f"{i:4d} {c.key}{'  (done)' if done else ''}")
+        print("done: " + ", ".join(f"{g} {d}/{n}" for g, (d, n) in counts.items())
+              + f"; all {sum(d for d, _ in counts.values())}/{len(cells)}")
         return 0
     if args.tables:
         tables(args.out)

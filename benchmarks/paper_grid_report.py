@@ -36,6 +36,7 @@ from jolalens.compare import collect, markdown_table, summarise
 
 OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
+DATASIZE_TASKS, DATASIZE_METHODS = ("arc_easy", "boolq"), ("jola", "red", "lora")  # as in paper_grid.py
 ORDER = ("zeroshot", "jola", "iti", "red", "lofit", "lora", "bitfit",
          "jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
 
@@ -57,18 +58,25 @@ def label_prior_accuracy(items: pd.DataFrame) -> float:
     return float(sum(p * gold.get(label, 0.0) for label, p in pred.items()))
 
 
+def read_items(run: Path, name: str = "test_items") -> pd.DataFrame | None:
+    """A run's per-item results (``.csv.gz`` as the grid stores them, or ``.csv``), if any."""
+    for path in (run / f"{name}.csv.gz", run / f"{name}.csv"):
+        if path.is_file():
+            return pd.read_csv(path)
+    return None
+
+
 def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
     """One row per finished run: accuracy, label-prior accuracy, and the test against zero-shot."""
     rows = []
     runs = out / group / "runs"
     for task_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
-        zero_path = task_dir / "zeroshot" / "seed0" / "test_items.csv"
-        zero = pd.read_csv(zero_path) if zero_path.is_file() else None
+        zero = read_items(task_dir / "zeroshot" / "seed0")
         for run in sorted(task_dir.glob("*/seed*")):
-            if not (run / "result.json").is_file() or not (run / "test_items.csv").is_file():
+            items = read_items(run)
+            if not (run / "result.json").is_file() or items is None:
                 continue
             result = json.loads((run / "result.json").read_text())
-            items = pd.read_csv(run / "test_items.csv")
             row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
                    "accuracy": float(items["correct"].mean()), "n_test": len(items),
                    "label_prior_accuracy": label_prior_accuracy(items),
@@ -115,10 +123,8 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
     rows = []
     for run_b in sorted((out / second / "runs").glob("*/*/seed*")):
         run_a = out / first / run_b.relative_to(out / second)
-        if not ((run_a / "test_items.csv").is_file() and (run_b / "test_items.csv").is_file()):
-            continue
-        a, b = pd.read_csv(run_a / "test_items.csv"), pd.read_csv(run_b / "test_items.csv")
-        if len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+        a, b = read_items(run_a), read_items(run_b)
+        if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
             continue
         ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
         ra, rb = (json.loads((r / "result.json").read_text()) for r in (run_a, run_b))
@@ -216,6 +222,10 @@ def report(out: Path) -> str:
         results = collect(path)
         if not results.empty and "score" in results:
             size_rows.append(summarise(results).assign(n_train=n))
+    if size_rows:  # the main table's runs are the curves' n = 200 point (same protocol and data)
+        main = collect(out / "main")
+        main = main[main["task"].isin(DATASIZE_TASKS) & main["method"].isin(DATASIZE_METHODS) & (main["seed"] == 0)]
+        size_rows.append(summarise(main).assign(n_train=200))
     if size_rows:
         curve = pd.concat(size_rows)
         pivot = curve.pivot_table(index=["task", "method"], columns="n_train", values="mean")

@@ -52,7 +52,7 @@ def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
 
 def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     out = tmp_path / "grid"
-    for method, size in (("jola", 10), ("red", 10), ("lora", 2_000_000)):
+    for method, size in (("jola", 152_400), ("red", 138_000), ("bitfit", 622_000), ("lora", 1_800_000)):
         edit = out / "main" / "runs" / "arc_easy" / method / "seed0" / "edit"
         edit.mkdir(parents=True)
         (edit / "weights.safetensors").write_bytes(b"x" * size)
@@ -63,7 +63,7 @@ def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     with tarfile.open(tmp_path / "snap" / "main.tgz") as tar:
         names = set(tar.getnames())
     assert {f"main/runs/arc_easy/{m}/seed0/edit/weights.safetensors" for m in ("jola", "red")} <= names
-    assert not any("lora/seed0/edit" in n for n in names)
+    assert not any("lora/seed0/edit" in n or "bitfit/seed0/edit" in n for n in names)
     assert {f"main/runs/arc_easy/{m}/seed0/result.json" for m in ("jola", "lora", "red")} <= names
     with tarfile.open(tmp_path / "snap" / "rest.tgz") as tar:
         assert tar.getnames() == ["logs/worker0.log"]
@@ -82,12 +82,13 @@ def test_grid_results_are_committed_but_lora_weights_are_not():
     if subprocess.run(["git", "-C", str(root), "rev-parse"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     run = "benchmarks/results/paper_grid/main/runs/arc_easy/{}/seed0/"
-    paths = [run.format("red") + name for name in ("result.json", "gen_result.json", "test_items.csv", "search.csv",
+    paths = [run.format("red") + name for name in ("result.json", "gen_result.json", "test_items.csv.gz", "search.csv",
                                                    "edit/jola_config.json", "edit/jola_weights.safetensors")]
-    paths += [run.format("lora") + "edit/jola_weights.safetensors", "benchmarks/results/paper_grid/claims/x"]
+    paths += [run.format(m) + "edit/jola_weights.safetensors" for m in ("lora", "bitfit")]
+    paths += ["benchmarks/results/paper_grid/claims/x"]
     ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths],
                              capture_output=True, text=True).stdout.split()
-    assert ignored == paths[-2:]
+    assert ignored == paths[-3:]
 
 
 def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypatch):
@@ -109,3 +110,17 @@ def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypat
     rerun = json.loads((tmp_path / "rerun" / "runs" / "arc_easy" / "red" / "seed0" / "result.json").read_text())
     assert rerun["score"] == json.loads(before)["score"] == row["loglik_score_main"]  # same seed, same CPU
     assert json.loads((main_dir / "gen_result.json").read_text()) == row
+
+
+def test_compressed_items_read_back_the_same(tmp_path):
+    import pandas as pd
+
+    report = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+        "paper_grid_report", Path(__file__).parents[2] / "benchmarks" / "paper_grid_report.py"))
+    report.__spec__.loader.exec_module(report)
+    items = pd.DataFrame({"item": [0, 1], "answer": ["a", "b"], "prediction": ["a", "a"], "correct": [True, False]})
+    items.to_csv(tmp_path / "test_items.csv", index=False)
+    grid.compress_items(tmp_path)
+    assert not (tmp_path / "test_items.csv").exists() and (tmp_path / "test_items.csv.gz").is_file()
+    pd.testing.assert_frame_equal(report.read_items(tmp_path), items)
+    assert report.read_items(tmp_path / "nothing") is None
