@@ -29,6 +29,9 @@ def test_plan_has_every_cell_once_and_main_seed0_first():
     assert {(c.group, c.seed) for c in first} == {("main", 0)}
     assert {c.method for c in first} == set(grid.BASELINES) and {c.task for c in first} == set(grid.COMMONSENSE)
     assert {c.group for c in cells} >= {"main", "gen", "nlu", "nlg", "datasize_n1000"}
+    later_seeds = [c for c in cells if c.group == "main" and c.seed > 0]
+    assert {c.method for c in later_seeds[:16]} == {"jola"}, "JoLA's seeds 1 and 2 come first"
+    assert "datasize_n200" not in {c.group for c in cells}, "n = 200 is the main table"
 
 
 @pytest.mark.parametrize("group", ["main", "nlu", "nlg", "datasize_n50", "datasize_n1000"])
