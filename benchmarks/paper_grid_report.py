@@ -203,6 +203,7 @@ def report(out: Path) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+    lines += _ablation_section(seed0)
     lines += _repeat_section(out)
     gen = gen_table(out)
     if not gen.empty:
@@ -236,6 +237,38 @@ def report(out: Path) -> str:
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "additive only",
+             "jola_multiplicative": "multiplicative only", "jola_shared_gate": "one shared gate",
+             "jola_no_gate": "no gates"}
+
+
+def _ablation_section(seed0: pd.DataFrame) -> list[str]:
+    """The paper's ablations, per task that has any: accuracy, its difference from JoLA, closed gates."""
+    runs = seed0[seed0["method"].isin(list(ABLATIONS))]
+    tasks = sorted(set(runs.loc[runs["method"] != "jola", "task"]))
+    if not tasks:
+        return []
+    lines = ["", "## The paper's ablations, seed 0: test accuracy (%), difference from JoLA, closed gates", "",
+             "Each cell: accuracy (Δ vs JoLA; McNemar p of the ablation against zero-shot) and the closed "
+             "additive / multiplicative gates.", "",
+             "| variant | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method, label in ABLATIONS.items():
+        row = []
+        for task in tasks:
+            c = runs[(runs["method"] == method) & (runs["task"] == task)]
+            j = runs[(runs["method"] == "jola") & (runs["task"] == task)]
+            if c.empty:
+                row.append("–")
+                continue
+            c = c.iloc[0]
+            delta = "" if method == "jola" or j.empty else f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}"
+            delta += f"; p={c['mcnemar_p']:.2g})" if delta and pd.notna(c.get("mcnemar_p")) else (")" if delta else "")
+            closed = "/".join(_pct(c.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
+            row.append(f"{_pct(c['accuracy'])}{delta}, closed {closed}%")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
 
 
 def _repeat_section(out: Path) -> list[str]:

@@ -20,6 +20,9 @@ _spec = importlib.util.spec_from_file_location("paper_grid", Path(__file__).pare
 grid = importlib.util.module_from_spec(_spec)
 sys.modules["paper_grid"] = grid  # dataclasses look their module up there
 _spec.loader.exec_module(grid)
+report = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+    "paper_grid_report", Path(__file__).parents[2] / "benchmarks" / "paper_grid_report.py"))
+report.__spec__.loader.exec_module(report)
 
 
 def test_plan_has_every_cell_once_and_main_seed0_first():
@@ -118,12 +121,25 @@ def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypat
 def test_compressed_items_read_back_the_same(tmp_path):
     import pandas as pd
 
-    report = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
-        "paper_grid_report", Path(__file__).parents[2] / "benchmarks" / "paper_grid_report.py"))
-    report.__spec__.loader.exec_module(report)
     items = pd.DataFrame({"item": [0, 1], "answer": ["a", "b"], "prediction": ["a", "a"], "correct": [True, False]})
     items.to_csv(tmp_path / "test_items.csv", index=False)
     grid.compress_items(tmp_path)
     assert not (tmp_path / "test_items.csv").exists() and (tmp_path / "test_items.csv.gz").is_file()
     pd.testing.assert_frame_equal(report.read_items(tmp_path), items)
     assert report.read_items(tmp_path / "nothing") is None
+
+
+def test_ablation_table_reads_against_jola():
+    import pandas as pd
+
+    seed0 = pd.DataFrame([
+        {"task": "openbookqa", "method": "jola", "accuracy": 0.30, "mcnemar_p": 0.001, "closed_additive": 0.0, "closed_multiplicative": 0.0},
+        {"task": "openbookqa", "method": "jola_additive", "accuracy": 0.28, "mcnemar_p": 0.1, "closed_additive": 0.5},
+        {"task": "piqa", "method": "jola", "accuracy": 0.5, "mcnemar_p": 1.0},
+    ])
+    lines = report._ablation_section(seed0)
+    table = "\n".join(lines)
+    assert "| variant | openbookqa |" in table and "piqa" not in table, "only tasks with an ablation run"
+    assert "| additive only | 28.0 (-2.0; p=0.1), closed 50.0/–% |" in table
+    assert "| no gates | – |" in table
+    assert report._ablation_section(seed0[seed0["method"] == "jola"]) == []
