@@ -143,3 +143,29 @@ def test_ablation_table_reads_against_jola():
     assert "| additive only | 28.0 (-2.0; p=0.1), closed 50.0/–% |" in table
     assert "| no gates | – |" in table
     assert report._ablation_section(seed0[seed0["method"] == "jola"]) == []
+
+
+def test_report_from_a_small_grid(tmp_path):
+    """The whole report on two runs: main table, ablations, and the generation-protocol table."""
+    import pandas as pd
+
+    answers = ["answer1", "answer2"] * 5
+    for method, preds, gen_acc in (("zeroshot", ["answer1"] * 10, None), ("jola_additive", answers, 0.8)):
+        run = tmp_path / "main" / "runs" / "openbookqa" / method / "seed0"
+        run.mkdir(parents=True)
+        items = pd.DataFrame({"item": range(10), "answer": answers, "prediction": preds,
+                              "correct": [a == p for a, p in zip(answers, preds, strict=True)]})
+        items.to_csv(run / "test_items.csv", index=False)
+        grid.compress_items(run)
+        score = float(items["correct"].mean())
+        (run / "result.json").write_text(json.dumps({
+            "task": "openbookqa", "method": method, "seed": 0, "status": "done", "metric": "accuracy", "score": score,
+            "val_ce": 0.7, "hyperparameters": {}, "trainable_parameters": 0, "fit_seconds": 1.0, "eval_seconds": 1.0,
+            "info": {"closed_fraction": {"additive": 0.25}} if method != "zeroshot" else {}}))
+        if gen_acc is not None:
+            (run / "gen_result.json").write_text(json.dumps({"task": "openbookqa", "method": method, "seed": 0,
+                                                             "protocol": "gen", "accuracy": gen_acc}))
+    text = report.report(tmp_path)
+    assert "| jola_additive | 80.0 (100.0) |" in text, "generation accuracy (log-likelihood accuracy)"
+    assert "| additive only | 100.0" in text and "closed 25.0/–%" in text
+    assert (tmp_path / "report.md").read_text() == text
