@@ -34,9 +34,11 @@ import pandas as pd
 
 from jolalens.compare import collect, markdown_table, summarise
 
+sys.path.insert(0, str(Path(__file__).parent))
+from paper_grid import DATASIZE_METHODS, DATASIZE_TASKS  # noqa: E402  (the grid's own definitions)
+
 OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
-DATASIZE_TASKS, DATASIZE_METHODS = ("arc_easy", "boolq"), ("jola", "red", "lora")  # as in paper_grid.py
 ORDER = ("zeroshot", "jola", "iti", "red", "lofit", "lora", "bitfit",
          "jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
 
