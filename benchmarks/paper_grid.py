@@ -180,12 +180,48 @@ def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path |
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv.gz", index=False)
     row = {"task": cell.task, "method": cell.method, "seed": cell.seed, "protocol": "gen",
            "accuracy": float(result.summary["accuracy"]), "n_test": len(splits.test),
+           "unparsed": float(result.summary["unparsed"]),
            "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device),
            **(provenance or {})}
     tmp = run_dir / ".gen_result.json.tmp"
     tmp.write_text(json.dumps(row, indent=2) + "\n")
     tmp.replace(run_dir / "gen_result.json")
     return row
+
+
+def reextract_generation(run_dir: Path, task: str, n_test: int) -> tuple[float, float] | None:
+    """Read the answers of a run's stored generations again with the current extractor.
+
+    The generated text is kept per item, so a change to ``extract_answer`` needs no GPU: the
+    predictions, ``correct`` and ``gen_result.json`` are rewritten in place. Returns the accuracy
+    before and after, or None when the run has no stored generations.
+    """
+    import pandas as pd
+
+    from jolalens.evaluate import extract_answer
+    from jolalens.tasks import load_task_splits
+
+    path, result_path = run_dir / "gen_test_items.csv.gz", run_dir / "gen_result.json"
+    if not (path.is_file() and result_path.is_file()):
+        return None
+    items = pd.read_csv(path, dtype={"answer": str, "output": str, "prediction": str}, keep_default_na=False, na_values=[""])
+    test = load_task_splits(task, n_train=0, n_valid=0, n_test=n_test).test
+    if len(items) != len(test) or list(items["answer"].astype(str)) != [ex.answer for ex in test]:
+        raise ValueError(f"{path}: its items are not the first {n_test} test items of {task}; rescore it on a GPU instead")
+    outputs = items["output"].fillna("").astype(str)
+    predictions = [extract_answer(o, task, ex.choices) for o, ex in zip(outputs, test, strict=True)]
+    row = json.loads(result_path.read_text())
+    before = float(row["accuracy"])
+    stored = [None if pd.isna(p) else p for p in items["prediction"]]
+    if stored == predictions and "unparsed" in row:
+        return before, before  # unchanged: leave the files (and their gzip timestamps) alone
+    items["prediction"] = predictions
+    items["correct"] = [p is not None and p == ex.answer for p, ex in zip(predictions, test, strict=True)]
+    row.update(accuracy=float(items["correct"].mean()), unparsed=float(sum(p is None for p in predictions) / len(items)))
+    if stored != predictions:
+        items.to_csv(path, index=False)
+    result_path.write_text(json.dumps(row, indent=2) + "\n")
+    return before, row["accuracy"]
 
 
 def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
@@ -293,6 +329,8 @@ def tables(out: Path) -> None:
     from jolalens.compare import write_tables
 
     for group_dir in sorted(p for p in out.iterdir() if (p / "compare_config.json").is_file()):
+        if not any((group_dir / "runs").rglob("result.json")):
+            continue  # a group with no finished run yet gets no empty table
         write_tables(group_dir)
         print(f"{group_dir}/summary.md")
 
@@ -313,6 +351,8 @@ def main() -> int:
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in logs/invocations.jsonl)")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--tables", action="store_true")
+    parser.add_argument("--reextract", action="store_true",
+                        help="read the stored generations' answers again with the current extractor (no model needed)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -336,6 +376,13 @@ def main() -> int:
         return 0
     if args.tables:
         tables(args.out)
+        return 0
+    if args.reextract:
+        n_test = group_config("main").n_test
+        for run_dir in sorted(args.out.glob("main/runs/*/*/seed*")):
+            change = reextract_generation(run_dir, run_dir.parent.parent.name, n_test)
+            if change is not None:
+                print(f"{run_dir.relative_to(args.out)}: {100 * change[0]:.1f} -> {100 * change[1]:.1f}")
         return 0
     if args.worker_index is not None:
         return worker(args, args.worker_index)

@@ -146,8 +146,14 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
 
 
 def gen_table(out: Path) -> pd.DataFrame:
-    """The main table's runs scored with the generation protocol (``gen_result.json``)."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / "main" / "runs").glob("*/*/seed*/gen_result.json"))]
+    """The main table's runs scored with the generation protocol (``gen_result.json``), with the share
+    of outputs from which no answer could be read (``unparsed``; NaN without per-item results)."""
+    rows = []
+    for path in sorted((out / "main" / "runs").glob("*/*/seed*/gen_result.json")):
+        row = json.loads(path.read_text())
+        items = read_items(path.parent, "gen_test_items")
+        row["unparsed"] = float(items["prediction"].isna().mean()) if items is not None else float("nan")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -205,22 +211,30 @@ def report(out: Path) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
-    lines += _ablation_section(seed0)
+    lines += _ablation_section(seed0, out / "main" / "runs")
     lines += _repeat_section(out)
     gen = gen_table(out)
     if not gen.empty:
         both = gen.merge(cells[["task", "method", "seed", "accuracy"]], on=["task", "method", "seed"], suffixes=("_gen", "_loglik"))
         tasks_gen = sorted(both["task"].unique())
         lines += ["", "## The same edits scored with the generation protocol, seed 0: test accuracy (%)", "",
-                  "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit). Beam search with 4 beams; "
-                  "the answer is read off the generated text; the same 500 items.", "",
+                  "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
+                  "with no readable answer). Beam search with 4 beams; the answer is read off the first generated line "
+                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); the same 500 items.", "",
                   "| method | " + " | ".join(tasks_gen) + " |", "|---|" + "---|" * len(tasks_gen)]
         for method in [m for m in ORDER if m in set(both["method"])]:
             row = []
             for task in tasks_gen:
                 c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]
-                row.append("–" if c.empty else f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])})")
+                row.append("–" if c.empty else f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
+                                                f"{_pct(c.iloc[0]['unparsed'])}% unparsed)")
             lines.append(f"| {method} | " + " | ".join(row) + " |")
+        scored = set(zip(both["task"], both["method"], both["seed"], strict=True))
+        waiting = pd.Series([r.method for r in seed0.itertuples() if r.method != "zeroshot" and r.task in tasks_gen
+                             and (r.task, r.method, 0) not in scored], dtype=object).value_counts()
+        if len(waiting):
+            lines += ["", "Seed-0 runs not scored with this protocol yet (`gen` cells of the queue), by method: "
+                      + ", ".join(f"{m} {n}" for m, n in waiting.sort_index().items()) + "."]
     for group, title, scale in (("nlu", "NLU (MMLU domains): test accuracy (%)", 100.0),
                                 ("nlg", "NLG (GEM): ROUGE-L", 1.0)):
         results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
@@ -253,15 +267,25 @@ ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "addi
              "jola_no_gate": "no gates"}
 
 
-def _ablation_section(seed0: pd.DataFrame) -> list[str]:
-    """The paper's ablations, per task that has any: accuracy, its difference from JoLA, closed gates."""
+def paired_p(run_a: Path, run_b: Path) -> float:
+    """Exact McNemar p between two runs on the same test items (NaN without both items files)."""
+    a, b = read_items(run_a), read_items(run_b)
+    if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+        return float("nan")
+    ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
+    return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
+
+
+def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
+    """The paper's ablations, per task that has any: accuracy, its difference from JoLA (tested on
+    the same items), closed gates."""
     runs = seed0[seed0["method"].isin(list(ABLATIONS))]
     tasks = sorted(set(runs.loc[runs["method"] != "jola", "task"]))
     if not tasks:
         return []
     lines = ["", "## The paper's ablations, seed 0: test accuracy (%), difference from JoLA, closed gates", "",
-             "Each cell: accuracy (Δ vs JoLA; McNemar p of the ablation against zero-shot) and the closed "
-             "additive / multiplicative gates.", "",
+             "Each cell: accuracy (Δ vs JoLA; exact McNemar p of the ablation against JoLA on the same 500 items) "
+             "and the closed additive / multiplicative gates.", "",
              "| variant | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for method, label in ABLATIONS.items():
         row = []
@@ -273,7 +297,8 @@ def _ablation_section(seed0: pd.DataFrame) -> list[str]:
                 continue
             c = c.iloc[0]
             delta = "" if method == "jola" or j.empty else f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}"
-            delta += f"; p={c['mcnemar_p']:.2g})" if delta and pd.notna(c.get("mcnemar_p")) else (")" if delta else "")
+            p_jola = paired_p(runs_dir / task / method / "seed0", runs_dir / task / "jola" / "seed0")
+            delta += f"; p={p_jola:.2g})" if delta and pd.notna(p_jola) else (")" if delta else "")
             closed = "/".join(_pct(c.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
             row.append(f"{_pct(c['accuracy'])}{delta}, closed {closed}%")
         lines.append(f"| {label} | " + " | ".join(row) + " |")

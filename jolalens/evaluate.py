@@ -77,7 +77,15 @@ def first_line(text: str) -> str:
     return ""
 
 
-_BOOL = re.compile(r"(?<![A-Za-z0-9_])(true|false)(?![A-Za-z0-9_])", re.IGNORECASE)
+def _label_pattern(labels: Sequence[str]) -> re.Pattern[str]:
+    """The first label that stands as a whole word, where running straight into another label also
+    ends a word: an edit trained without EOS repeats its answer ("truefalse…", "solution2solution2…"),
+    while "answer12" or "untrue" still hold no label."""
+    alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9_])({alternatives})(?=(?:{alternatives})|[^A-Za-z0-9_]|$)", re.IGNORECASE)
+
+
+_BOOL = _label_pattern(("true", "false"))
 
 
 def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
@@ -92,8 +100,8 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
 def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None) -> str | None:
     """The prediction in a generated first line, or None when it holds no valid answer.
 
-    LABEL: the first whole-word label (``answer2`` but not ``answer21``), case-insensitive;
-    BOOL: first whole-word true/false, case-insensitive; LETTER: a letter alone at the start
+    LABEL: the first whole-word label (``answer2`` but not ``answer21``; a run of labels such as
+    ``answer2answer2`` gives its first), case-insensitive; BOOL: the same for true/false; LETTER: a letter alone at the start
     or after "answer is"/"answer:"; TEXT: the line itself.
     """
     task = get_task(task)
@@ -110,8 +118,7 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
             if m:
                 return next(g for g in m.groups() if g)
         return None
-    alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
-    m = re.search(rf"(?<![A-Za-z0-9_])({alternatives})(?![A-Za-z0-9_])", line, re.IGNORECASE)
+    m = _label_pattern(labels).search(line)
     if not m:
         return None
     found = m.group(1).lower()

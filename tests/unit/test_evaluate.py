@@ -142,6 +142,11 @@ def test_generation_nlg_metrics(tiny):
         ("boolq", "True", "true"),  # the released extractor is case-sensitive (B6)
         ("boolq", "FALSE.", "false"),
         ("boolq", "untrue", None),
+        ("boolq", "trueness", None),
+        ("boolq", "truefalse truefalsefalse", "true"),  # an edit without EOS runs its labels together
+        ("piqa", "solution2solution2solution2", "solution2"),
+        ("arc_easy", "answer1answer3", "answer1"),
+        ("arc_easy", "answer12answer1", None),  # "answer12" is still no label
         ("mmlu_math", "Based on the passage, C", None),  # released code scores this as B (B6)
         ("mmlu_math", "B", "B"),
         ("mmlu_math", "(C) 42", "C"),

@@ -129,20 +129,26 @@ def test_compressed_items_read_back_the_same(tmp_path):
     assert report.read_items(tmp_path / "nothing") is None
 
 
-def test_ablation_table_reads_against_jola():
+def test_ablation_table_reads_against_jola(tmp_path):
     import pandas as pd
+
+    for method, correct in (("jola", [True] * 3 + [False] * 7), ("jola_additive", [True] + [False] * 9)):
+        run = tmp_path / "openbookqa" / method / "seed0"
+        run.mkdir(parents=True)
+        pd.DataFrame({"item": range(10), "correct": correct}).to_csv(run / "test_items.csv", index=False)
 
     seed0 = pd.DataFrame([
         {"task": "openbookqa", "method": "jola", "accuracy": 0.30, "mcnemar_p": 0.001, "closed_additive": 0.0, "closed_multiplicative": 0.0},
         {"task": "openbookqa", "method": "jola_additive", "accuracy": 0.28, "mcnemar_p": 0.1, "closed_additive": 0.5},
         {"task": "piqa", "method": "jola", "accuracy": 0.5, "mcnemar_p": 1.0},
     ])
-    lines = report._ablation_section(seed0)
+    lines = report._ablation_section(seed0, tmp_path)
     table = "\n".join(lines)
     assert "| variant | openbookqa |" in table and "piqa" not in table, "only tasks with an ablation run"
-    assert "| additive only | 28.0 (-2.0; p=0.1), closed 50.0/–% |" in table
+    # p against JoLA on the same items: 2 items only JoLA gets right, none the other way
+    assert "| additive only | 28.0 (-2.0; p=0.5), closed 50.0/–% |" in table
     assert "| no gates | – |" in table
-    assert report._ablation_section(seed0[seed0["method"] == "jola"]) == []
+    assert report._ablation_section(seed0[seed0["method"] == "jola"], tmp_path) == []
 
 
 def test_report_from_a_small_grid(tmp_path):
@@ -165,7 +171,33 @@ def test_report_from_a_small_grid(tmp_path):
         if gen_acc is not None:
             (run / "gen_result.json").write_text(json.dumps({"task": "openbookqa", "method": method, "seed": 0,
                                                              "protocol": "gen", "accuracy": gen_acc}))
+            gen_preds = answers[:8] + [None, None]  # two outputs with no readable answer
+            pd.DataFrame({"item": range(10), "answer": answers, "output": "x", "prediction": gen_preds,
+                          "correct": [a == p for a, p in zip(answers, gen_preds, strict=True)]}).to_csv(
+                run / "gen_test_items.csv.gz", index=False)
     text = report.report(tmp_path)
-    assert "| jola_additive | 80.0 (100.0) |" in text, "generation accuracy (log-likelihood accuracy)"
+    assert "| jola_additive | 80.0 (100.0; 20.0% unparsed) |" in text, "generation accuracy (log-likelihood accuracy; unparsed)"
     assert "| additive only | 100.0" in text and "closed 25.0/–%" in text
     assert (tmp_path / "report.md").read_text() == text
+
+
+def test_reextract_reads_stored_generations_again(tmp_path, monkeypatch):
+    """A change of extractor re-reads the kept generated text: no model, same items, new accuracy."""
+    import pandas as pd
+
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    run = tmp_path / "main" / "runs" / "arc_easy" / "jola" / "seed0"
+    run.mkdir(parents=True)
+    items = pd.DataFrame({"item": range(4), "answer": ["a", "b", "c", "a"], "output": ["a", "bb", "nothing", "c"],
+                          "prediction": ["a", None, None, "c"], "correct": [True, False, False, False]})
+    items.to_csv(run / "gen_test_items.csv.gz", index=False)
+    (run / "gen_result.json").write_text(json.dumps({"task": "arc_easy", "accuracy": 0.25}))
+    assert grid.reextract_generation(run, "arc_easy", n_test=4) == (0.25, 0.5)  # "bb": a run of the label b
+    result = json.loads((run / "gen_result.json").read_text())
+    assert result["accuracy"] == 0.5 and result["unparsed"] == 0.25
+    again = report.read_items(run, "gen_test_items")
+    assert list(again["correct"]) == [True, True, False, False]
+    assert grid.reextract_generation(run, "arc_easy", n_test=4) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="not the first 3 test items"):
+        grid.reextract_generation(run, "arc_easy", n_test=3)
+    assert grid.reextract_generation(tmp_path, "arc_easy", n_test=4) is None
