@@ -161,9 +161,18 @@ def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f}"
 
 
+def gpu_fit_seconds(results: pd.DataFrame) -> pd.DataFrame:
+    """Fit times from the grid's usual device only: a cell run on the 2-core CPU instead would
+    make its method's mean fit time incomparable (its accuracy stays in the table)."""
+    if "device" not in results or results["device"].isna().all():
+        return results
+    usual = results["device"].mode().iloc[0]
+    return results.assign(fit_seconds=results["fit_seconds"].where(results["device"] == usual))
+
+
 def report(out: Path) -> str:
     results = collect(out / "main")
-    summary = summarise(results)
+    summary = summarise(gpu_fit_seconds(results))
     cells = cell_table(out)
     cells.to_csv(out / "report_cells.csv", index=False)
     seed0 = cells[cells["seed"] == 0]
@@ -172,6 +181,8 @@ def report(out: Path) -> str:
     lines = ["# The #7 grid: report", "",
              "Written by `python benchmarks/paper_grid_report.py` from the runs under this directory.", "",
              "## Main table: test accuracy (%)", "", markdown_table(summary, methods_order=ORDER), "",
+             "`fit s`: mean wall time per cell over the cells run on the grid's usual device (cells run on a CPU "
+             "instead are left out of it).", "",
              "## Against zero-shot, seed 0: accuracy − zero-shot (points), McNemar p, label-prior accuracy", "",
              "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.", "",
              "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
@@ -211,6 +222,7 @@ def report(out: Path) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+    lines += _seed_section(cells, gen_table(out))
     lines += _ablation_section(seed0, out / "main" / "runs")
     lines += _repeat_section(out)
     gen = gen_table(out)
@@ -265,6 +277,28 @@ def report(out: Path) -> str:
 ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "additive only",
              "jola_multiplicative": "multiplicative only", "jola_shared_gate": "one shared gate",
              "jola_no_gate": "no gates"}
+
+
+def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") -> list[str]:
+    """One method's runs seed by seed: both protocols, the test against zero-shot, the kept point."""
+    runs = cells[cells["method"] == method]
+    if runs["seed"].nunique() < 2:
+        return []
+    if not gen.empty:
+        runs = runs.merge(gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
+                          on=["task", "method", "seed"], how="left")
+    lines = ["", f"## {method} seed by seed: test accuracy (%), the test against zero-shot, what was kept", "",
+             "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
+             "(McNemar p), label-prior accuracy, closed additive / multiplicative gates, kept epoch and lr.", "",
+             "| task | seed | accuracy (gen) | Δ vs zero-shot (p) | label-prior | closed | epoch | lr |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs.sort_values(["task", "seed"]).to_dict("records"):
+        closed = "/".join(_pct(r.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
+        lines.append(f"| {r['task']} | {r['seed']} | {_pct(r['accuracy'])} ({_pct(r.get('gen_accuracy', float('nan')))}) | "
+                     f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
+                     f"{_pct(r['label_prior_accuracy'])} | {closed}% | {int(r.get('best_epoch', -1))} | "
+                     f"{json.loads(r['hyperparameters']).get('lr')} |")
+    return lines
 
 
 def paired_p(run_a: Path, run_b: Path) -> float:

@@ -201,3 +201,24 @@ def test_reextract_reads_stored_generations_again(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not the first 3 test items"):
         grid.reextract_generation(run, "arc_easy", n_test=3)
     assert grid.reextract_generation(tmp_path, "arc_easy", n_test=4) is None
+
+
+def test_seed_section_lists_each_seed_with_both_protocols():
+    import pandas as pd
+
+    base = {"task": "piqa", "method": "jola", "label_prior_accuracy": 0.5, "minus_zeroshot": -0.02, "mcnemar_p": 0.4,
+            "closed_additive": 0.5, "closed_multiplicative": 1.0, "best_epoch": 3, "hyperparameters": '{"lr": 0.02}'}
+    cells = pd.DataFrame([{**base, "seed": 0, "accuracy": 0.48}, {**base, "seed": 1, "accuracy": 0.50}])
+    gen = pd.DataFrame([{"task": "piqa", "method": "jola", "seed": 1, "accuracy": 0.55}])
+    table = "\n".join(report._seed_section(cells, gen))
+    assert "| piqa | 0 | 48.0 (–) | -2.0 (p=0.4) | 50.0 | 50.0/100.0% | 3 | 0.02 |" in table
+    assert "| piqa | 1 | 50.0 (55.0) |" in table
+    assert report._seed_section(cells[cells["seed"] == 0], gen) == [], "one seed: nothing to compare"
+
+
+def test_fit_time_mean_leaves_out_cells_run_on_another_device():
+    import pandas as pd
+
+    results = pd.DataFrame({"device": ["cuda:0", "cuda:0", "cpu"], "fit_seconds": [10.0, 20.0, 1000.0]})
+    kept = report.gpu_fit_seconds(results)["fit_seconds"]
+    assert kept.iloc[:2].tolist() == [10.0, 20.0] and pd.isna(kept.iloc[2])
