@@ -68,6 +68,14 @@ def read_items(run: Path, name: str = "test_items") -> pd.DataFrame | None:
     return None
 
 
+def items_p(a: pd.DataFrame | None, b: pd.DataFrame | None) -> float:
+    """Exact McNemar p between two per-item results; NaN unless both cover the same items."""
+    if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+        return float("nan")
+    ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
+    return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
+
+
 def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
     """One row per finished run: accuracy, label-prior accuracy, and the test against zero-shot."""
     rows = []
@@ -85,11 +93,10 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
                    "top_label_share": float(items["prediction"].astype(str).value_counts(normalize=True).iloc[0]),
                    "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
                    "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {}))}
-            if zero is not None and len(zero) == len(items) and (zero["item"].to_numpy() == items["item"].to_numpy()).all():
-                a = items["correct"].astype(bool).to_numpy()
-                b = zero["correct"].astype(bool).to_numpy()
-                row["minus_zeroshot"] = row["accuracy"] - float(b.mean())
-                row["mcnemar_p"] = mcnemar_p(int((a & ~b).sum()), int((~a & b).sum()))
+            p_zero = items_p(items, zero)
+            if pd.notna(p_zero):
+                row["minus_zeroshot"] = row["accuracy"] - float(zero["correct"].astype(bool).mean())
+                row["mcnemar_p"] = p_zero
             info = result.get("info", {})
             for kind, frac in info.get("closed_fraction", {}).items():
                 row[f"closed_{kind}"] = frac
@@ -126,7 +133,8 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
     for run_b in sorted((out / second / "runs").glob("*/*/seed*")):
         run_a = out / first / run_b.relative_to(out / second)
         a, b = read_items(run_a), read_items(run_b)
-        if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+        p_runs = items_p(a, b)
+        if pd.isna(p_runs):
             continue
         ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
         ra, rb = (json.loads((r / "result.json").read_text()) for r in (run_a, run_b))
@@ -134,7 +142,7 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
                "accuracy_first": float(ca.mean()), "accuracy_second": float(cb.mean()),
                "difference": float(cb.mean() - ca.mean()),
                "changed_predictions": int((a["prediction"].astype(str) != b["prediction"].astype(str)).sum()),
-               "mcnemar_p": mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum())),
+               "mcnemar_p": p_runs,
                "same_hyperparameters": ra.get("hyperparameters") == rb.get("hyperparameters"),
                "val_ce_first": ra.get("val_ce"), "val_ce_second": rb.get("val_ce")}
         if all((r / "edit" / "jola_weights.safetensors").is_file() for r in (run_a, run_b)) and row["method"].startswith("jola"):
@@ -303,11 +311,7 @@ def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") 
 
 def paired_p(run_a: Path, run_b: Path) -> float:
     """Exact McNemar p between two runs on the same test items (NaN without both items files)."""
-    a, b = read_items(run_a), read_items(run_b)
-    if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
-        return float("nan")
-    ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
-    return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
+    return items_p(read_items(run_a), read_items(run_b))
 
 
 def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
