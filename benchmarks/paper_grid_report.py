@@ -178,7 +178,9 @@ def gpu_fit_seconds(results: pd.DataFrame) -> pd.DataFrame:
     return results.assign(fit_seconds=results["fit_seconds"].where(results["device"] == usual))
 
 
-def report(out: Path) -> str:
+def report(out: Path, *, attribution: bool = True) -> str:
+    """Write ``report.md`` (and ``report_cells.csv``); ``attribution``: append the attribution
+    section from the last figures run's table."""
     results = collect(out / "main")
     summary = summarise(gpu_fit_seconds(results))
     cells = cell_table(out)
@@ -277,6 +279,7 @@ def report(out: Path) -> str:
                   "| task | method | " + " | ".join(str(n) for n in pivot.columns) + " |", "|---|---|" + "---|" * len(pivot.columns)]
         for (task, method), vals in pivot.iterrows():
             lines.append(f"| {task} | {method} | " + " | ".join(_pct(v) for v in vals) + " |")
+    lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
@@ -406,19 +409,29 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
             row.insert(0, "task", task)
             agreement.append(row)
     if agreement:
-        table = pd.concat(agreement, ignore_index=True)
-        table.to_csv(out / "jola_open_heads_vs_attribution.csv", index=False)
-        lines = ["", "## JoLA's open heads against mean-ablation attribution (seed 0)", "",
-                 f"Attribution: first-order mean-ablation log-prob drop of the base model on the first {attribution_examples} "
-                 f"validation examples, head means from the first {attribution_examples} training examples; only tasks "
-                 "where some of JoLA's gates closed. k = the number of heads with an open gate.", "",
-                 "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
-                 "|---|---|---|---|---|---|"]
-        lines += [f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
-                  for r in table.itertuples()]
-        with open(out / "report.md", "a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        table = pd.concat(agreement, ignore_index=True).assign(attribution_examples=attribution_examples)
+        table.to_csv(out / ATTRIBUTION_CSV, index=False)
     return written
+
+
+ATTRIBUTION_CSV = "jola_open_heads_vs_attribution.csv"
+
+
+def _attribution_section(out: Path) -> list[str]:
+    """The agreement of JoLA's open heads with attribution, as the last ``figures`` run computed it."""
+    if not (out / ATTRIBUTION_CSV).is_file():
+        return []
+    table = pd.read_csv(out / ATTRIBUTION_CSV)
+    n = int(table["attribution_examples"].iloc[0])
+    lines = ["", "## JoLA's open heads against mean-ablation attribution (seed 0)", "",
+             f"Attribution: first-order mean-ablation log-prob drop of the base model on the first {n} "
+             f"validation examples, head means from the first {n} training examples; only tasks "
+             "where some of JoLA's gates closed. k = the number of heads with an open gate. Computed with the "
+             f"figures (`{ATTRIBUTION_CSV}`).", "",
+             "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
+                    for r in table.itertuples()]
 
 
 def main() -> int:
@@ -428,10 +441,11 @@ def main() -> int:
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--attribution-examples", type=int, default=48, help="validation (and reference) examples for attribution")
     args = parser.parse_args()
-    print(report(args.out))
     if not args.no_figures:
+        report(args.out, attribution=False)  # figures read the cell table it writes
         for path in figures(args.out, args.figures, attribution_examples=args.attribution_examples):
             print(path)
+    print(report(args.out))
     return 0
 
 

@@ -350,7 +350,8 @@ def save_figures(
             path = path.with_suffix("")
         path.parent.mkdir(parents=True, exist_ok=True)
         html, png = path.with_suffix(".html"), path.with_suffix(".png")
-        fig.write_html(html, include_plotlyjs=include_plotlyjs, full_html=True)
+        # a fixed element id (plotly draws a random one): the same figure gives the same bytes
+        fig.write_html(html, include_plotlyjs=include_plotlyjs, full_html=True, div_id=f"jolalens-{path.name}")
         html_paths.append(html)
         png_paths.append(png)
     if not items:

@@ -81,6 +81,18 @@ def test_save_figure_names_the_fix_without_kaleido(tmp_path, monkeypatch):
     assert (tmp_path / "fig.html").is_file()
 
 
+def test_saved_html_is_the_same_bytes_for_the_same_figure(tmp_path, monkeypatch):
+    """No random element id: re-running a report does not rewrite unchanged figures."""
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # HTML only
+    fig = head_heatmap(torch.arange(4.0).reshape(2, 2))
+    pages = []
+    for name in ("a", "b"):
+        with pytest.raises(FigureExportError):
+            save_figure(fig, tmp_path / name / "fig")
+        pages.append((tmp_path / name / "fig.html").read_bytes())
+    assert pages[0] == pages[1]
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="PNG export needs chromium (see PNG_SETUP)")
 def test_save_figure_writes_html_and_png(tmp_path):
     paths = save_figure(head_heatmap(torch.rand(3, 4), title="t"), tmp_path / "heat.png")
