@@ -68,6 +68,34 @@ def read_items(run: Path, name: str = "test_items") -> pd.DataFrame | None:
     return None
 
 
+NEAR_TIE = 1e-3  # validation CE; the repeat flipped JoLA's PIQA choice on a gap of 2e-4
+
+
+def search_margin(run: Path) -> float:
+    """How far the kept search point's validation CE is below the runner-up's (NaN: one point)."""
+    path = run / "search.csv"
+    if not path.is_file():
+        return float("nan")
+    losses = sorted(pd.read_csv(path)["val_ce"].dropna())
+    return float(losses[1] - losses[0]) if len(losses) > 1 else float("nan")
+
+
+def _near_tie_section(cells: pd.DataFrame) -> list[str]:
+    """The runs whose hyper-parameter choice hung on a validation-loss gap smaller than noise."""
+    searched = cells[cells["search_margin"].notna()]
+    ties = searched[searched["search_margin"] < NEAR_TIE].sort_values("search_margin")
+    if searched.empty:
+        return []
+    lines = ["", "## Near ties in the hyper-parameter search", "",
+             f"{len(ties)} of {len(searched)} searched runs kept a point whose validation cross-entropy was less than "
+             f"{NEAR_TIE:g} below the other's. Run-to-run noise alone flipped such a choice once (JoLA on PIQA, "
+             "`repeat/`), so in these runs the kept point, and for JoLA the heads it reports, is arbitrary."]
+    if len(ties):
+        lines += ["", "| task | method | seed | validation CE gap | kept |", "|---|---|---|---|---|"]
+        lines += [f"| {r.task} | {r.method} | {r.seed} | {r.search_margin:.1e} | {r.hyperparameters} |" for r in ties.itertuples()]
+    return lines
+
+
 def items_p(a: pd.DataFrame | None, b: pd.DataFrame | None) -> float:
     """Exact McNemar p between two per-item results; NaN unless both cover the same items."""
     if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
@@ -92,7 +120,8 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
                    "label_prior_accuracy": label_prior_accuracy(items),
                    "top_label_share": float(items["prediction"].astype(str).value_counts(normalize=True).iloc[0]),
                    "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
-                   "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {}))}
+                   "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {})),
+                   "search_margin": search_margin(run)}
             p_zero = items_p(items, zero)
             if pd.notna(p_zero):
                 row["minus_zeroshot"] = row["accuracy"] - float(zero["correct"].astype(bool).mean())
@@ -235,6 +264,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
     lines += _seed_section(cells, gen_table(out))
     lines += _ablation_section(seed0, out / "main" / "runs")
     lines += _repeat_section(out)
+    lines += _near_tie_section(cells)
     gen = gen_table(out)
     if not gen.empty:
         both = gen.merge(cells[["task", "method", "seed", "accuracy"]], on=["task", "method", "seed"], suffixes=("_gen", "_loglik"))

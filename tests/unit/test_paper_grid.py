@@ -222,3 +222,18 @@ def test_fit_time_mean_leaves_out_cells_run_on_another_device():
     results = pd.DataFrame({"device": ["cuda:0", "cuda:0", "cpu"], "fit_seconds": [10.0, 20.0, 1000.0]})
     kept = report.gpu_fit_seconds(results)["fit_seconds"]
     assert kept.iloc[:2].tolist() == [10.0, 20.0] and pd.isna(kept.iloc[2])
+
+
+def test_near_ties_in_the_search_are_listed(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"lr": [0.005, 0.02], "val_ce": [0.70001, 0.70002]}).to_csv(tmp_path / "search.csv", index=False)
+    assert abs(report.search_margin(tmp_path) - 1e-5) < 1e-12
+    assert pd.isna(report.search_margin(tmp_path / "nothing"))
+    cells = pd.DataFrame([
+        {"task": "piqa", "method": "jola", "seed": 0, "search_margin": 1e-5, "hyperparameters": '{"lr": 0.005}'},
+        {"task": "piqa", "method": "red", "seed": 0, "search_margin": 0.05, "hyperparameters": '{"lr": 0.01}'},
+        {"task": "piqa", "method": "zeroshot", "seed": 0, "search_margin": float("nan"), "hyperparameters": "{}"},
+    ])
+    text = "\n".join(report._near_tie_section(cells))
+    assert "1 of 2 searched runs" in text and "| piqa | jola | 0 | 1.0e-05 |" in text and "| piqa | red |" not in text
