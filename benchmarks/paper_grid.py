@@ -310,16 +310,22 @@ def _keep(path: Path) -> bool:
 
 
 def snapshot(out: Path, dest: Path) -> None:
-    """Two tarballs of everything finished so far: ``main.tgz`` and ``rest.tgz`` (other groups, logs)."""
+    """Two tarballs of everything finished so far: ``main.tgz`` and ``rest.tgz`` (other groups, logs).
+
+    Runs without ``result.json`` are left out (but for an ``error.txt``): the grid redoes them anyway."""
     dest.mkdir(parents=True, exist_ok=True)
     groups = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "claims")
     for name, members in (("main", [g for g in groups if g == "main"]), ("rest", [g for g in groups if g != "main"])):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for group in members:
+                unfinished = {r for r in (out / group).glob("runs/*/*/seed*") if not (r / "result.json").is_file()}
                 for path in sorted((out / group).rglob("*")):
-                    if path.is_file() and _keep(path):
-                        tar.add(path, arcname=str(path.relative_to(out)))
+                    if not (path.is_file() and _keep(path)):
+                        continue
+                    if path.name != "error.txt" and unfinished.intersection(path.parents):
+                        continue  # a run the deadline cut short is redone from scratch; only its error comes back
+                    tar.add(path, arcname=str(path.relative_to(out)))
         tmp = dest / f".{name}.tgz.tmp"
         tmp.write_bytes(buf.getvalue())
         tmp.replace(dest / f"{name}.tgz")

@@ -63,6 +63,12 @@ def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
         edit.mkdir(parents=True)
         (edit / "weights.safetensors").write_bytes(b"x" * size)
         (edit.parent / "result.json").write_text("{}")
+    cut = out / "main" / "runs" / "piqa" / "jola" / "seed2"  # stopped by the deadline after saving its edit
+    (cut / "edit").mkdir(parents=True)
+    (cut / "edit" / "weights.safetensors").write_bytes(b"x" * 100)
+    failed = out / "main" / "runs" / "piqa" / "red" / "seed0"
+    failed.mkdir(parents=True)
+    (failed / "error.txt").write_text("Traceback ...")
     (out / "logs").mkdir()
     (out / "logs" / "worker0.log").write_text("ok")
     grid.snapshot(out, tmp_path / "snap")
@@ -71,6 +77,8 @@ def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     assert {f"main/runs/arc_easy/{m}/seed0/edit/weights.safetensors" for m in ("jola", "red")} <= names
     assert not any("lora/seed0/edit" in n or "bitfit/seed0/edit" in n for n in names)
     assert {f"main/runs/arc_easy/{m}/seed0/result.json" for m in ("jola", "lora", "red")} <= names
+    assert not any(n.startswith("main/runs/piqa/jola/seed2") for n in names), "an unfinished run stays behind"
+    assert "main/runs/piqa/red/seed0/error.txt" in names, "but a failed run's error comes back"
     with tarfile.open(tmp_path / "snap" / "rest.tgz") as tar:
         assert tar.getnames() == ["logs/worker0.log"]
 
