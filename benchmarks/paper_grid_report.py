@@ -292,6 +292,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
         results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
         if not results.empty and (results.get("status") == "done").any():
             lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale)]
+            if group == "nlu":
+                lines += _prior_section(cell_table(out, group))
     sizes = sorted((int(p.name.removeprefix("datasize_n")), p) for p in out.glob("datasize_n*") if (p / "runs").is_dir())
     size_rows = []
     for n, path in sizes:
@@ -318,6 +320,21 @@ def report(out: Path, *, attribution: bool = True) -> str:
 ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "additive only",
              "jola_multiplicative": "multiplicative only", "jola_shared_gate": "one shared gate",
              "jola_no_gate": "no gates"}
+
+
+def _prior_section(cells: pd.DataFrame) -> list[str]:
+    """Per seed-0 run: accuracy, label-prior accuracy and the share of the most frequent answer."""
+    seed0 = cells[cells["seed"] == 0]
+    tasks = sorted(seed0["task"].unique())
+    lines = ["", "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.", "",
+             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method in [m for m in ORDER if m in set(seed0["method"])]:
+        row = []
+        for task in tasks:
+            c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
+            row.append("–" if c.empty else " \\| ".join(_pct(c.iloc[0][k]) for k in ("accuracy", "label_prior_accuracy", "top_label_share")))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
 
 
 def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") -> list[str]:

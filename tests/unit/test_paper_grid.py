@@ -245,3 +245,11 @@ def test_near_ties_in_the_search_are_listed(tmp_path):
     ])
     text = "\n".join(report._near_tie_section(cells))
     assert "1 of 2 searched runs" in text and "| piqa | jola | 0 | 1.0e-05 |" in text and "| piqa | red |" not in text
+
+
+def test_prior_section_shows_accuracy_prior_and_top_answer_share():
+    import pandas as pd
+
+    cells = pd.DataFrame([{"task": "mmlu_law", "method": "zeroshot", "seed": 0, "accuracy": 0.246,
+                           "label_prior_accuracy": 0.246, "top_label_share": 1.0}])
+    assert "| zeroshot | 24.6 \\| 24.6 \\| 100.0 |" in "\n".join(report._prior_section(cells))
