@@ -189,25 +189,24 @@ def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path |
     return row
 
 
-def reextract_generation(run_dir: Path, task: str, n_test: int) -> tuple[float, float] | None:
+def reextract_generation(run_dir: Path, task: str, test: list) -> tuple[float, float] | None:
     """Read the answers of a run's stored generations again with the current extractor.
 
     The generated text is kept per item, so a change to ``extract_answer`` needs no GPU: the
-    predictions, ``correct`` and ``gen_result.json`` are rewritten in place. Returns the accuracy
-    before and after, or None when the run has no stored generations.
+    predictions, ``correct`` and ``gen_result.json`` are rewritten in place. ``test``: the task's
+    test examples the run was scored on. Returns the accuracy before and after, or None when the
+    run has no stored generations.
     """
     import pandas as pd
 
     from jolalens.evaluate import extract_answer
-    from jolalens.tasks import load_task_splits
 
     path, result_path = run_dir / "gen_test_items.csv.gz", run_dir / "gen_result.json"
     if not (path.is_file() and result_path.is_file()):
         return None
     items = pd.read_csv(path, dtype={"answer": str, "output": str, "prediction": str}, keep_default_na=False, na_values=[""])
-    test = load_task_splits(task, n_train=0, n_valid=0, n_test=n_test).test
     if len(items) != len(test) or list(items["answer"].astype(str)) != [ex.answer for ex in test]:
-        raise ValueError(f"{path}: its items are not the first {n_test} test items of {task}; rescore it on a GPU instead")
+        raise ValueError(f"{path}: its items are not the first {len(test)} test items of {task}; rescore it on a GPU instead")
     outputs = items["output"].fillna("").astype(str)
     predictions = [extract_answer(o, task, ex.choices) for o, ex in zip(outputs, test, strict=True)]
     row = json.loads(result_path.read_text())
@@ -384,9 +383,14 @@ def main() -> int:
         tables(args.out)
         return 0
     if args.reextract:
-        n_test = group_config("main").n_test
+        from jolalens.tasks import load_task_splits
+
+        n_test, tests = group_config("main").n_test, {}
         for run_dir in sorted(args.out.glob("main/runs/*/*/seed*")):
-            change = reextract_generation(run_dir, run_dir.parent.parent.name, n_test)
+            task = run_dir.parent.parent.name
+            if task not in tests:
+                tests[task] = load_task_splits(task, n_train=0, n_valid=0, n_test=n_test).test
+            change = reextract_generation(run_dir, task, tests[task])
             if change is not None:
                 print(f"{run_dir.relative_to(args.out)}: {100 * change[0]:.1f} -> {100 * change[1]:.1f}")
         return 0

@@ -189,26 +189,26 @@ def test_report_from_a_small_grid(tmp_path):
     assert (tmp_path / "report.md").read_text() == text
 
 
-def test_reextract_reads_stored_generations_again(tmp_path, monkeypatch):
+def test_reextract_reads_stored_generations_again(tmp_path):
     """A change of extractor re-reads the kept generated text: no model, same items, new accuracy."""
     import pandas as pd
 
-    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    test = choice_splits("arc_easy", 0, 0, 4).test
     run = tmp_path / "main" / "runs" / "arc_easy" / "jola" / "seed0"
     run.mkdir(parents=True)
     items = pd.DataFrame({"item": range(4), "answer": ["a", "b", "c", "a"], "output": ["a", "bb", "nothing", "c"],
                           "prediction": ["a", None, None, "c"], "correct": [True, False, False, False]})
     items.to_csv(run / "gen_test_items.csv.gz", index=False)
     (run / "gen_result.json").write_text(json.dumps({"task": "arc_easy", "accuracy": 0.25}))
-    assert grid.reextract_generation(run, "arc_easy", n_test=4) == (0.25, 0.5)  # "bb": a run of the label b
+    assert grid.reextract_generation(run, "arc_easy", test) == (0.25, 0.5)  # "bb": a run of the label b
     result = json.loads((run / "gen_result.json").read_text())
     assert result["accuracy"] == 0.5 and result["unparsed"] == 0.25
     again = report.read_items(run, "gen_test_items")
     assert list(again["correct"]) == [True, True, False, False]
-    assert grid.reextract_generation(run, "arc_easy", n_test=4) == (0.5, 0.5)
+    assert grid.reextract_generation(run, "arc_easy", test) == (0.5, 0.5)
     with pytest.raises(ValueError, match="not the first 3 test items"):
-        grid.reextract_generation(run, "arc_easy", n_test=3)
-    assert grid.reextract_generation(tmp_path, "arc_easy", n_test=4) is None
+        grid.reextract_generation(run, "arc_easy", test[:3])
+    assert grid.reextract_generation(tmp_path, "arc_easy", test) is None
 
 
 def test_seed_section_lists_each_seed_with_both_protocols():
