@@ -198,6 +198,13 @@ def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f}"
 
 
+def _task_table(first: str, rows: list[tuple[str, str]], tasks: list[str], cell) -> list[str]:
+    """A markdown table with one column per task: ``rows`` are (label, method) pairs and
+    ``cell(method, task)`` writes each cell."""
+    return (["| " + " | ".join([first, *tasks]) + " |", "|---|" + "---|" * len(tasks)]
+            + [f"| {label} | " + " | ".join(cell(method, task) for task in tasks) + " |" for label, method in rows])
+
+
 def gpu_fit_seconds(results: pd.DataFrame) -> pd.DataFrame:
     """Fit times from the grid's usual device only: a cell run on the 2-core CPU instead would
     make its method's mean fit time incomparable (its accuracy stays in the table)."""
@@ -223,26 +230,22 @@ def report(out: Path, *, attribution: bool = True) -> str:
              "`fit s`: mean wall time per cell over the cells run on the grid's usual device (cells run on a CPU "
              "instead are left out of it).", "",
              "## Against zero-shot, seed 0: accuracy − zero-shot (points), McNemar p, label-prior accuracy", "",
-             "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.", "",
-             "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
-    for method in methods:
+             "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.", ""]
+
+    def delta_cell(method: str, task: str) -> str:
+        c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
+        if c.empty:
+            return "–"
+        c = c.iloc[0]
         if method == "zeroshot":
-            row = [f"{_pct(c.accuracy)} \\| {_pct(c.label_prior_accuracy)}" for c in
-                   seed0[seed0["method"] == "zeroshot"].set_index("task").reindex(tasks).itertuples()]
-            lines.append("| zeroshot (accuracy \\| label-prior) | " + " | ".join(row) + " |")
-            continue
-        row = []
-        for task in tasks:
-            c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
-            if c.empty:
-                row.append("–")
-                continue
-            c = c.iloc[0]
-            delta = f"{100 * c['minus_zeroshot']:+.1f} (p={c['mcnemar_p']:.2g})" if "minus_zeroshot" in c and pd.notna(c.get("minus_zeroshot")) else "–"
-            if pd.notna(c.get("mcnemar_p")) and c["mcnemar_p"] < 0.05 and method != "zeroshot":
-                delta = f"**{delta}**"
-            row.append(f"{delta} \\| {_pct(c['label_prior_accuracy'])}")
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+            return f"{_pct(c['accuracy'])} \\| {_pct(c['label_prior_accuracy'])}"
+        delta = f"{100 * c['minus_zeroshot']:+.1f} (p={c['mcnemar_p']:.2g})" if pd.notna(c.get("minus_zeroshot")) else "–"
+        if pd.notna(c.get("mcnemar_p")) and c["mcnemar_p"] < 0.05:
+            delta = f"**{delta}**"
+        return f"{delta} \\| {_pct(c['label_prior_accuracy'])}"
+
+    rows = [("zeroshot (accuracy \\| label-prior)" if m == "zeroshot" else m, m) for m in methods]
+    lines += _task_table("method", rows, tasks, delta_cell)
     jola = seed0[seed0["method"].str.startswith("jola")].copy()
     if not jola.empty:
         lines += ["", "## JoLA: closed gates at the kept epoch (fraction of the 270 heads), seed 0", "",
@@ -261,26 +264,25 @@ def report(out: Path, *, attribution: bool = True) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
-    lines += _seed_section(cells, gen_table(out))
+    gen = gen_table(out)
+    lines += _seed_section(cells, gen)
     lines += _ablation_section(seed0, out / "main" / "runs")
     lines += _repeat_section(out)
     lines += _near_tie_section(cells)
-    gen = gen_table(out)
     if not gen.empty:
         both = gen.merge(cells[["task", "method", "seed", "accuracy"]], on=["task", "method", "seed"], suffixes=("_gen", "_loglik"))
         tasks_gen = sorted(both["task"].unique())
         lines += ["", "## The same edits scored with the generation protocol, seed 0: test accuracy (%)", "",
                   "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
                   "with no readable answer). Beam search with 4 beams; the answer is read off the first generated line "
-                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); the same 500 items.", "",
-                  "| method | " + " | ".join(tasks_gen) + " |", "|---|" + "---|" * len(tasks_gen)]
-        for method in [m for m in ORDER if m in set(both["method"])]:
-            row = []
-            for task in tasks_gen:
-                c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]
-                row.append("–" if c.empty else f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
-                                                f"{_pct(c.iloc[0]['unparsed'])}% unparsed)")
-            lines.append(f"| {method} | " + " | ".join(row) + " |")
+                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); the same 500 items.", ""]
+
+        def gen_cell(method: str, task: str) -> str:
+            c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]
+            return "–" if c.empty else (f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
+                                        f"{_pct(c.iloc[0]['unparsed'])}% unparsed)")
+
+        lines += _task_table("method", [(m, m) for m in ORDER if m in set(both["method"])], tasks_gen, gen_cell)
         scored = set(zip(both["task"], both["method"], both["seed"], strict=True))
         waiting = pd.Series([r.method for r in seed0.itertuples() if r.method != "zeroshot" and r.task in tasks_gen
                              and (r.task, r.method, 0) not in scored], dtype=object).value_counts()
@@ -326,15 +328,13 @@ def _prior_section(cells: pd.DataFrame) -> list[str]:
     """Per seed-0 run: accuracy, label-prior accuracy and the share of the most frequent answer."""
     seed0 = cells[cells["seed"] == 0]
     tasks = sorted(seed0["task"].unique())
-    lines = ["", "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.", "",
-             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for method in [m for m in ORDER if m in set(seed0["method"])]:
-        row = []
-        for task in tasks:
-            c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
-            row.append("–" if c.empty else " \\| ".join(_pct(c.iloc[0][k]) for k in ("accuracy", "label_prior_accuracy", "top_label_share")))
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
-    return lines
+
+    def prior_cell(method: str, task: str) -> str:
+        c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
+        return "–" if c.empty else " \\| ".join(_pct(c.iloc[0][k]) for k in ("accuracy", "label_prior_accuracy", "top_label_share"))
+
+    return (["", "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.", ""]
+            + _task_table("method", [(m, m) for m in ORDER if m in set(seed0["method"])], tasks, prior_cell))
 
 
 def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") -> list[str]:
@@ -373,24 +373,22 @@ def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
         return []
     lines = ["", "## The paper's ablations, seed 0: test accuracy (%), difference from JoLA, closed gates", "",
              "Each cell: accuracy (Δ vs JoLA; exact McNemar p of the ablation against JoLA on the same 500 items) "
-             "and the closed additive / multiplicative gates.", "",
-             "| variant | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for method, label in ABLATIONS.items():
-        row = []
-        for task in tasks:
-            c = runs[(runs["method"] == method) & (runs["task"] == task)]
-            j = runs[(runs["method"] == "jola") & (runs["task"] == task)]
-            if c.empty:
-                row.append("–")
-                continue
-            c = c.iloc[0]
-            delta = "" if method == "jola" or j.empty else f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}"
+             "and the closed additive / multiplicative gates.", ""]
+
+    def ablation_cell(method: str, task: str) -> str:
+        c = runs[(runs["method"] == method) & (runs["task"] == task)]
+        j = runs[(runs["method"] == "jola") & (runs["task"] == task)]
+        if c.empty:
+            return "–"
+        c = c.iloc[0]
+        delta = ""
+        if method != "jola" and not j.empty:
             p_jola = paired_p(runs_dir / task / method / "seed0", runs_dir / task / "jola" / "seed0")
-            delta += f"; p={p_jola:.2g})" if delta and pd.notna(p_jola) else (")" if delta else "")
-            closed = "/".join(_pct(c.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
-            row.append(f"{_pct(c['accuracy'])}{delta}, closed {closed}%")
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
-    return lines
+            delta = f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}" + (f"; p={p_jola:.2g})" if pd.notna(p_jola) else ")")
+        closed = "/".join(_pct(c.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
+        return f"{_pct(c['accuracy'])}{delta}, closed {closed}%"
+
+    return lines + _task_table("variant", [(label, method) for method, label in ABLATIONS.items()], tasks, ablation_cell)
 
 
 def _repeat_section(out: Path) -> list[str]:
