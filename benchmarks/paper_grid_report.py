@@ -35,7 +35,7 @@ import pandas as pd
 from jolalens.compare import collect, markdown_table, summarise
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_grid import DATASIZE_METHODS, DATASIZE_TASKS  # noqa: E402  (the grid's own definitions)
+from paper_grid import DATASIZE_METHODS, DATASIZE_TASKS, DATASIZES  # noqa: E402  (the grid's own definitions)
 
 OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
@@ -296,27 +296,72 @@ def report(out: Path, *, attribution: bool = True) -> str:
             lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale)]
             if group == "nlu":
                 lines += _prior_section(cell_table(out, group))
-    sizes = sorted((int(p.name.removeprefix("datasize_n")), p) for p in out.glob("datasize_n*") if (p / "runs").is_dir())
-    size_rows = []
-    for n, path in sizes:
-        results = collect(path)
-        if not results.empty and "score" in results:
-            size_rows.append(summarise(results).assign(n_train=n))
-    if size_rows:  # the main table's runs are the curves' n = 200 point (same protocol and data)
-        main = collect(out / "main")
-        main = main[main["task"].isin(DATASIZE_TASKS) & main["method"].isin(DATASIZE_METHODS) & (main["seed"] == 0)]
-        size_rows.append(summarise(main).assign(n_train=200))
-    if size_rows:
-        curve = pd.concat(size_rows)
-        pivot = curve.pivot_table(index=["task", "method"], columns="n_train", values="mean")
+    curve = datasize_curve(out)
+    if not curve.empty:
+        edited = curve[curve["method"] != "zeroshot"]
+        pivot = edited.pivot_table(index=["task", "method"], columns="n_train", values="mean")
+        zeroshot = curve[curve["method"] == "zeroshot"].set_index("task")["mean"]
         lines += ["", "## Data size: test accuracy (%) by number of training examples", "",
-                  "| task | method | " + " | ".join(str(n) for n in pivot.columns) + " |", "|---|---|" + "---|" * len(pivot.columns)]
+                  "Seed 0; the n = 200 column is the main table's runs (same protocol and data).", "",
+                  "| task | method | zero-shot | " + " | ".join(str(n) for n in pivot.columns) + " |",
+                  "|---|---|---|" + "---|" * len(pivot.columns)]
         for (task, method), vals in pivot.iterrows():
-            lines.append(f"| {task} | {method} | " + " | ".join(_pct(v) for v in vals) + " |")
+            lines.append(f"| {task} | {method} | {_pct(zeroshot.get(task, math.nan))} | " + " | ".join(_pct(v) for v in vals) + " |")
     lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def datasize_curve(out: Path) -> pd.DataFrame:
+    """Seed-0 test accuracy (fraction) of the data-size methods by training-set size: one row per
+    (task, method, n_train) that has run. The main table's runs are the n = 200 point (same
+    protocol and data); zero-shot rows carry ``n_train = 0``. Empty until a data-size cell ran."""
+    rows = []
+    for path in sorted(out.glob("datasize_n*")):
+        results = collect(path) if (path / "runs").is_dir() else pd.DataFrame()
+        if not results.empty and "score" in results:
+            rows.append(summarise(results).assign(n_train=int(path.name.removeprefix("datasize_n"))))
+    if not rows:
+        return pd.DataFrame(columns=["task", "method", "n_train", "mean"])
+    main = collect(out / "main")
+    main = main[main["task"].isin(DATASIZE_TASKS) & (main["seed"] == 0) & (main["status"] == "done")]
+    rows.append(summarise(main[main["method"].isin(DATASIZE_METHODS)]).assign(n_train=200))
+    rows.append(summarise(main[main["method"] == "zeroshot"]).assign(n_train=0))
+    curve = pd.concat(rows, ignore_index=True)[["task", "method", "n_train", "mean"]]
+    return curve.sort_values(["task", "method", "n_train"], ignore_index=True)
+
+
+def datasize_figure(curve: pd.DataFrame):
+    """Test accuracy against the number of training examples (log scale), one panel per task,
+    zero-shot as a dotted line."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    tasks = sorted(curve["task"].unique())
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=False)
+    colours = dict(zip(DATASIZE_METHODS, ("#1f77b4", "#d62728", "#2ca02c"), strict=True))
+    symbols = dict(zip(DATASIZE_METHODS, ("circle", "square", "diamond"), strict=True))  # tell apart equal points
+    for col, task in enumerate(tasks, start=1):
+        rows = curve[curve["task"] == task]
+        for method in DATASIZE_METHODS:
+            line = rows[(rows["method"] == method) & (rows["n_train"] > 0)]
+            fig.add_trace(go.Scatter(x=line["n_train"], y=100 * line["mean"], mode="lines+markers", name=method,
+                                     legendgroup=method, showlegend=col == 1, line={"color": colours[method]},
+                                     marker={"symbol": symbols[method], "size": 9}),
+                          row=1, col=col)
+        zeroshot = rows.loc[rows["method"] == "zeroshot", "mean"]
+        if len(zeroshot):
+            fig.add_hline(y=100 * float(zeroshot.iloc[0]), line_dash="dot", line_color="grey",
+                          annotation_text="zero-shot", row=1, col=col)
+        low, high = 100 * rows["mean"].min(), 100 * rows["mean"].max()
+        fig.update_yaxes(range=[low - 2, high + 2], row=1, col=col)  # no magnified 0.2-point differences
+    fig.update_xaxes(type="log", tickvals=list(DATASIZES), range=[math.log10(35), math.log10(1400)],
+                     title_text="training examples")
+    fig.update_yaxes(title_text="test accuracy (%)", col=1)
+    fig.update_layout(title="Data size: test accuracy by number of training examples, SmolLM2-135M, seed 0",
+                      width=450 * len(tasks), height=420)
+    return fig
 
 
 ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "additive only",
@@ -436,6 +481,9 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
                       yaxis={"autorange": "reversed"})
     dest.mkdir(parents=True, exist_ok=True)
     written = save_figure(fig, dest / "accuracy_minus_zeroshot")
+    curve = datasize_curve(out)
+    if not curve.empty:
+        written += save_figure(datasize_figure(curve), dest / "datasize")
     model = load_model()
     config = json.loads((out / "main" / "compare_config.json").read_text())["protocol"]
     agreement = []

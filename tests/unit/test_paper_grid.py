@@ -253,3 +253,35 @@ def test_prior_section_shows_accuracy_prior_and_top_answer_share():
     cells = pd.DataFrame([{"task": "mmlu_law", "method": "zeroshot", "seed": 0, "accuracy": 0.246,
                            "label_prior_accuracy": 0.246, "top_label_share": 1.0}])
     assert "| zeroshot | 24.6 \\| 24.6 \\| 100.0 |" in "\n".join(report._prior_section(cells))
+
+
+def test_datasize_curve_and_figure(tmp_path):
+    """The curve joins the data-size runs with the main table's n = 200 runs and zero-shot."""
+    import pandas as pd
+
+    def result(group: str, method: str, score: float, seed: int = 0) -> None:
+        run = tmp_path / group / "runs" / "arc_easy" / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({
+            "task": "arc_easy", "method": method, "seed": seed, "status": "done", "metric": "accuracy", "score": score,
+            "val_ce": 1.0, "hyperparameters": {}, "trainable_parameters": 0, "fit_seconds": 1.0, "eval_seconds": 1.0}))
+        n_right = round(50 * score)
+        pd.DataFrame({"item": range(50), "answer": "A", "prediction": ["A"] * n_right + ["B"] * (50 - n_right),
+                      "correct": [True] * n_right + [False] * (50 - n_right)}).to_csv(run / "test_items.csv", index=False)
+
+    assert report.datasize_curve(tmp_path).empty, "no data-size run yet: no curve"
+    result("main", "zeroshot", 0.22)
+    result("main", "jola", 0.24)
+    result("main", "jola", 0.30, seed=1)  # other seeds are not the curve's point
+    result("main", "iti", 0.25)  # not a data-size method
+    result("datasize_n50", "jola", 0.26)
+    curve = report.datasize_curve(tmp_path)
+    assert curve.to_dict("records") == [
+        {"task": "arc_easy", "method": "jola", "n_train": 50, "mean": 0.26},
+        {"task": "arc_easy", "method": "jola", "n_train": 200, "mean": 0.24},
+        {"task": "arc_easy", "method": "zeroshot", "n_train": 0, "mean": 0.22}]
+    fig = report.datasize_figure(curve)
+    jola = next(t for t in fig.data if t.name == "jola")
+    assert list(jola.x) == [50, 200] and list(jola.y) == pytest.approx([26.0, 24.0])
+    assert fig.layout.shapes[0].y0 == pytest.approx(22.0), "zero-shot line"
+    assert "| arc_easy | jola | 22.0 | 26.0 | 24.0 |" in report.report(tmp_path, attribution=False)
