@@ -298,15 +298,17 @@ def report(out: Path, *, attribution: bool = True) -> str:
                 lines += _prior_section(cell_table(out, group))
     curve = datasize_curve(out)
     if not curve.empty:
-        edited = curve[curve["method"] != "zeroshot"]
-        pivot = edited.pivot_table(index=["task", "method"], columns="n_train", values="mean")
-        zeroshot = curve[curve["method"] == "zeroshot"].set_index("task")["mean"]
+        cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])
+        pivot = cells[cells["method"] != "zeroshot"].pivot(index=["task", "method"], columns="n_train", values="text")
+        zeroshot = cells[cells["method"] == "zeroshot"].set_index("task")["text"]
         lines += ["", "## Data size: test accuracy (%) by number of training examples", "",
-                  "Seed 0; the n = 200 column is the main table's runs (same protocol and data).", "",
+                  "Seed 0; each cell: accuracy (label-prior accuracy). The n = 200 column is the main table's "
+                  "runs (same protocol and data).", "",
                   "| task | method | zero-shot | " + " | ".join(str(n) for n in pivot.columns) + " |",
                   "|---|---|---|" + "---|" * len(pivot.columns)]
         for (task, method), vals in pivot.iterrows():
-            lines.append(f"| {task} | {method} | {_pct(zeroshot.get(task, math.nan))} | " + " | ".join(_pct(v) for v in vals) + " |")
+            lines.append(f"| {task} | {method} | {zeroshot.get(task, '–')} | " + " | ".join(
+                "–" if pd.isna(v) else v for v in vals) + " |")
     lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
@@ -316,19 +318,27 @@ def report(out: Path, *, attribution: bool = True) -> str:
 def datasize_curve(out: Path) -> pd.DataFrame:
     """Seed-0 test accuracy (fraction) of the data-size methods by training-set size: one row per
     (task, method, n_train) that has run. The main table's runs are the n = 200 point (same
-    protocol and data); zero-shot rows carry ``n_train = 0``. Empty until a data-size cell ran."""
+    protocol and data); zero-shot rows carry ``n_train = 0``; ``label_prior`` is the run's
+    label-prior accuracy. Empty until a data-size cell ran."""
     rows = []
     for path in sorted(out.glob("datasize_n*")):
         results = collect(path) if (path / "runs").is_dir() else pd.DataFrame()
         if not results.empty and "score" in results:
             rows.append(summarise(results).assign(n_train=int(path.name.removeprefix("datasize_n"))))
     if not rows:
-        return pd.DataFrame(columns=["task", "method", "n_train", "mean"])
+        return pd.DataFrame(columns=["task", "method", "n_train", "mean", "label_prior"])
     main = collect(out / "main")
     main = main[main["task"].isin(DATASIZE_TASKS) & (main["seed"] == 0) & (main["status"] == "done")]
     rows.append(summarise(main[main["method"].isin(DATASIZE_METHODS)]).assign(n_train=200))
     rows.append(summarise(main[main["method"] == "zeroshot"]).assign(n_train=0))
     curve = pd.concat(rows, ignore_index=True)[["task", "method", "n_train", "mean"]]
+
+    def prior(row) -> float:
+        group = "main" if row.n_train in (0, 200) else f"datasize_n{row.n_train}"
+        items = read_items(out / group / "runs" / row.task / row.method / "seed0")
+        return math.nan if items is None else label_prior_accuracy(items)
+
+    curve["label_prior"] = [prior(row) for row in curve.itertuples()]
     return curve.sort_values(["task", "method", "n_train"], ignore_index=True)
 
 

@@ -276,12 +276,13 @@ def test_datasize_curve_and_figure(tmp_path):
     result("main", "iti", 0.25)  # not a data-size method
     result("datasize_n50", "jola", 0.26)
     curve = report.datasize_curve(tmp_path)
-    assert curve.to_dict("records") == [
+    assert curve.drop(columns="label_prior").to_dict("records") == [
         {"task": "arc_easy", "method": "jola", "n_train": 50, "mean": 0.26},
         {"task": "arc_easy", "method": "jola", "n_train": 200, "mean": 0.24},
         {"task": "arc_easy", "method": "zeroshot", "n_train": 0, "mean": 0.22}]
+    assert list(curve["label_prior"]) == pytest.approx([0.26, 0.24, 0.22]), "answers all 'A': prior = share of A"
     fig = report.datasize_figure(curve)
     jola = next(t for t in fig.data if t.name == "jola")
     assert list(jola.x) == [50, 200] and list(jola.y) == pytest.approx([26.0, 24.0])
     assert fig.layout.shapes[0].y0 == pytest.approx(22.0), "zero-shot line"
-    assert "| arc_easy | jola | 22.0 | 26.0 | 24.0 |" in report.report(tmp_path, attribution=False)
+    assert "| arc_easy | jola | 22.0 (22.0) | 26.0 (26.0) | 24.0 (24.0) |" in report.report(tmp_path, attribution=False)
