@@ -324,7 +324,8 @@ def datasize_curve(out: Path) -> pd.DataFrame:
     for path in sorted(out.glob("datasize_n*")):
         results = collect(path) if (path / "runs").is_dir() else pd.DataFrame()
         if not results.empty and "score" in results:
-            rows.append(summarise(results).assign(n_train=int(path.name.removeprefix("datasize_n"))))
+            seed0 = results[results["seed"] == 0]
+            rows.append(summarise(seed0).assign(n_train=int(path.name.removeprefix("datasize_n"))))
     if not rows:
         return pd.DataFrame(columns=["task", "method", "n_train", "mean", "label_prior"])
     main = collect(out / "main")

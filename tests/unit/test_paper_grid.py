@@ -275,6 +275,7 @@ def test_datasize_curve_and_figure(tmp_path):
     result("main", "jola", 0.30, seed=1)  # other seeds are not the curve's point
     result("main", "iti", 0.25)  # not a data-size method
     result("datasize_n50", "jola", 0.26)
+    result("datasize_n50", "jola", 0.40, seed=1)
     curve = report.datasize_curve(tmp_path)
     assert curve.drop(columns="label_prior").to_dict("records") == [
         {"task": "arc_easy", "method": "jola", "n_train": 50, "mean": 0.26},
