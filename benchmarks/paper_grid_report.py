@@ -284,7 +284,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
 
         lines += _task_table("method", [(m, m) for m in ORDER if m in set(both["method"])], tasks_gen, gen_cell)
         scored = set(zip(both["task"], both["method"], both["seed"], strict=True))
-        waiting = pd.Series([r.method for r in seed0.itertuples() if r.method != "zeroshot" and r.task in tasks_gen
+        waiting = pd.Series([r.method for r in seed0.itertuples() if r.task in tasks_gen
                              and (r.task, r.method, 0) not in scored], dtype=object).value_counts()
         if len(waiting):
             lines += ["", "Seed-0 runs not scored with this protocol yet (`gen` cells of the queue), by method: "
