@@ -30,6 +30,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from jolalens.compare import collect, markdown_table, summarise
@@ -295,7 +296,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
         if not results.empty and (results.get("status") == "done").any():
             lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale)]
             if group == "nlu":
-                lines += _prior_section(cell_table(out, group))
+                cells = cell_table(out, group)
+                lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)
     curve = datasize_curve(out)
     if not curve.empty:
         cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])
@@ -391,6 +393,50 @@ def _prior_section(cells: pd.DataFrame) -> list[str]:
 
     return (["", "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.", ""]
             + _task_table("method", [(m, m) for m in ORDER if m in set(seed0["method"])], tasks, prior_cell))
+
+
+def pooled_vs_zeroshot(out: Path, group: str = "nlu") -> pd.DataFrame:
+    """Per method, seed 0: the test items of every task it ran pooled, against zero-shot on the same items.
+
+    One exact McNemar test over all items, where each task alone is too small to show a few points."""
+    rows = []
+    runs = out / group / "runs"
+    for method in sorted({p.name for p in runs.glob("*/*") if p.is_dir()} - {"zeroshot"}):
+        ours, zero, tasks = [], [], []
+        for task_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+            a, b = read_items(task_dir / method / "seed0"), read_items(task_dir / "zeroshot" / "seed0")
+            if a is None or b is None or not (task_dir / method / "seed0" / "result.json").is_file():
+                continue
+            if len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+                raise ValueError(f"{task_dir.name}: {method} and zero-shot were scored on different test items")
+            ours.append(a["correct"].astype(bool).to_numpy())
+            zero.append(b["correct"].astype(bool).to_numpy())
+            tasks.append(task_dir.name)
+        if not tasks:
+            continue
+        ca, cz = np.concatenate(ours), np.concatenate(zero)
+        better, worse = int((ca & ~cz).sum()), int((~ca & cz).sum())
+        rows.append({"method": method, "tasks": len(tasks), "items": len(ca), "accuracy": float(ca.mean()),
+                     "zeroshot_accuracy": float(cz.mean()), "better": better, "worse": worse,
+                     "mcnemar_p": mcnemar_p(better, worse)})
+    return pd.DataFrame(rows)
+
+
+def _pooled_section(pooled: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    """The pooled test against zero-shot, with how many single tasks reach p < 0.05 each way."""
+    if pooled.empty:
+        return []
+    seed0 = cells[(cells["seed"] == 0) & cells["mcnemar_p"].notna()]
+    lines = ["", "All tasks' test items pooled, seed 0, against zero-shot on the same items (exact McNemar); "
+             "the last column counts single tasks with p < 0.05 (up / down).", "",
+             "| method | tasks | items | accuracy (%) | zero-shot on the same items (%) | items won / lost | p | tasks p < 0.05 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in pooled.itertuples():
+        mine = seed0[(seed0["method"] == r.method) & (seed0["mcnemar_p"] < 0.05)]
+        up, down = int((mine["minus_zeroshot"] > 0).sum()), int((mine["minus_zeroshot"] < 0).sum())
+        lines.append(f"| {r.method} | {r.tasks} | {r.items} | {_pct(r.accuracy)} | {_pct(r.zeroshot_accuracy)} "
+                     f"| {r.better} / {r.worse} | {r.mcnemar_p:.2g} | {up} / {down} |")
+    return lines
 
 
 def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") -> list[str]:

