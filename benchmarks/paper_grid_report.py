@@ -298,6 +298,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
             if group == "nlu":
                 cells = cell_table(out, group)
                 lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)
+            else:
+                lines += _paired_score_section(paired_score_differences(out, group))
     curve = datasize_curve(out)
     if not curve.empty:
         cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])
@@ -436,6 +438,43 @@ def _pooled_section(pooled: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
         up, down = int((mine["minus_zeroshot"] > 0).sum()), int((mine["minus_zeroshot"] < 0).sum())
         lines.append(f"| {r.method} | {r.tasks} | {r.items} | {_pct(r.accuracy)} | {_pct(r.zeroshot_accuracy)} "
                      f"| {r.better} / {r.worse} | {r.mcnemar_p:.2g} | {up} / {down} |")
+    return lines
+
+
+def paired_score_differences(out: Path, group: str = "nlg", against: str = "jola", *,
+                             metric: str = "rougeL", resamples: int = 10_000) -> pd.DataFrame:
+    """Seed 0, per task: ``against`` minus each other method on the same items, with a 95% paired-bootstrap interval.
+
+    For per-item scores such as ROUGE-L, where McNemar's test does not apply. The resampling is seeded."""
+    rows = []
+    runs = out / group / "runs"
+    for task_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        ours = read_items(task_dir / against / "seed0")
+        if ours is None:
+            continue
+        for other_dir in sorted(p for p in task_dir.iterdir() if p.is_dir() and p.name != against):
+            theirs = read_items(other_dir / "seed0")
+            if theirs is None:
+                continue
+            if len(ours) != len(theirs) or not (ours["item"].to_numpy() == theirs["item"].to_numpy()).all():
+                raise ValueError(f"{task_dir.name}: {against} and {other_dir.name} were scored on different test items")
+            diff = ours[metric].to_numpy(float) - theirs[metric].to_numpy(float)
+            means = diff[np.random.default_rng(0).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+            low, high = np.percentile(means, [2.5, 97.5])
+            rows.append({"task": task_dir.name, "method": other_dir.name, "items": len(diff), "difference": float(diff.mean()),
+                         "ci_low": float(low), "ci_high": float(high),
+                         "items_higher": int((diff > 0).sum()), "items_lower": int((diff < 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def _paired_score_section(paired: pd.DataFrame, against: str = "jola") -> list[str]:
+    if paired.empty:
+        return []
+    lines = ["", f"{against} minus each method on the same items, seed 0: mean ROUGE-L difference with a 95% paired-bootstrap "
+             "interval (10,000 resamples), and the items where it scores higher / lower.", "",
+             "| task | against | items | difference | 95% interval | higher / lower |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.method} | {r.items} | {r.difference:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
+              f"| {r.items_higher} / {r.items_lower} |" for r in paired.itertuples()]
     return lines
 
 

@@ -314,3 +314,25 @@ def test_pooled_test_against_zeroshot_adds_up_the_tasks(tmp_path):
     items("t3", "jola", [True] * 4)
     with pytest.raises(ValueError, match="t3: jola and zero-shot were scored on different test items"):
         report.pooled_vs_zeroshot(tmp_path)
+
+
+def test_paired_score_differences_with_a_bootstrap_interval(tmp_path):
+    """ROUGE-L per item: the mean difference, a seeded interval around it, and the items each way."""
+    import pandas as pd
+
+    def items(method: str, scores: list[float]) -> None:
+        run = tmp_path / "nlg" / "runs" / "xsum" / method / "seed0"
+        run.mkdir(parents=True)
+        pd.DataFrame({"item": range(len(scores)), "rougeL": scores}).to_csv(run / "test_items.csv", index=False)
+
+    items("jola", [30.0, 40.0, 50.0, 60.0])
+    items("zeroshot", [10.0, 20.0, 50.0, 70.0])  # differences +20, +20, 0, -10
+    items("red", [30.0, 40.0, 50.0, 60.0])  # identical: a zero-width interval
+    paired = report.paired_score_differences(tmp_path).set_index("method")
+    z = paired.loc["zeroshot"]
+    assert (z["items"], z["difference"], z["items_higher"], z["items_lower"]) == (4, 7.5, 2, 1)
+    assert -10.0 <= z["ci_low"] < 7.5 < z["ci_high"] <= 20.0
+    assert paired.loc["red", ["difference", "ci_low", "ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    again = report.paired_score_differences(tmp_path).set_index("method")
+    assert again.loc["zeroshot", "ci_low"] == z["ci_low"], "the resampling is seeded"
+    assert "| xsum | zeroshot | 4 | +7.5 |" in "\n".join(report._paired_score_section(paired.reset_index()))
