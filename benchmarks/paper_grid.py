@@ -293,7 +293,9 @@ def worker(args: argparse.Namespace, index: int) -> int:
                 # both protocols while the edit is on disk here (LoRA weights are too large to keep)
                 row = rescore_generation(model, Cell("gen", cell.task, cell.method, cell.seed), out, one)
                 log(f"  gen-protocol accuracy {row['accuracy']:.3f}")
-            log(f"done {cell.key} in {time.perf_counter() - t0:.0f} s")
+            finished = (cell.run_dir(out) / "result.json").is_file()
+            log(f"{'done' if finished else 'FAILED'} {cell.key} in {time.perf_counter() - t0:.0f} s"
+                + ("" if finished else f" (see {cell.run_dir(out) / 'error.txt'})"))
         except Exception:  # noqa: BLE001 - a broken cell is logged and left for the next invocation
             log(f"FAILED {cell.key}\n{traceback.format_exc()}")
     log(f"worker {index} exits")

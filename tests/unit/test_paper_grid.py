@@ -336,3 +336,27 @@ def test_paired_score_differences_with_a_bootstrap_interval(tmp_path):
     again = report.paired_score_differences(tmp_path).set_index("method")
     assert again.loc["zeroshot", "ci_low"] == z["ci_low"], "the resampling is seeded"
     assert "| xsum | zeroshot | 4 | +7.5 |" in "\n".join(report._paired_score_section(paired.reset_index()))
+
+
+def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
+    """A run that left only an ``error.txt`` is logged as FAILED, not done, and the worker moves on."""
+    import argparse
+
+    import jolalens
+    import jolalens.compare
+
+    def failing_run(model, config, out, log):
+        run = out / "runs" / config.tasks[0] / config.methods[0] / f"seed{config.seeds[0]}"
+        run.mkdir(parents=True)
+        (run / "error.txt").write_text("torch.OutOfMemoryError: CUDA out of memory\n")
+
+    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
+    monkeypatch.setattr(jolalens.compare, "run_compare", failing_run)
+    (tmp_path / "claims").mkdir()
+    (tmp_path / "logs").mkdir()
+    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main"}, tasks={"arc_easy"},
+                              out=tmp_path, smoke=True, stop_claiming_at=None, tf32=False, threads=1)
+    assert grid.worker(args, 0) == 0
+    log = (tmp_path / "logs" / "worker0.log").read_text()
+    assert log.count("FAILED main__arc_easy__jola__seed") == 3 and " done " not in log
+    assert "error.txt" in log
