@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from jolalens.compare import collect, markdown_table, summarise
 
@@ -138,22 +139,93 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
     return cells
 
 
-def open_heads(edit_dir: Path) -> set[tuple[str, int, int]]:
-    """(kind, layer, head) of every gate a saved JoLA edit keeps open at evaluation (no model needed)."""
+def open_gate_maps(edit_dir: Path) -> dict[str, torch.Tensor]:
+    """Per gate kind, the ``[layer, head]`` map of gates a saved JoLA edit keeps open at evaluation (no model needed)."""
     from safetensors.torch import load_file
 
     from jolalens import JolaConfig
 
     config = JolaConfig.from_dict(json.loads((edit_dir / "jola_config.json").read_text())["config"])
-    heads = set()
+    rows: dict[str, dict[int, torch.Tensor]] = {}
     for key, log_alpha in load_file(str(edit_dir / "jola_weights.safetensors")).items():
-        if ".log_alpha_" not in key:
-            continue
-        layer = int(key.split(".")[1])
-        kind = key.rsplit("log_alpha_", 1)[1]
-        for head in (config.gate.deterministic(log_alpha) > 0).nonzero().flatten().tolist():
-            heads.add((kind, layer, head))
-    return heads
+        if ".log_alpha_" in key:
+            rows.setdefault(key.rsplit("log_alpha_", 1)[1], {})[int(key.split(".")[1])] = config.gate.deterministic(log_alpha) > 0
+    return {kind: torch.stack([layers[i] for i in sorted(layers)]) for kind, layers in rows.items()}
+
+
+def open_heads(edit_dir: Path) -> set[tuple[str, int, int]]:
+    """(kind, layer, head) of every gate a saved JoLA edit keeps open at evaluation."""
+    return {(kind, layer, head) for kind, open_ in open_gate_maps(edit_dir).items()
+            for layer, head in open_.nonzero().tolist()}
+
+
+HEAD_GROUPS = ("main", "nlu", "nlg")  # groups whose JoLA runs are compared across tasks
+
+
+def selective_jola_runs(out: Path) -> dict[tuple[str, int], torch.Tensor]:
+    """``(task, seed)`` -> heads with any gate open, for every JoLA run that closed some gates but not all."""
+    runs = {}
+    for group in HEAD_GROUPS:
+        for edit in sorted((out / group / "runs").glob("*/jola/seed*/edit")):
+            if not (edit / "jola_config.json").is_file():
+                continue
+            maps = list(open_gate_maps(edit).values())
+            open_ = torch.stack(maps).any(dim=0)
+            if 0 < int(open_.sum()) < open_.numel():
+                runs[(edit.parents[2].name, int(edit.parent.name[4:]))] = open_
+    return runs
+
+
+def head_set_pairs(runs: dict[tuple[str, int], torch.Tensor]) -> pd.DataFrame:
+    """Every pair of runs, their overlap against chance, by what the two runs share.
+
+    The seed fixes the initial gates and edit vectors, so runs of two tasks with one seed share their
+    start; pairs with other seeds and other tasks are the control. Chance is two uniform random head
+    sets of the same sizes: expected overlap ``k_a k_b / N`` and the hypergeometric tail
+    ``P(overlap >= observed)``."""
+    from jolalens.analysis import hypergeometric_p_value
+
+    rows = []
+    keys = sorted(runs)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            ma, mb = runs[a], runs[b]
+            n, ka, kb, both = ma.numel(), int(ma.sum()), int(mb.sum()), int((ma & mb).sum())
+            expected = ka * kb / n
+            rows.append({"run_a": f"{a[0]}/seed{a[1]}", "run_b": f"{b[0]}/seed{b[1]}",
+                         "pair": ("same task, other seed" if a[0] == b[0] else
+                                  "other task, same seed (same start)" if a[1] == b[1] else "other task, other seed"),
+                         "k_a": ka, "k_b": kb, "overlap": both, "expected_overlap": expected,
+                         "jaccard": both / (ka + kb - both), "chance_jaccard": expected / (ka + kb - expected),
+                         "p": hypergeometric_p_value(both, n, ka, kb)})
+    return pd.DataFrame(rows)
+
+
+def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
+    if pairs.empty:
+        return []
+    lines = ["", "## JoLA's open heads across tasks and seeds", "",
+             "Every JoLA run (main table, MMLU, GEM) that closed some gates but not all; a head is open if either of its "
+             "gates is. The seed fixes the initial gates and edit vectors, so two tasks' runs with the same seed start "
+             "alike; other task and other seed is the control. Chance: random head sets of the same sizes (expected overlap k_a k_b / N; hypergeometric p). "
+             "All pairs: `jola_head_pairs.csv`.", "",
+             "| pairs | n | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+             "|---|---|---|---|---|---|"]
+    for kind, g in pairs.groupby("pair", sort=True):
+        ratio = (g["overlap"] / g["expected_overlap"]).mean()
+        lines.append(f"| {kind} | {len(g)} | {g['jaccard'].mean():.2f} | {g['chance_jaccard'].mean():.2f} "
+                     f"| {ratio:.2f} | {int((g['p'] < 0.05).sum())} |")
+    return lines
+
+
+def head_count_figure(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0):
+    """In how many tasks' runs (one seed) each head has an open gate."""
+    from jolalens.analysis.figures import head_heatmap
+
+    maps = [m for (_, s), m in sorted(runs.items()) if s == seed]
+    counts = torch.stack(maps).sum(dim=0).float()
+    return head_heatmap(counts, title=f"JoLA: in how many of {len(maps)} tasks each head is open (seed {seed})",
+                        colorbar_title="tasks")
 
 
 def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.DataFrame:
@@ -313,6 +385,10 @@ def report(out: Path, *, attribution: bool = True) -> str:
         for (task, method), vals in pivot.iterrows():
             lines.append(f"| {task} | {method} | {zeroshot.get(task, '–')} | " + " | ".join(
                 "–" if pd.isna(v) else v for v in vals) + " |")
+    pairs = head_set_pairs(selective_jola_runs(out))
+    if not pairs.empty:
+        pairs.to_csv(out / "jola_head_pairs.csv", index=False)
+    lines += _head_pairs_section(pairs)
     lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
@@ -562,8 +638,9 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
 
     from jolalens import load_model
     from jolalens.analysis import attribution_scores, compare_selection, make_compare_figures
+    from jolalens.analysis.compare import jaccard_matrix
     from jolalens.analysis.compare_report import head_level_maps
-    from jolalens.analysis.figures import save_figure
+    from jolalens.analysis.figures import save_figure, similarity_matrix
     from jolalens.tasks import load_task_splits
 
     cells = pd.read_csv(out / "report_cells.csv")
@@ -580,6 +657,12 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
     curve = datasize_curve(out)
     if not curve.empty:
         written += save_figure(datasize_figure(curve), dest / "datasize")
+    runs = selective_jola_runs(out)
+    if any(seed == 0 for _, seed in runs):
+        written += save_figure(head_count_figure(runs), dest / "jola_open_heads_across_tasks")
+        seed0 = {task: m for (task, seed), m in sorted(runs.items()) if seed == 0}
+        written += save_figure(similarity_matrix(jaccard_matrix(seed0), title="JoLA's open heads, seed 0: Jaccard across tasks"),
+                               dest / "jola_open_heads_jaccard")
     model = load_model()
     config = json.loads((out / "main" / "compare_config.json").read_text())["protocol"]
     agreement = []

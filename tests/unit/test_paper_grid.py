@@ -360,3 +360,48 @@ def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
     log = (tmp_path / "logs" / "worker0.log").read_text()
     assert log.count("FAILED main__arc_easy__jola__seed") == 3 and " done " not in log
     assert "error.txt" in log
+
+
+def test_jola_head_sets_across_tasks_and_seeds(tmp_path):
+    """Open heads read back from saved edits (either gate open); runs with every gate open or none are left
+    out; pairs are labelled by what they share, with overlap and chance from the set sizes."""
+    import torch
+
+    from jolalens import JolaConfig, JolaEdit
+
+    model = tiny_model()  # 2 layers x 4 heads: N = 8
+
+    def edit(group: str, task: str, seed: int, additive: list[int], multiplicative: list[int]) -> None:
+        e = JolaEdit.for_model(model, JolaConfig(seed=seed))
+        with torch.no_grad():
+            for name, open_ in (("additive", additive), ("multiplicative", multiplicative)):
+                alpha = torch.full((2, 4), -20.0)
+                alpha.view(-1)[open_] = 20.0
+                getattr(e, f"log_alpha_{name}").copy_(alpha)
+        e.save(tmp_path / group / "runs" / task / "jola" / f"seed{seed}" / "edit")
+
+    edit("main", "arc_easy", 0, [0, 1], [5])  # heads 0, 1, 5 (L0H0, L0H1, L1H1)
+    edit("main", "arc_easy", 1, [0, 1], [])
+    edit("nlu", "mmlu_law", 0, [0], [2, 3])
+    edit("nlg", "xsum", 1, [], [1, 7])
+    edit("main", "boolq", 0, list(range(8)), [])  # every head open: not a selection
+    edit("main", "piqa", 0, [], [])  # nothing open
+    runs = report.selective_jola_runs(tmp_path)
+    assert sorted(runs) == [("arc_easy", 0), ("arc_easy", 1), ("mmlu_law", 0), ("xsum", 1)]
+    assert runs[("arc_easy", 0)].nonzero().tolist() == [[0, 0], [0, 1], [1, 1]]
+    assert report.open_heads(tmp_path / "main" / "runs" / "arc_easy" / "jola" / "seed0" / "edit") == {
+        ("additive", 0, 0), ("additive", 0, 1), ("multiplicative", 1, 1)}
+    pairs = report.head_set_pairs(runs).set_index(["run_a", "run_b"])
+    row = pairs.loc[("arc_easy/seed0", "arc_easy/seed1")]
+    assert row["pair"] == "same task, other seed"
+    assert (row["k_a"], row["k_b"], row["overlap"]) == (3, 2, 2) and row["jaccard"] == pytest.approx(2 / 3)
+    assert row["expected_overlap"] == pytest.approx(3 * 2 / 8)
+    assert row["p"] == pytest.approx(3 / 28)  # P(overlap >= 2) = C(3,2) C(5,0) / C(8,2)
+    assert pairs.loc[("arc_easy/seed0", "mmlu_law/seed0"), "pair"] == "other task, same seed (same start)"
+    assert pairs.loc[("arc_easy/seed0", "xsum/seed1"), "pair"] == "other task, other seed"
+    assert pairs.loc[("arc_easy/seed0", "xsum/seed1"), "overlap"] == 1  # L0H1
+    assert len(pairs) == 6
+    text = "\n".join(report._head_pairs_section(pairs.reset_index()))
+    assert "| same task, other seed | 1 | 0.67 |" in text
+    fig = report.head_count_figure(runs)
+    assert fig.data[0].z[0][0] == 2 and fig.data[0].z[1][1] == 1, "seed 0: L0H0 open in both tasks, L1H1 in one"
