@@ -218,6 +218,22 @@ def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _shared_heads_lines(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0, top: int = 6) -> list[str]:
+    """The heads open in the most tasks (one seed), and where in depth the open heads lie."""
+    maps = [m for (_, s), m in sorted(runs.items()) if s == seed]
+    if not maps:
+        return []
+    counts = torch.stack(maps).sum(dim=0)
+    n_layers, n_heads = counts.shape
+    order = torch.sort(-counts.flatten(), stable=True).indices[:top].tolist()
+    shared = ", ".join(f"L{i // n_heads}H{i % n_heads} ({int(counts.flatten()[i])})" for i in order)
+    half = n_layers // 2
+    lower = counts[:half].sum().item() / max(counts.sum().item(), 1)
+    return ["", f"Seed {seed}, {len(maps)} tasks: the heads open in the most tasks are {shared}; "
+            f"{100 * lower:.0f}% of the open heads lie in layers 0-{half - 1}, {100 * (1 - lower):.0f}% in layers "
+            f"{half}-{n_layers - 1} (`figures/paper_grid/jola_open_heads_across_tasks.html`)."]
+
+
 def head_count_figure(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0):
     """In how many tasks' runs (one seed) each head has an open gate."""
     from jolalens.analysis.figures import head_heatmap
@@ -385,10 +401,11 @@ def report(out: Path, *, attribution: bool = True) -> str:
         for (task, method), vals in pivot.iterrows():
             lines.append(f"| {task} | {method} | {zeroshot.get(task, '–')} | " + " | ".join(
                 "–" if pd.isna(v) else v for v in vals) + " |")
-    pairs = head_set_pairs(selective_jola_runs(out))
+    head_runs = selective_jola_runs(out)
+    pairs = head_set_pairs(head_runs)
     if not pairs.empty:
         pairs.to_csv(out / "jola_head_pairs.csv", index=False)
-    lines += _head_pairs_section(pairs)
+    lines += _head_pairs_section(pairs) + _shared_heads_lines(head_runs)
     lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

@@ -405,3 +405,15 @@ def test_jola_head_sets_across_tasks_and_seeds(tmp_path):
     assert "| same task, other seed | 1 | 0.67 |" in text
     fig = report.head_count_figure(runs)
     assert fig.data[0].z[0][0] == 2 and fig.data[0].z[1][1] == 1, "seed 0: L0H0 open in both tasks, L1H1 in one"
+
+
+def test_shared_heads_line_names_the_heads_open_in_most_tasks():
+    import torch
+
+    a = torch.zeros(2, 4, dtype=torch.bool)
+    a[0, 1] = a[1, 3] = True
+    b = torch.zeros(2, 4, dtype=torch.bool)
+    b[0, 1] = True
+    line = report._shared_heads_lines({("t1", 0): a, ("t2", 0): b, ("t3", 1): ~b}, top=2)[-1]
+    assert "2 tasks: the heads open in the most tasks are L0H1 (2), L1H3 (1);" in line
+    assert "67% of the open heads lie in layers 0-0, 33% in layers 1-1" in line
