@@ -382,7 +382,9 @@ def report(out: Path, *, attribution: bool = True) -> str:
                                 ("nlg", "NLG (GEM): ROUGE-L", 1.0)):
         results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
         if not results.empty and (results.get("status") == "done").any():
-            lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale)]
+            lines += ["", f"## {title}", "", markdown_table(summarise(gpu_fit_seconds(results)), methods_order=ORDER, scale=scale),
+                      "`fit s`: as in the main table, cells run on another device than the group's usual one are left out "
+                      "(–: all of the method's cells were)."]
             if group == "nlu":
                 cells = cell_table(out, group)
                 lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)

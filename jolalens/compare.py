@@ -363,7 +363,8 @@ def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = 
                 cells.append("–")
         avg = f"{scale * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
         params = int(rows["trainable_parameters"].iloc[0])
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {rows['fit_seconds'].mean():.0f} |")
+        fit = rows["fit_seconds"].mean()
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {'–' if pd.isna(fit) else f'{fit:.0f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -112,6 +112,8 @@ def test_summary_mean_std_and_markdown():
     assert "| red | 30.0 (n=1) | – | – | 4 |" in md
     na = pd.DataFrame([{"task": "b", "method": "red"}])
     assert "| red | 30.0 (n=1) | n/a | – | 4 |" in markdown_table(summary.reset_index(), not_applicable=na)
+    untimed = summary.reset_index().assign(fit_seconds=float("nan"))  # e.g. every cell ran on another device
+    assert "| red | 30.0 (n=1) | – | – | 4 | – |" in markdown_table(untimed)
 
 
 def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, monkeypatch):
