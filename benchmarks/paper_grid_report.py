@@ -98,9 +98,14 @@ def _near_tie_section(cells: pd.DataFrame) -> list[str]:
     return lines
 
 
+def same_items(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two per-item results cover the same test items in the same order."""
+    return len(a) == len(b) and bool((a["item"].to_numpy() == b["item"].to_numpy()).all())
+
+
 def items_p(a: pd.DataFrame | None, b: pd.DataFrame | None) -> float:
     """Exact McNemar p between two per-item results; NaN unless both cover the same items."""
-    if a is None or b is None or len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+    if a is None or b is None or not same_items(a, b):
         return float("nan")
     ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
     return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
@@ -218,18 +223,23 @@ def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _open_counts(runs: dict[tuple[str, int], torch.Tensor], seed: int) -> tuple[torch.Tensor, int]:
+    """``[layer, head]``: in how many tasks' runs with ``seed`` the head is open; and how many runs."""
+    maps = [m for (_, s), m in sorted(runs.items()) if s == seed]
+    return (torch.stack(maps).sum(dim=0) if maps else torch.zeros(0, 0)), len(maps)
+
+
 def _shared_heads_lines(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0, top: int = 6) -> list[str]:
     """The heads open in the most tasks (one seed), and where in depth the open heads lie."""
-    maps = [m for (_, s), m in sorted(runs.items()) if s == seed]
-    if not maps:
+    counts, n_runs = _open_counts(runs, seed)
+    if not n_runs:
         return []
-    counts = torch.stack(maps).sum(dim=0)
     n_layers, n_heads = counts.shape
     order = torch.sort(-counts.flatten(), stable=True).indices[:top].tolist()
     shared = ", ".join(f"L{i // n_heads}H{i % n_heads} ({int(counts.flatten()[i])})" for i in order)
     half = n_layers // 2
     lower = counts[:half].sum().item() / max(counts.sum().item(), 1)
-    return ["", f"Seed {seed}, {len(maps)} tasks: the heads open in the most tasks are {shared}; "
+    return ["", f"Seed {seed}, {n_runs} tasks: the heads open in the most tasks are {shared}; "
             f"{100 * lower:.0f}% of the open heads lie in layers 0-{half - 1}, {100 * (1 - lower):.0f}% in layers "
             f"{half}-{n_layers - 1} (`figures/paper_grid/jola_open_heads_across_tasks.html`)."]
 
@@ -238,9 +248,8 @@ def head_count_figure(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0):
     """In how many tasks' runs (one seed) each head has an open gate."""
     from jolalens.analysis.figures import head_heatmap
 
-    maps = [m for (_, s), m in sorted(runs.items()) if s == seed]
-    counts = torch.stack(maps).sum(dim=0).float()
-    return head_heatmap(counts, title=f"JoLA: in how many of {len(maps)} tasks each head is open (seed {seed})",
+    counts, n_runs = _open_counts(runs, seed)
+    return head_heatmap(counts.float(), title=f"JoLA: in how many of {n_runs} tasks each head is open (seed {seed})",
                         colorbar_title="tasks")
 
 
@@ -504,7 +513,7 @@ def pooled_vs_zeroshot(out: Path, group: str = "nlu") -> pd.DataFrame:
             a, b = read_items(task_dir / method / "seed0"), read_items(task_dir / "zeroshot" / "seed0")
             if a is None or b is None or not (task_dir / method / "seed0" / "result.json").is_file():
                 continue
-            if len(a) != len(b) or not (a["item"].to_numpy() == b["item"].to_numpy()).all():
+            if not same_items(a, b):
                 raise ValueError(f"{task_dir.name}: {method} and zero-shot were scored on different test items")
             ours.append(a["correct"].astype(bool).to_numpy())
             zero.append(b["correct"].astype(bool).to_numpy())
@@ -551,7 +560,7 @@ def paired_score_differences(out: Path, group: str = "nlg", against: str = "jola
             theirs = read_items(other_dir / "seed0")
             if theirs is None:
                 continue
-            if len(ours) != len(theirs) or not (ours["item"].to_numpy() == theirs["item"].to_numpy()).all():
+            if not same_items(ours, theirs):
                 raise ValueError(f"{task_dir.name}: {against} and {other_dir.name} were scored on different test items")
             diff = ours[metric].to_numpy(float) - theirs[metric].to_numpy(float)
             means = diff[np.random.default_rng(0).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
