@@ -373,7 +373,9 @@ def report(out: Path, *, attribution: bool = True) -> str:
         lines += ["", "## The same edits scored with the generation protocol, seed 0: test accuracy (%)", "",
                   "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
                   "with no readable answer). Beam search with 4 beams; the answer is read off the first generated line "
-                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); the same 500 items.", ""]
+                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); a line that names two "
+                  "different labels, such as the prompt's format line `answer1/answer2/answer3/answer4`, holds no "
+                  "answer. The same 500 items.", ""]
 
         def gen_cell(method: str, task: str) -> str:
             c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]

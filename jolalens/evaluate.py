@@ -77,15 +77,27 @@ def first_line(text: str) -> str:
     return ""
 
 
-def _label_pattern(labels: Sequence[str]) -> re.Pattern[str]:
-    """The first label that stands as a whole word, where running straight into another label also
-    ends a word: an edit trained without EOS repeats its answer ("truefalse…", "solution2solution2…"),
-    while "answer12" or "untrue" still hold no label."""
+def _labels_named(labels: Sequence[str], line: str) -> set[str]:
+    """The labels (lower case) that ``line`` names as whole words.
+
+    A word made of labels run together counts: an edit trained without EOS repeats its answer
+    ("solution2solution2…", cut short at the token limit as "…solutio"), while "answer12" or
+    "untrue" name no label.
+    """
     alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
-    return re.compile(rf"(?<![A-Za-z0-9_])({alternatives})(?=(?:{alternatives})|[^A-Za-z0-9_]|$)", re.IGNORECASE)
-
-
-_BOOL = _label_pattern(("true", "false"))
+    one, run = re.compile(alternatives, re.IGNORECASE), re.compile(rf"(?:{alternatives})+", re.IGNORECASE)
+    words = re.findall(r"[A-Za-z0-9_]+", line)
+    cut_short = bool(line) and line[-1].isalnum()
+    found: set[str] = set()
+    for i, word in enumerate(words):
+        m = run.match(word)
+        if not m:
+            continue
+        rest = word[m.end():].lower()
+        if rest and not (cut_short and i == len(words) - 1 and any(lab.lower().startswith(rest) for lab in labels)):
+            continue
+        found |= {x.lower() for x in one.findall(m.group(0))}
+    return found
 
 
 def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
@@ -100,17 +112,18 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
 def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None) -> str | None:
     """The prediction in a generated first line, or None when it holds no valid answer.
 
-    LABEL: the first whole-word label (``answer2`` but not ``answer21``; a run of labels such as
-    ``answer2answer2`` gives its first), case-insensitive; BOOL: the same for true/false; LETTER: a letter alone at the start
-    or after "answer is"/"answer:"; TEXT: the line itself.
+    LABEL: the label the line names as a whole word (``answer2`` but not ``answer21``; a run of
+    one label such as ``answer2answer2`` gives it), case-insensitive; a line that names two
+    different labels ("answer1/answer2/answer3", "true or false", "truefalsefalse") lists the
+    options rather than choosing one, so it holds no answer. BOOL: the same for true/false.
+    LETTER: a letter alone at the start or after "answer is"/"answer:". TEXT: the line itself.
     """
     task = get_task(task)
     line = first_line(text)
     if task.extraction is Extraction.TEXT:
         return line
     if task.extraction is Extraction.BOOL:
-        m = _BOOL.search(line)
-        return m.group(1).lower() if m else None
+        return _single_label(("true", "false"), line)
     labels = list(choices or task.labels)
     if task.extraction is Extraction.LETTER:
         for pattern in _letter_patterns("".join(labels)):
@@ -118,11 +131,14 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
             if m:
                 return next(g for g in m.groups() if g)
         return None
-    m = _label_pattern(labels).search(line)
-    if not m:
-        return None
-    found = m.group(1).lower()
-    return next(lab for lab in labels if lab.lower() == found)
+    found = _single_label(labels, line)
+    return None if found is None else next(lab for lab in labels if lab.lower() == found)
+
+
+def _single_label(labels: Sequence[str], line: str) -> str | None:
+    """The one label (lower case) that ``line`` names, possibly repeated; None for none or several."""
+    found = _labels_named(labels, line)
+    return found.pop() if len(found) == 1 else None
 
 
 # ---- metrics ---------------------------------------------------------------------------------

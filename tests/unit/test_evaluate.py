@@ -143,9 +143,21 @@ def test_generation_nlg_metrics(tiny):
         ("boolq", "FALSE.", "false"),
         ("boolq", "untrue", None),
         ("boolq", "trueness", None),
-        ("boolq", "truefalse truefalsefalse", "true"),  # an edit without EOS runs its labels together
+        ("boolq", "truetrue true", "true"),  # an edit without EOS repeats its answer
         ("piqa", "solution2solution2solution2", "solution2"),
-        ("arc_easy", "answer1answer3", "answer1"),
+        # a line naming several different labels lists the options: no answer (the released
+        # extractor takes the first, which scores "answer1/answer2/answer3/answer4" as answer1)
+        ("boolq", "truefalse truefalsefalse", None),
+        ("boolq", "Yes, I can answer this question with true or false.", None),
+        ("boolq", "The answer is true.", "true"),
+        ("arc_easy", "answer1answer3", None),
+        ("arc_easy", "answer1/answer2/answer3/answer4", None),
+        ("arc_easy", "answer2 answer2", "answer2"),
+        ("piqa", "solution2solution2solutio", "solution2"),  # cut short at the token limit
+        ("piqa", "solution2solution2solutio.", None),
+        ("boolq", "truetruetruefalsefa", None),
+        ("winogrande", "option1: option2", None),
+        ("piqa", "solution1/solution2 solution2 solution2", None),
         ("arc_easy", "answer12answer1", None),  # "answer12" is still no label
         ("mmlu_math", "Based on the passage, C", None),  # released code scores this as B (B6)
         ("mmlu_math", "B", "B"),
