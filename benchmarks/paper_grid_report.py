@@ -282,12 +282,21 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
 
 def gen_table(out: Path) -> pd.DataFrame:
     """The main table's runs scored with the generation protocol (``gen_result.json``), with the share
-    of outputs from which no answer could be read (``unparsed``; NaN without per-item results)."""
+    of outputs from which no answer could be read (``unparsed``) and the share whose first line lists
+    two or more labels (``listing``, such as a copy of the prompt's format line); NaN without
+    per-item results."""
+    from jolalens.evaluate import labels_named
+
     rows = []
     for path in sorted((out / "main" / "runs").glob("*/*/seed*/gen_result.json")):
         row = json.loads(path.read_text())
         items = read_items(path.parent, "gen_test_items")
-        row["unparsed"] = float(items["prediction"].isna().mean()) if items is not None else float("nan")
+        if items is None:
+            row["unparsed"] = row["listing"] = float("nan")
+        else:
+            outputs = items["output"].fillna("").astype(str)
+            row["unparsed"] = float(items["prediction"].isna().mean())
+            row["listing"] = float(np.mean([len(labels_named(o, row["task"])) > 1 for o in outputs]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -372,7 +381,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
         tasks_gen = sorted(both["task"].unique())
         lines += ["", "## The same edits scored with the generation protocol, seed 0: test accuracy (%)", "",
                   "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
-                  "with no readable answer). Beam search with 4 beams; the answer is read off the first generated line "
+                  "with no readable answer / share whose first line lists two or more labels). Beam search with 4 beams; the answer is read off the first generated line "
                   "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); a line that names two "
                   "different labels, such as the prompt's format line `answer1/answer2/answer3/answer4`, holds no "
                   "answer. The same 500 items.", ""]
@@ -380,7 +389,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
         def gen_cell(method: str, task: str) -> str:
             c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]
             return "–" if c.empty else (f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
-                                        f"{_pct(c.iloc[0]['unparsed'])}% unparsed)")
+                                        f"{_pct(c.iloc[0]['unparsed'])}% / {_pct(c.iloc[0]['listing'])}%)")
 
         lines += _task_table("method", [(m, m) for m in ORDER if m in set(both["method"])], tasks_gen, gen_cell)
         scored = set(zip(both["task"], both["method"], both["seed"], strict=True))

@@ -43,6 +43,7 @@ __all__ = [
     "evaluate",
     "extract_answer",
     "first_line",
+    "labels_named",
     "nlg_scores",
     "score_choices",
 ]
@@ -107,6 +108,18 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
         re.compile(rf"^\s*(?:\(({cls})\)|({cls})(?:[.):,](?:\s|$)|\s*$))"),
         re.compile(rf"(?i:answer\s+is|answer\s*:)\s*\(?({cls})(?![A-Za-z0-9])"),
     ]
+
+
+def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = None) -> set[str]:
+    """The labels (lower case) that a generated first line names, to tell an output that lists the
+    options (two or more) from one that answers in words (none). Empty for letter and text tasks."""
+    task = get_task(task)
+    line = first_line(text)
+    if task.extraction is Extraction.BOOL:
+        return _labels_named(("true", "false"), line)
+    if task.extraction is Extraction.LABEL:
+        return _labels_named(list(choices or task.labels), line)
+    return set()
 
 
 def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None) -> str | None:

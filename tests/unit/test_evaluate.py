@@ -17,6 +17,7 @@ from jolalens.evaluate import (
     evaluate,
     extract_answer,
     first_line,
+    labels_named,
     nlg_scores,
     score_choices,
 )
@@ -172,6 +173,14 @@ def test_generation_nlg_metrics(tiny):
 )
 def test_extraction_golden(task, text, expected):
     assert extract_answer(text, task) == expected
+
+
+def test_labels_named_tells_a_list_from_words():
+    assert labels_named("answer1/answer2/answer3/answer4", "arc_easy") == {"answer1", "answer2", "answer3", "answer4"}
+    assert labels_named("The answer to this question is yes.", "boolq") == set()
+    assert labels_named("truetrue", "boolq") == {"true"}
+    assert labels_named("\nanswer5 answer1", "arc_easy", ("answer1", "answer2")) == {"answer1"}
+    assert labels_named("B", "mmlu_math") == set()
 
 
 def test_extraction_uses_item_choices():

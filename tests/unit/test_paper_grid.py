@@ -179,12 +179,13 @@ def test_report_from_a_small_grid(tmp_path):
         if gen_acc is not None:
             (run / "gen_result.json").write_text(json.dumps({"task": "openbookqa", "method": method, "seed": 0,
                                                              "protocol": "gen", "accuracy": gen_acc}))
-            gen_preds = answers[:8] + [None, None]  # two outputs with no readable answer
-            pd.DataFrame({"item": range(10), "answer": answers, "output": "x", "prediction": gen_preds,
+            gen_preds = answers[:8] + [None, None]  # two outputs with no readable answer, one listing labels
+            outputs = answers[:8] + ["answer1/answer2/answer3/answer4", "I do not know"]
+            pd.DataFrame({"item": range(10), "answer": answers, "output": outputs, "prediction": gen_preds,
                           "correct": [a == p for a, p in zip(answers, gen_preds, strict=True)]}).to_csv(
                 run / "gen_test_items.csv.gz", index=False)
     text = report.report(tmp_path)
-    assert "| jola_additive | 80.0 (100.0; 20.0% unparsed) |" in text, "generation accuracy (log-likelihood accuracy; unparsed)"
+    assert "| jola_additive | 80.0 (100.0; 20.0% / 10.0%) |" in text, "generation accuracy (log-likelihood; unparsed / listing)"
     assert "| additive only | 100.0" in text and "closed 25.0/–%" in text
     assert (tmp_path / "report.md").read_text() == text
 
