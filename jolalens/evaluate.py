@@ -135,8 +135,6 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
     line = first_line(text)
     if task.extraction is Extraction.TEXT:
         return line
-    if task.extraction is Extraction.BOOL:
-        return _single_label(("true", "false"), line)
     labels = list(choices or task.labels)
     if task.extraction is Extraction.LETTER:
         for pattern in _letter_patterns("".join(labels)):
@@ -144,14 +142,11 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
             if m:
                 return next(g for g in m.groups() if g)
         return None
-    found = _single_label(labels, line)
-    return None if found is None else next(lab for lab in labels if lab.lower() == found)
-
-
-def _single_label(labels: Sequence[str], line: str) -> str | None:
-    """The one label (lower case) that ``line`` names, possibly repeated; None for none or several."""
-    found = _labels_named(labels, line)
-    return found.pop() if len(found) == 1 else None
+    named = labels_named(line, task, choices)
+    if len(named) != 1:
+        return None  # no label, or several: a list of the options is not a choice
+    found = named.pop()
+    return found if task.extraction is Extraction.BOOL else next(lab for lab in labels if lab.lower() == found)
 
 
 # ---- metrics ---------------------------------------------------------------------------------
