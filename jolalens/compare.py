@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import traceback
@@ -42,6 +41,7 @@ from .data import Example
 from .edit import Edit
 from .errors import JolaError
 from .evaluate import Protocol, evaluate
+from .fileio import atomic_path
 from .jola import EditType, GateMode, JolaConfig
 from .models import ModelDims, model_dims, model_identity
 from .tasks.registry import get_task
@@ -218,15 +218,13 @@ def _check_out_dir(out: Path, config: CompareConfig, identity: dict[str, Any]) -
         raise JolaError(f"{out} exists, is not empty and is not a jolalens comparison; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     # atomic, so that several processes sharing one comparison directory never read half a file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:

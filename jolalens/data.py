@@ -20,6 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .errors import DataError
+from .fileio import atomic_path
 
 __all__ = [
     "ALPACA_TEMPLATE",
@@ -113,12 +114,9 @@ def read_jsonl(path: str | Path) -> list[Example]:
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for ex in examples:
             fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..data import Batch, Example, PromptStyle, tokenize_example
 from ..errors import DataError
+from ..fileio import atomic_path
 from ..models import hook_z_name, model_dims, model_identity
 
 __all__ = [
@@ -290,10 +291,8 @@ class HeadScores:
     def save(self, path: str | Path) -> Path:
         """Save to one ``.pt`` file (tensors and plain numbers; loads with ``weights_only=True``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"version": _CACHE_VERSION, **self.to_dict()}, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save({"version": _CACHE_VERSION, **self.to_dict()}, tmp)
         return path
 
     @classmethod

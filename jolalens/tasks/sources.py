@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example, write_jsonl
 from ..errors import DataError
+from ..fileio import atomic_path
 from ..models import cache_dir
 from .registry import BIGBENCH, MMLU_DOMAINS, Carrier, Family, Task, get_task, task_names
 
@@ -406,9 +407,8 @@ def _write_cache(task: Task, splits: dict[str, list[Example]], archive: Path) ->
         "sizes": {k: len(v) for k, v in splits.items()},
         "splits_note": task.splits_note,
     }
-    tmp = target / "source.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(target / "source.json")
+    with atomic_path(target / "source.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def ensure_task_data(task: Task | str, *, download: bool = True) -> Path:
