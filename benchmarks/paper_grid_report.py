@@ -111,6 +111,13 @@ def items_p(a: pd.DataFrame | None, b: pd.DataFrame | None) -> float:
     return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
 
 
+def changed_answers(a: pd.DataFrame, b: pd.DataFrame) -> int:
+    """On how many of the same test items two runs predict different answers."""
+    if not same_items(a, b):
+        raise ValueError("the two runs cover different test items; their answers cannot be compared")
+    return int((a["prediction"].astype(str).to_numpy() != b["prediction"].astype(str).to_numpy()).sum())
+
+
 def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
     """One row per finished run: accuracy, label-prior accuracy, and the test against zero-shot."""
     rows = []
@@ -133,6 +140,7 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
             if pd.notna(p_zero):
                 row["minus_zeroshot"] = row["accuracy"] - float(zero["correct"].astype(bool).mean())
                 row["mcnemar_p"] = p_zero
+                row["changed_vs_zeroshot"] = changed_answers(items, zero)
             info = result.get("info", {})
             for kind, frac in info.get("closed_fraction", {}).items():
                 row[f"closed_{kind}"] = frac
@@ -373,6 +381,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
     gen = gen_table(out)
     lines += _seed_section(cells, gen)
+    lines += _baseline_seed_section(cells, gen)
     lines += _ablation_section(seed0, out / "main" / "runs")
     lines += _repeat_section(out)
     lines += _near_tie_section(cells)
@@ -612,6 +621,34 @@ def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") 
                      f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
                      f"{_pct(r['label_prior_accuracy'])} | {closed}% | {int(r.get('best_epoch', -1))} | "
                      f"{json.loads(r['hyperparameters']).get('lr')} |")
+    return lines
+
+
+def _baseline_seed_section(cells: pd.DataFrame, gen: pd.DataFrame) -> list[str]:
+    """The other methods' tasks that have run with more than one seed, seed by seed."""
+    others = cells[~cells["method"].str.startswith("jola") & (cells["method"] != "zeroshot")]
+    repeated = others.groupby(["method", "task"])["seed"].transform("nunique") > 1
+    runs = others[repeated]
+    if runs.empty:
+        return []
+    if not gen.empty:
+        runs = runs.merge(gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
+                          on=["task", "method", "seed"], how="left")
+    order = {m: i for i, m in enumerate(ORDER)}
+    runs = runs.assign(rank=runs["method"].map(order)).sort_values(["rank", "task", "seed"])
+    lines = ["", "## The other methods seed by seed: test accuracy (%), the test against zero-shot, what was kept", "",
+             "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
+             "(McNemar p), answers changed from zero-shot's on the same test items, label-prior accuracy, "
+             "the kept hyper-parameters. Only the method-task pairs with more than one seed.", "",
+             "| method | task | seed | accuracy (gen) | Δ vs zero-shot (p) | changed | label-prior | kept |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs.to_dict("records"):
+        changed = r.get("changed_vs_zeroshot", float("nan"))
+        lines.append(f"| {r['method']} | {r['task']} | {r['seed']} | {_pct(r['accuracy'])} "
+                     f"({_pct(r.get('gen_accuracy', float('nan')))}) | "
+                     f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
+                     f"{'–' if pd.isna(changed) else int(changed)} / {r['n_test']} | "
+                     f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} |")
     return lines
 
 

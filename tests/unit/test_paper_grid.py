@@ -418,3 +418,33 @@ def test_shared_heads_line_names_the_heads_open_in_most_tasks():
     line = report._shared_heads_lines({("t1", 0): a, ("t2", 0): b, ("t3", 1): ~b}, top=2)[-1]
     assert "2 tasks: the heads open in the most tasks are L0H1 (2), L1H3 (1);" in line
     assert "67% of the open heads lie in layers 0-0, 33% in layers 1-1" in line
+
+
+def test_baseline_seed_section_lists_only_methods_with_several_seeds():
+    import pandas as pd
+
+    base = {"task": "boolq", "label_prior_accuracy": 0.6, "minus_zeroshot": 0.002, "mcnemar_p": 1.0, "n_test": 500,
+            "hyperparameters": '{"alpha": 5.0}'}
+    cells = pd.DataFrame([{**base, "method": "iti", "seed": 0, "accuracy": 0.622, "changed_vs_zeroshot": 478},
+                          {**base, "method": "iti", "seed": 1, "accuracy": 0.58, "changed_vs_zeroshot": 1},
+                          {**base, "method": "red", "seed": 0, "accuracy": 0.61, "changed_vs_zeroshot": 3},
+                          {**base, "method": "jola", "seed": 1, "accuracy": 0.63, "changed_vs_zeroshot": 9},
+                          {**base, "method": "jola", "seed": 0, "accuracy": 0.62, "changed_vs_zeroshot": 9}])
+    gen = pd.DataFrame([{"task": "boolq", "method": "iti", "seed": 1, "accuracy": 0.01}])
+    table = "\n".join(report._baseline_seed_section(cells, gen))
+    assert "| iti | boolq | 0 | 62.2 (–) | +0.2 (p=1) | 478 / 500 | 60.0 |" in table
+    assert "| iti | boolq | 1 | 58.0 (1.0) |" in table
+    assert "| red |" not in table, "one seed: nothing to compare"
+    assert "| jola |" not in table, "JoLA has its own section"
+    assert report._baseline_seed_section(cells[cells["seed"] == 0], gen) == []
+
+
+def test_changed_answers_counts_differing_predictions_on_the_same_items():
+    import pandas as pd
+
+    a = pd.DataFrame({"item": range(4), "prediction": ["a", "b", "c", "d"]})
+    b = pd.DataFrame({"item": range(4), "prediction": ["a", "c", "c", None]})
+    assert report.changed_answers(a, b) == 2
+    assert report.changed_answers(a, a) == 0
+    with pytest.raises(ValueError, match="different test items"):
+        report.changed_answers(a, b.iloc[:3])
