@@ -11,7 +11,8 @@ on validation cross-entropy only.
 Several worker processes share the queue (a cell is claimed by creating its lock file), so the
 cells of a small model run side by side on one GPU. Results go to ``OUT/{group}/runs/...`` exactly
 as ``jolalens compare`` writes them; rerunning the command resumes (done cells are skipped, lost
-claims are retried). Usage::
+claims are retried). A claim whose worker still runs on this machine is kept, so a second
+coordinator with other ``--tasks`` or ``--methods`` can run beside the first. Usage::
 
     python benchmarks/paper_grid.py --plan                          # list the cells, in order
     python benchmarks/paper_grid.py --device cuda --workers 12 --deadline 500
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -138,9 +140,39 @@ def _claim(cell: Cell, out: Path, worker: int) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
-    os.write(fd, f"worker {worker} pid {os.getpid()} at {time.time():.0f}\n".encode())
+    os.write(fd, f"worker {worker} pid {os.getpid()} host {socket.gethostname()} at {time.time():.0f}\n".encode())
     os.close(fd)
     return True
+
+
+def _claim_is_live(path: Path) -> bool:
+    """Whether a claim's process still runs on this machine: a second coordinator started beside a
+    first must not take back the cells the first one's workers are running."""
+    words = path.read_text().split()
+    try:
+        pid, host = int(words[words.index("pid") + 1]), words[words.index("host") + 1]
+    except (ValueError, IndexError):
+        return False  # an older or hand-made claim: nothing says who holds it
+    if host != socket.gethostname():
+        return False  # claimed on another machine (a lent GPU) whose run has ended
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_stale_claims(out: Path) -> list[str]:
+    """Remove the claims of cells that never finished and whose process is gone, so they run again."""
+    released = []
+    for claim in sorted((out / "claims").iterdir()):
+        key = claim.name.split("__")
+        if len(key) == 4 and not _done(Cell(key[0], key[1], key[2], int(key[3][4:])), out) and not _claim_is_live(claim):
+            claim.unlink()
+            released.append(claim.name)
+    return released
 
 
 def compress_items(run_dir: Path) -> None:
@@ -417,10 +449,7 @@ def coordinate(args: argparse.Namespace) -> int:
         _check_out_dir(out / group, group_config(group, smoke=args.smoke, eval_batch_size=args.eval_batch_size), identity)
     (out / "claims").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "claims").iterdir():  # claims of cells that never finished: run them again
-        key = stale.name.split("__")
-        if len(key) == 4 and not _done(Cell(key[0], key[1], key[2], int(key[3][4:])), out):
-            stale.unlink()
+    release_stale_claims(out)
     import torch
 
     machine = {"command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),

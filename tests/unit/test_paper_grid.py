@@ -4,6 +4,7 @@ a run whose weights were not kept."""
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -448,3 +449,22 @@ def test_changed_answers_counts_differing_predictions_on_the_same_items():
     assert report.changed_answers(a, a) == 0
     with pytest.raises(ValueError, match="different test items"):
         report.changed_answers(a, b.iloc[:3])
+
+
+def test_a_second_coordinator_keeps_the_claims_of_running_workers(tmp_path):
+    """Only claims whose process is gone (or that name no process) are released."""
+
+    (tmp_path / "claims").mkdir()
+    running, finished, dead, handmade = (grid.Cell("main", t, "iti", 1) for t in ("siqa", "piqa", "boolq", "hellaswag"))
+    assert grid._claim(running, tmp_path, 0)  # this test's own process: alive
+    assert grid._claim(finished, tmp_path, 0)
+    finished.run_dir(tmp_path).mkdir(parents=True)
+    (finished.run_dir(tmp_path) / "result.json").write_text("{}")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = (tmp_path / "claims" / running.key).read_text().split("host ")[1].split()[0]
+    (tmp_path / "claims" / dead.key).write_text(f"worker 1 pid {gone.stdout.strip()} host {host} at 0\n")
+    (tmp_path / "claims" / handmade.key).write_text("")
+    assert grid.release_stale_claims(tmp_path) == [dead.key, handmade.key]
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == sorted([running.key, finished.key])
+    (tmp_path / "claims" / running.key).write_text(f"worker 0 pid {os.getpid()} host another-machine at 0\n")
+    assert grid.release_stale_claims(tmp_path) == [running.key], "a claim made on another machine is not live here"
