@@ -140,9 +140,20 @@ def _claim(cell: Cell, out: Path, worker: int) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
-    os.write(fd, f"worker {worker} pid {os.getpid()} host {socket.gethostname()} at {time.time():.0f}\n".encode())
+    os.write(fd, f"worker {worker} pid {os.getpid()} start {_process_start(os.getpid())} host {socket.gethostname()} "
+                 f"at {time.time():.0f}\n".encode())
     os.close(fd)
     return True
+
+
+def _process_start(pid: int) -> str:
+    """When a process started (clock ticks since boot, from /proc; "?" where there is no /proc):
+    a pid reused by another process after a worker died must not keep the worker's claim alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
 def _claim_is_live(path: Path) -> bool:
@@ -161,7 +172,16 @@ def _claim_is_live(path: Path) -> bool:
         return False
     except PermissionError:
         pass  # alive, under another user
-    return True
+    started = words[words.index("start") + 1] if "start" in words else "?"
+    return started == "?" or started == _process_start(pid)  # "?": an older claim, or no /proc
+
+
+def uncached_tasks(cells: list[Cell]) -> list[str]:
+    """The cells' tasks that are not in this machine's task cache. A lent GPU machine has no
+    network and gets only the cache, so a task missing here fails there at once."""
+    from jolalens.tasks.sources import cached_split_sizes
+
+    return sorted(t for t in {c.task for c in cells} if not cached_split_sizes(t))
 
 
 def release_stale_claims(out: Path) -> list[str]:
@@ -390,6 +410,8 @@ def main() -> int:
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in logs/invocations.jsonl)")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--tables", action="store_true")
+    parser.add_argument("--check-data", action="store_true",
+                        help="exit 2, naming them, if the selected cells' tasks are not all cached here")
     parser.add_argument("--reextract", action="store_true",
                         help="read the stored generations' answers again with the current extractor (no model needed)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -415,6 +437,15 @@ def main() -> int:
         return 0
     if args.tables:
         tables(args.out)
+        return 0
+    if args.check_data:
+        missing = uncached_tasks(selected(args.only, args.methods, args.tasks))
+        if missing:
+            print(f"tasks not cached here: {', '.join(missing)}. Load each once to cache it, e.g. python -c "
+                  f"\"from jolalens.tasks import load_task_splits; load_task_splits('{missing[0]}', n_train=0, "
+                  f"n_valid=0, n_test=1)\"; it names any archive it lacks and how to fetch it.", file=sys.stderr)
+            return 2
+        print("every task of the selected cells is cached")
         return 0
     if args.reextract:
         from jolalens.tasks import load_task_splits

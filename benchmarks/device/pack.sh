@@ -11,17 +11,7 @@ gguf=$($py -c "import importlib.util, pathlib; print(next(pathlib.Path(importlib
 cache=${JOLALENS_CACHE:-$HOME/.cache/jolalens}
 # every task the grid plans must be cached here: the machine has no network and no archives, so a
 # missing task would fail there at once (the fifth lease lost its GEM cells this way)
-$py - <<'PY' || exit 2
-import sys
-sys.path.insert(0, "benchmarks")
-from paper_grid import plan
-from jolalens.tasks.sources import cached_split_sizes
-missing = sorted(t for t in {c.task for c in plan()} if not cached_split_sizes(t))
-if missing:
-    sys.exit(f"pack.sh: tasks not cached here: {', '.join(missing)}. Load each once (python -c \"from "
-             f"jolalens.tasks import load_task_splits; load_task_splits('{missing[0]}', n_train=0, n_valid=0, "
-             f"n_test=1)\"), which names any archive it lacks and how to fetch it, then rerun pack.sh.")
-PY
+$py benchmarks/paper_grid.py --check-data || exit 2
 grep -qx '/.xfer\*/' .git/info/exclude || printf '/.xfer*/\n' >> .git/info/exclude
 rm -rf .xfer* /tmp/jolalens-payload && mkdir -p .xfer1/whl /tmp/jolalens-payload
 ver() { $py -m pip show "$1" | awk '/^Version/{print $2}'; }

@@ -44,6 +44,7 @@ PNG_SETUP = (
 )
 
 _FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13}
+_PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52")  # plotly's default
 # Sequential maps start at white so a zero (closed gate, no effect) reads as "nothing".
 _SEQUENTIAL = "Blues"
 _DIVERGING = "RdBu_r"
@@ -296,19 +297,29 @@ def method_bar(
         raise ValueError("method_bar got an empty frame")
     groups = [(None, frame)] if color is None else list(frame.groupby(color, sort=False))
     fig = go.Figure()
-    for name, part in groups:
-        err = {"type": "data", "array": part[error].tolist()} if error else None
-        fig.add_trace(
-            go.Bar(
-                x=part[x].astype(str).tolist(),
-                y=part[y].tolist(),
-                name=str(name) if name is not None else y,
-                error_y=err,
-                text=[f"{v:.2f}" for v in part[y]],
-                textposition="outside",
-                cliponaxis=False,
+    for i, (name, part) in enumerate(groups):
+        label = str(name) if name is not None else y
+        # a bar without a spread (one seed: std is NaN) gets no error bar, not a zero-width one
+        spread = part[error].notna() if error else pd.Series(False, index=part.index)
+        for with_error, sub in ((True, part[spread]), (False, part[~spread])):
+            if sub.empty:
+                continue
+            fig.add_trace(
+                go.Bar(
+                    x=sub[x].astype(str).tolist(),
+                    y=sub[y].tolist(),
+                    name=label,
+                    legendgroup=label,
+                    offsetgroup=label,  # both parts of a group share its slot in each x category
+                    showlegend=color is not None and not any(t.name == label for t in fig.data),
+                    marker_color=_PALETTE[i % len(_PALETTE)],
+                    error_y={"type": "data", "array": sub[error].tolist()} if with_error else None,
+                    text=[f"{v:.2f}" for v in sub[y]],
+                    textposition="outside",
+                    cliponaxis=False,
+                )
             )
-        )
+    fig.update_xaxes(categoryorder="array", categoryarray=list(dict.fromkeys(frame[x].astype(str))))
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dash", line_color="gray", annotation_text=reference_label,
                       annotation_position="top left")

@@ -74,6 +74,20 @@ def test_training_curves_and_similarity_and_bars():
         method_bar(pd.DataFrame({"method": ["a"]}))
 
 
+def test_method_bar_draws_error_bars_only_where_there_is_a_spread():
+    frame = pd.DataFrame({"method": ["jola", "iti", "red"], "score": [0.28, 0.22, 0.25], "std": [0.02, 0.04, float("nan")]})
+    fig = method_bar(frame, x="method", y="score", error="std")
+    with_bars = [t for t in fig.data if t.error_y.array is not None]
+    without = [t for t in fig.data if t.error_y.array is None]
+    assert [list(t.x) for t in with_bars] == [["jola", "iti"]] and list(with_bars[0].error_y.array) == [0.02, 0.04]
+    assert [list(t.x) for t in without] == [["red"]], "one seed: no zero-width error bar"
+    assert list(fig.layout.xaxis.categoryarray) == ["jola", "iti", "red"], "the frame's order is kept"
+    assert len({t.marker.color for t in fig.data}) == 1 and not any(t.showlegend for t in fig.data)
+    grouped = method_bar(frame.assign(task=["a", "a", "b"]), x="method", y="score", error="std", color="task")
+    assert [t.name for t in grouped.data if t.showlegend] == ["a", "b"], "one legend entry per group"
+    assert {t.offsetgroup for t in grouped.data} == {"a", "b"}
+
+
 def test_save_figure_names_the_fix_without_kaleido(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido -> ImportError
     with pytest.raises(FigureExportError, match="apt-get install -y chromium"):

@@ -468,3 +468,36 @@ def test_a_second_coordinator_keeps_the_claims_of_running_workers(tmp_path):
     assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == sorted([running.key, finished.key])
     (tmp_path / "claims" / running.key).write_text(f"worker 0 pid {os.getpid()} host another-machine at 0\n")
     assert grid.release_stale_claims(tmp_path) == [running.key], "a claim made on another machine is not live here"
+
+
+def test_a_claim_whose_pid_was_reused_is_released(tmp_path):
+    """A dead worker's pid taken by another process must not keep the cell claimed for ever."""
+    (tmp_path / "claims").mkdir()
+    cell = grid.Cell("main", "siqa", "red", 2)
+    assert grid._claim(cell, tmp_path, 0)
+    claim = tmp_path / "claims" / cell.key
+    words = claim.read_text().split()
+    started = words[words.index("start") + 1]
+    if started == "?":
+        pytest.skip("no /proc here: process start times are not available")
+    assert grid._process_start(os.getpid()) == started
+    assert grid.release_stale_claims(tmp_path) == [], "this process holds the claim"
+    claim.write_text(claim.read_text().replace(f"start {started}", f"start {int(started) - 1}"))
+    assert grid.release_stale_claims(tmp_path) == [cell.key], "same pid, other start time: another process"
+
+
+
+def test_check_data_names_the_tasks_a_lent_machine_would_lack(tmp_path, monkeypatch):
+    """pack.sh runs ``--check-data`` first: a task not cached here cannot reach the GPU machine."""
+    from jolalens.tasks.sources import CACHE_FORMAT
+
+    monkeypatch.setenv("JOLALENS_CACHE", str(tmp_path))
+    gem = grid.selected({"nlg"}, None, None)
+    assert grid.uncached_tasks(gem) == sorted(grid.GEM)
+    (tmp_path / "tasks" / "xsum").mkdir(parents=True)
+    (tmp_path / "tasks" / "xsum" / "source.json").write_text(json.dumps({"format": CACHE_FORMAT, "sizes": {"test": 1}}))
+    assert grid.uncached_tasks(gem) == sorted(set(grid.GEM) - {"xsum"})
+    script = Path(grid.__file__)
+    env = {**os.environ, "JOLALENS_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, str(script), "--check-data", "--only", "nlg"], capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "common_gen, e2e_nlg, web_nlg" in run.stderr and "load_task_splits" in run.stderr
