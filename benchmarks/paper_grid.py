@@ -309,7 +309,9 @@ def worker(args: argparse.Namespace, index: int) -> int:
     out: Path = args.out
     stop_at = float(args.stop_claiming_at) if args.stop_claiming_at else float("inf")
     model = load_model(device=args.device)
-    log_path = out / "logs" / f"worker{index}.log"
+    log_dir: Path = args.log_dir or out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker{index}.log"
 
     def log(msg: str) -> None:
         with open(log_path, "a") as fh:
@@ -407,7 +409,7 @@ def main() -> int:
     parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (openbookqa, mmlu_law, ...): only their cells")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the machinery")
-    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in logs/invocations.jsonl)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in the run's logs/<run>/invocation.json)")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--tables", action="store_true")
     parser.add_argument("--check-data", action="store_true",
@@ -415,6 +417,7 @@ def main() -> int:
     parser.add_argument("--reextract", action="store_true",
                         help="read the stored generations' answers again with the current extractor (no model needed)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--log-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.only = None if args.only is None else set(args.only.split(","))
@@ -491,11 +494,14 @@ def coordinate(args: argparse.Namespace) -> int:
     machine["transformers"] = transformers.__version__
     machine["tf32"] = bool(args.tf32)
     machine["workers"] = args.workers
-    with open(out / "logs" / "invocations.jsonl", "a") as fh:
-        fh.write(json.dumps(machine) + "\n")
+    # each invocation logs into a folder of its own, so that two coordinators (or a lent GPU's
+    # results unpacked beside this machine's) never write to the same files
+    log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{socket.gethostname()}-{os.getpid()}"
+    log_dir.mkdir(parents=True)
+    (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
     stop_claiming = t0 + 0.85 * args.deadline if args.deadline else None
     base = [sys.executable, __file__, "--out", str(out), "--device", args.device, "--threads", str(args.threads),
-            "--eval-batch-size", str(args.eval_batch_size)]
+            "--eval-batch-size", str(args.eval_batch_size), "--log-dir", str(log_dir)]
     if args.smoke:
         base.append("--smoke")
     if args.tf32:

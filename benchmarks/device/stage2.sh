@@ -19,4 +19,4 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True JOLALENS_CACHE=/tmp/jcac
 python3 benchmarks/paper_grid.py --out /tmp/grid --device cuda --workers "$workers" --eval-batch-size 32 --tf32 \
   --deadline "$deadline" --snapshot "$OUT" "$@" 2>&1 | tee "$OUT/grid.log" | grep -v "Loading weights"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-tail -n 3 /tmp/grid/logs/worker*.log
+tail -n 3 "$(ls -td /tmp/grid/logs/*/ | head -1)"worker*.log   # this run's log folder

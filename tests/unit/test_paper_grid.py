@@ -357,9 +357,10 @@ def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
     (tmp_path / "claims").mkdir()
     (tmp_path / "logs").mkdir()
     args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main"}, tasks={"arc_easy"},
-                              out=tmp_path, smoke=True, stop_claiming_at=None, tf32=False, threads=1)
+                              out=tmp_path, smoke=True, stop_claiming_at=None, tf32=False, threads=1,
+                              log_dir=tmp_path / "logs" / "this-run")
     assert grid.worker(args, 0) == 0
-    log = (tmp_path / "logs" / "worker0.log").read_text()
+    log = (tmp_path / "logs" / "this-run" / "worker0.log").read_text()
     assert log.count("FAILED main__arc_easy__jola__seed") == 3 and " done " not in log
     assert "error.txt" in log
 
