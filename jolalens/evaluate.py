@@ -78,13 +78,24 @@ def first_line(text: str) -> str:
     return ""
 
 
-def _labels_named(labels: Sequence[str], line: str) -> set[str]:
+def _join_spaced_labels(labels: Sequence[str], line: str) -> str:
+    """``line`` with every word-and-number label written with a space ("option 2") joined up."""
+    for lab in labels:
+        m = re.fullmatch(r"([A-Za-z]+)(\d+)", lab)
+        if m:
+            line = re.sub(rf"\b{m.group(1)}\s+{m.group(2)}\b", lab, line, flags=re.IGNORECASE)
+    return line
+
+
+def _labels_named(labels: Sequence[str], line: str, spaced: bool = False) -> set[str]:
     """The labels (lower case) that ``line`` names as whole words.
 
     A word made of labels run together counts: an edit trained without EOS repeats its answer
     ("solution2solution2…", cut short at the token limit as "…solutio"), while "answer12" or
-    "untrue" name no label.
+    "untrue" name no label. ``spaced``: "option 2" also names ``option2``.
     """
+    if spaced:
+        line = _join_spaced_labels(labels, line)
     alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
     one, run = re.compile(alternatives, re.IGNORECASE), re.compile(rf"(?:{alternatives})+", re.IGNORECASE)
     words = re.findall(r"[A-Za-z0-9_]+", line)
@@ -110,7 +121,8 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
     ]
 
 
-def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = None) -> set[str]:
+def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = None, *,
+                 spaced_labels: bool = False) -> set[str]:
     """The labels (lower case) that a generated first line names, to tell an output that lists the
     options (two or more) from one that answers in words (none). Empty for letter and text tasks."""
     task = get_task(task)
@@ -118,11 +130,12 @@ def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = No
     if task.extraction is Extraction.BOOL:
         return _labels_named(("true", "false"), line)
     if task.extraction is Extraction.LABEL:
-        return _labels_named(list(choices or task.labels), line)
+        return _labels_named(list(choices or task.labels), line, spaced=spaced_labels)
     return set()
 
 
-def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None) -> str | None:
+def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None, *,
+                   spaced_labels: bool = False) -> str | None:
     """The prediction in a generated first line, or None when it holds no valid answer.
 
     LABEL: the label the line names as a whole word (``answer2`` but not ``answer21``; a run of
@@ -130,6 +143,10 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
     different labels ("answer1/answer2/answer3", "true or false", "truefalsefalse") lists the
     options rather than choosing one, so it holds no answer. BOOL: the same for true/false.
     LETTER: a letter alone at the start or after "answer is"/"answer:". TEXT: the line itself.
+
+    ``spaced_labels``: also read a label written with a space before its number ("The answer is
+    option 2."). The paper's extractor (LLM-Adapters') does not, and neither does the default
+    here, which is the protocol; the lenient reading measures how much that choice costs.
     """
     task = get_task(task)
     line = first_line(text)
@@ -142,7 +159,7 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
             if m:
                 return next(g for g in m.groups() if g)
         return None
-    named = labels_named(line, task, choices)
+    named = labels_named(line, task, choices, spaced_labels=spaced_labels)
     if len(named) != 1:
         return None  # no label, or several: a list of the options is not a choice
     found = named.pop()

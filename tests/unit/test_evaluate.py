@@ -183,6 +183,26 @@ def test_labels_named_tells_a_list_from_words():
     assert labels_named("B", "mmlu_math") == set()
 
 
+@pytest.mark.parametrize(
+    ("task", "text", "strict", "spaced"),
+    [
+        ("winogrande", "The correct answer is option 2.", None, "option2"),
+        ("winogrande", "The correct answer is option 1: Sarah.", None, "option1"),
+        ("siqa", "The answer to this question is answer 3.", None, "answer3"),
+        ("hellaswag", "Ending 1: appears and one stands", None, "ending1"),
+        ("piqa", "either solution 1 or solution 2", None, None),  # two labels: still no choice
+        ("arc_easy", "answer 12 is wrong", None, None),  # "answer 12" is no label either way
+        ("arc_easy", "answer 2 or answer2", "answer2", "answer2"),
+        ("arc_easy", "answer 1 or answer2", "answer2", None),  # spaced, it names two labels
+        ("winogrande", "option2", "option2", "option2"),
+        ("boolq", "true 1", "true", "true"),  # only word-and-number labels are joined
+    ],
+)
+def test_spaced_labels_are_read_only_when_asked(task, text, strict, spaced):
+    assert extract_answer(text, task) == strict, "the protocol's reading (the paper's) is strict"
+    assert extract_answer(text, task, spaced_labels=True) == spaced
+
+
 def test_extraction_uses_item_choices():
     assert extract_answer("answer5", "arc_easy", ("answer1", "answer2", "answer3")) is None
     assert first_line("\n  hello \nworld") == "hello"

@@ -4,6 +4,7 @@ a run whose weights were not kept."""
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import jolalens.tasks
@@ -502,3 +504,17 @@ def test_check_data_names_the_tasks_a_lent_machine_would_lack(tmp_path, monkeypa
     env = {**os.environ, "JOLALENS_CACHE": str(tmp_path)}
     run = subprocess.run([sys.executable, str(script), "--check-data", "--only", "nlg"], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and "common_gen, e2e_nlg, web_nlg" in run.stderr and "load_task_splits" in run.stderr
+
+
+def test_spaced_accuracy_reads_option_2_with_each_items_own_options():
+    gen = pd.DataFrame({"item": [0, 1, 2, 3], "answer": ["option2", "option1", "option1", "option2"],
+                        "output": ["The correct answer is option 2.", "option 1 or option 2", "option1", "I think so"]})
+    loglik = pd.DataFrame({"item": [0, 1, 2, 3], "choices": ["['option1', 'option2']"] * 4})
+    assert report.spaced_accuracy(gen, loglik, "winogrande") == 0.5  # items 0 and 2; item 1 names two labels
+    assert math.isnan(report.spaced_accuracy(gen, None, "winogrande"))
+    bools = pd.DataFrame({"item": [0, 1], "answer": [True, False], "output": ["true", "False."]})
+    assert report.spaced_accuracy(bools, pd.DataFrame({"item": [0, 1], "choices": ["['true', 'false']"] * 2}), "boolq") == 1.0
+    table = pd.DataFrame({"method": ["iti", "jola"], "task": ["winogrande"] * 2, "seed": [0, 0],
+                          "accuracy": [0.036, 0.52], "accuracy_spaced": [0.388, 0.52]})
+    lines = report._spaced_section(table)
+    assert lines[-1] == "| iti | winogrande | 0 | 3.6 | 38.8 |" and not any("| jola |" in line for line in lines)
