@@ -341,6 +341,56 @@ def _spaced_section(gen: pd.DataFrame) -> list[str]:
                     for r in changed.itertuples()]
 
 
+def multi_reference_rouge(out: Path, group: str = "nlg") -> pd.DataFrame:
+    """ROUGE-L of the stored GEM outputs against every test reference of the same input.
+
+    The protocol scores each (input, reference) pair against its own reference; E2E and WebNLG
+    have several references per input, and GEM's own metrics use them all. Needs the GEM task
+    cache (no model); empty without it."""
+    from jolalens.errors import JolaError
+    from jolalens.evaluate import nlg_scores
+    from jolalens.tasks import load_task_splits
+
+    rows = []
+    for task_dir in sorted((out / group / "runs").glob("*")):
+        runs = sorted(r for r in task_dir.glob("*/seed*") if (r / "result.json").is_file())
+        try:
+            full = load_task_splits(task_dir.name, n_train=0, n_valid=0, n_test=None, download=False).test
+        except (JolaError, OSError):
+            continue  # the task is not cached here
+        refs: dict[str, list[str]] = {}
+        for ex in full:
+            refs.setdefault(ex.meta.get("input", ex.instruction), []).append(ex.answer)
+        if max(len(v) for v in refs.values()) < 2:
+            continue  # one reference per input: nothing to add
+        for run in runs:
+            items = read_items(run, "test_items")
+            result = json.loads((run / "result.json").read_text())
+            test = load_task_splits(task_dir.name, n_train=0, n_valid=0, n_test=result["n_test"], download=False).test
+            if items is None or len(items) != len(test):
+                continue
+            items = items.sort_values("item")
+            by_input = [refs[ex.meta.get("input", ex.instruction)] for ex in test]
+            _, _, rouge = nlg_scores(items["prediction"].fillna("").astype(str).tolist(), by_input)
+            rows.append({"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
+                         "rougeL_own_reference": float(result["score"]), "rougeL_all_references": float(np.mean(rouge)),
+                         "references_per_item": float(np.mean([len(r) for r in by_input]))})
+    return pd.DataFrame(rows)
+
+
+def _multi_reference_section(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["", "### GEM outputs against every reference of their input", "",
+             "The protocol scores each test pair against its own reference, the same for every method; here the same "
+             "stored outputs are scored against all the test references of the same input (best reference, as "
+             "`rouge_score` does), as GEM's metrics would (`multi_reference_rouge`).", "",
+             "| task | method | seed | references per item | ROUGE-L, own reference | ROUGE-L, all references |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {r.task} | {r.method} | {r.seed} | {r.references_per_item:.1f} | {r.rougeL_own_reference:.1f} | "
+                    f"{r.rougeL_all_references:.1f} |" for r in table.itertuples()]
+
+
 def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f}"
 
@@ -452,6 +502,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
                 lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)
             else:
                 lines += _paired_score_section(paired_score_differences(out, group))
+                lines += _multi_reference_section(multi_reference_rouge(out, group))
     curve = datasize_curve(out)
     if not curve.empty:
         cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])

@@ -518,3 +518,30 @@ def test_spaced_accuracy_reads_option_2_with_each_items_own_options():
                           "accuracy": [0.036, 0.52], "accuracy_spaced": [0.388, 0.52]})
     lines = report._spaced_section(table)
     assert lines[-1] == "| iti | winogrande | 0 | 3.6 | 38.8 |" and not any("| jola |" in line for line in lines)
+
+
+def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_path, monkeypatch):
+    from jolalens.tasks.sources import CACHE_FORMAT
+
+    monkeypatch.setenv("JOLALENS_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "tasks" / "e2e_nlg"
+    cache.mkdir(parents=True)
+    refs = {"name: A": ["A is a pub.", "There is a pub called A."], "name: B": ["B serves food.", "Food is served at B."]}
+    test = [{"instruction": f"Describe.\n\n{i}", "answer": r, "meta": {"input": i}} for i, rs in refs.items() for r in rs]
+    (cache / "test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in test))
+    (cache / "train.jsonl").write_text(json.dumps(test[0]) + "\n")
+    (cache / "source.json").write_text(json.dumps({"format": CACHE_FORMAT, "sizes": {"train": 1, "test": 4}}))
+    from jolalens.tasks import load_task_splits
+
+    order = load_task_splits("e2e_nlg", n_train=0, n_valid=0, n_test=4, download=False).test
+    run = tmp_path / "grid" / "nlg" / "runs" / "e2e_nlg" / "red" / "seed0"
+    run.mkdir(parents=True)
+    # each output is the *other* reference of its input: poor against its own, perfect against all
+    other = {r: next(x for x in refs[ex.meta["input"]] if x != r) for ex in order for r in [ex.answer]}
+    pd.DataFrame({"item": range(4), "answer": [ex.answer for ex in order],
+                  "prediction": [other[ex.answer] for ex in order]}).to_csv(run / "test_items.csv", index=False)
+    (run / "result.json").write_text(json.dumps({"score": 40.0, "n_test": 4}))
+    table = report.multi_reference_rouge(tmp_path / "grid")
+    assert table[["task", "method", "seed"]].values.tolist() == [["e2e_nlg", "red", 0]]
+    assert table["rougeL_all_references"].iloc[0] == pytest.approx(100.0) and table["references_per_item"].iloc[0] == 2.0
+    assert report._multi_reference_section(table)[-1] == "| e2e_nlg | red | 0 | 2.0 | 40.0 | 100.0 |"
