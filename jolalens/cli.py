@@ -34,6 +34,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["hf_view", "hook_points"], default="hf_view")
     p.add_argument("--prompt", choices=["alpaca", "chat"], default="alpaca")
     p.add_argument("--max-length", type=int, default=400)
+    p.add_argument("--answer-eos", action="store_true",
+                   help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -67,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
     config = TrainConfig(
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
-        prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress,
+        prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     print(f"Loading {args.model} ...")
@@ -158,6 +160,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--max-length", type=int, default=400)
+    p.add_argument("--answer-eos", action="store_true",
+                   help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)
 
@@ -172,7 +176,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         get_task(task)  # unknown names fail before the model loads
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, warmup_steps=args.warmup_steps,
-        max_length=args.max_length, progress=not args.no_progress,
+        max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
     )
     config = CompareConfig(
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,

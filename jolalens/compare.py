@@ -196,6 +196,8 @@ class CompareConfig:
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
         train = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self.train).items() if k not in ("progress", "seed")}
+        if not self.train.answer_eos:  # added later: left out at its default, so older comparisons still resume
+            del train["answer_eos"]
         return {"n_train": self.n_train, "n_valid": self.n_valid, "n_test": self.n_test,
                 "protocol": self.protocol.value, "budget": self.budget, "train": train}
 

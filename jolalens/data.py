@@ -145,12 +145,14 @@ def tokenize_example(
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
     answer: str | None = None,
+    eos_id: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt+answer and labels with the prompt masked to -100.
 
     The prompt is tokenized with the tokenizer's special tokens (BOS where it adds one; the
     chat style carries its own), the answer without. Over-long prompts lose their start, so
-    the answer is always kept.
+    the answer is always kept. ``eos_id``: appended to the answer (and its labels), so that a
+    model trained on it learns to stop after the answer.
     """
     prompt = format_prompt(example.instruction, style, tokenizer)
     add_special = PromptStyle(style) is PromptStyle.ALPACA
@@ -158,6 +160,8 @@ def tokenize_example(
     answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
     if not answer_ids:
         raise DataError(f"answer {example.answer!r} tokenizes to nothing")
+    if eos_id is not None:
+        answer_ids = [*answer_ids, eos_id]
     keep = max_length - len(answer_ids)
     if keep < 1:
         raise DataError(f"answer of {len(answer_ids)} tokens does not fit max_length={max_length}")

@@ -102,6 +102,9 @@ class TrainConfig:
     backend: Backend = Backend.HF_VIEW
     selection: SelectionMetric = SelectionMetric.VAL_CE
     progress: bool = True
+    # Train the end-of-sequence token after each answer, so that generation stops after it.
+    # Off by default: the paper (and its released code, B6) trains the answer alone.
+    answer_eos: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
@@ -242,7 +245,13 @@ def _batches(rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int
 def _tokenize_all(tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, what: str) -> list[tuple[list[int], list[int]]]:
     if not examples:
         raise DataError(f"the {what} set is empty")
-    return [tokenize_example(tokenizer, ex, style=cfg.prompt_style, max_length=cfg.max_length) for ex in examples]
+    eos_id = None
+    if cfg.answer_eos:
+        eos_id = tokenizer.eos_token_id
+        if eos_id is None:
+            raise DataError("answer_eos=True needs a tokenizer with an end-of-sequence token; this one has none")
+    return [tokenize_example(tokenizer, ex, style=cfg.prompt_style, max_length=cfg.max_length, eos_id=eos_id)
+            for ex in examples]
 
 
 def _lr_lambda(warmup: int, total: int):

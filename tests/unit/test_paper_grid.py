@@ -545,3 +545,20 @@ def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_p
     assert table[["task", "method", "seed"]].values.tolist() == [["e2e_nlg", "red", 0]]
     assert table["rougeL_all_references"].iloc[0] == pytest.approx(100.0) and table["references_per_item"].iloc[0] == 2.0
     assert report._multi_reference_section(table)[-1] == "| e2e_nlg | red | 0 | 2.0 | 40.0 | 100.0 |"
+
+
+def test_eos_probe_summarises_a_cell_with_both_protocols(tmp_path):
+    spec = importlib.util.spec_from_file_location("eos_probe", Path(__file__).parents[2] / "benchmarks" / "eos_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"score": 0.3, "hyperparameters": {"lr": 0.005}, "val_ce": 0.7,
+                                                 "info": {"best_epoch": 2}, "device": "cpu"}))
+    (run / "gen_result.json").write_text(json.dumps({"accuracy": 0.25}))
+    pd.DataFrame({"item": range(4), "answer": ["answer1"] * 4, "prediction": ["answer1", None, None, "answer2"],
+                  "output": ["answer1", "answer1/answer2/answer3/answer4", "I think", "answer2"]}).to_csv(
+        run / "gen_test_items.csv.gz", index=False)
+    s = probe.cell_summary(run, "openbookqa")
+    assert (s["loglik_accuracy"], s["gen_accuracy"], s["no_answer"], s["listing"]) == (0.3, 0.25, 0.5, 0.25)
+    assert s["most_written"] == {"answer1": 1, "answer2": 1} and s["best_epoch"] == 2

@@ -117,6 +117,24 @@ def test_only_answer_tokens_are_supervised(tiny):
     assert ids[-3:] == supervised
 
 
+def test_answer_eos_supervises_the_end_of_sequence_token(tiny):
+    tok = tiny.tokenizer
+    ids, labels = tokenize_example(tok, Example("question?", "xyz"), eos_id=tok.eos_token_id)
+    assert [t for t in labels if t != -100] == [*tok("xyz", add_special_tokens=False).input_ids, tok.eos_token_id]
+    plain = train_jola(tiny, _data(), _data(8), config=FAST)
+    with_eos = train_jola(tiny, _data(), _data(8), config=TrainConfig(**{**FAST.__dict__, "answer_eos": True}))
+    assert with_eos.history["val_ce"].iloc[0] != plain.history["val_ce"].iloc[0], "the EOS token is part of the loss"
+
+
+def test_answer_eos_is_left_out_of_older_comparison_stamps():
+    from jolalens.compare import CompareConfig
+
+    base = CompareConfig(methods=("jola",), tasks=("arc_easy",))
+    assert "answer_eos" not in base.protocol_dict()["train"], "a default stamp reads as before the field existed"
+    eos = CompareConfig(methods=("jola",), tasks=("arc_easy",), train=TrainConfig(answer_eos=True))
+    assert eos.protocol_dict()["train"]["answer_eos"] is True
+
+
 def test_paper_penalty_value(tiny):
     edit = JolaEdit.for_model(tiny)
     with torch.no_grad():
