@@ -11,7 +11,8 @@ and sets it beside the grid's own cell.
 
 ``--budget 1`` (the default) tries only the search's first point, lr 5e-3, which the grid's
 seed-0 search also chose for OBQA; ``--budget 2`` runs the grid's full search. Writes
-``benchmarks/results/eos_probe/`` (the run, ``summary.json``, ``summary.md``); rerunning resumes.
+``benchmarks/results/eos_probe/<task>_budget<budget>/`` (the run, ``summary.json``, ``summary.md``);
+rerunning resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from paper_grid import OUT as GRID  # noqa: E402
-from paper_grid import Cell, group_config, rescore_generation  # noqa: E402
+from paper_grid import Cell, compress_items, group_config, rescore_generation  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "eos_probe"
 
@@ -61,7 +62,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-batch-size", type=int, default=32, help="as the grid's runs")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/eos_probe/<task>_budget<budget>")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the script")
     args = parser.parse_args()
 
@@ -71,6 +72,7 @@ def main() -> int:
     from jolalens.compare import run_compare
 
     torch.set_num_threads(args.threads)
+    args.out = args.out or OUT / f"{args.task}_budget{args.budget}"
     grid_cell = Cell("main", args.task, "jola", 0).run_dir(GRID)
     if not (grid_cell / "gen_result.json").is_file():
         parser.error(f"the grid's cell {grid_cell} has no generation-protocol result to compare with")
@@ -83,6 +85,7 @@ def main() -> int:
     run_dir = Cell("main", args.task, "jola", 0).run_dir(args.out)
     if not (run_dir / "gen_result.json").is_file():
         rescore_generation(model, Cell("gen", args.task, "jola", 0), args.out, config)
+    compress_items(run_dir)
     summary = {"task": args.task, "budget": args.budget, "seconds": round(time.perf_counter() - t0),
                "command": "python benchmarks/eos_probe.py " + " ".join(sys.argv[1:]),
                "with_eos": cell_summary(run_dir, args.task), "grid_without_eos": cell_summary(grid_cell, args.task)}
