@@ -363,10 +363,14 @@ def multi_reference_rouge(out: Path, group: str = "nlg") -> pd.DataFrame:
             refs.setdefault(ex.meta.get("input", ex.instruction), []).append(ex.answer)
         if max(len(v) for v in refs.values()) < 2:
             continue  # one reference per input: nothing to add
+        tests: dict[int, list] = {}  # the runs of one group share their test subset: load it once
         for run in runs:
             items = read_items(run, "test_items")
             result = json.loads((run / "result.json").read_text())
-            test = load_task_splits(task_dir.name, n_train=0, n_valid=0, n_test=result["n_test"], download=False).test
+            if result["n_test"] not in tests:
+                tests[result["n_test"]] = load_task_splits(task_dir.name, n_train=0, n_valid=0, n_test=result["n_test"],
+                                                           download=False).test
+            test = tests[result["n_test"]]
             if items is None or len(items) != len(test):
                 continue
             items = items.sort_values("item")
