@@ -406,20 +406,11 @@ def _task_table(first: str, rows: list[tuple[str, str]], tasks: list[str], cell)
             + [f"| {label} | " + " | ".join(cell(method, task) for task in tasks) + " |" for label, method in rows])
 
 
-def gpu_fit_seconds(results: pd.DataFrame) -> pd.DataFrame:
-    """Fit times from the grid's usual device only: a cell run on the 2-core CPU instead would
-    make its method's mean fit time incomparable (its accuracy stays in the table)."""
-    if "device" not in results or results["device"].isna().all():
-        return results
-    usual = results["device"].mode().iloc[0]
-    return results.assign(fit_seconds=results["fit_seconds"].where(results["device"] == usual))
-
-
 def report(out: Path, *, attribution: bool = True) -> str:
     """Write ``report.md`` (and ``report_cells.csv``); ``attribution``: append the attribution
     section from the last figures run's table."""
     results = collect(out / "main")
-    summary = summarise(gpu_fit_seconds(results))
+    summary = summarise(results)
     cells = cell_table(out)
     cells.to_csv(out / "report_cells.csv", index=False)
     seed0 = cells[cells["seed"] == 0]
@@ -498,7 +489,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
                                 ("nlg", "NLG (GEM): ROUGE-L", 1.0)):
         results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
         if not results.empty and (results.get("status") == "done").any():
-            lines += ["", f"## {title}", "", markdown_table(summarise(gpu_fit_seconds(results)), methods_order=ORDER, scale=scale),
+            lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale),
                       "`fit s`: as in the main table, cells run on another device than the group's usual one are left out "
                       "(–: all of the method's cells were)."]
             if group == "nlu":
@@ -578,9 +569,12 @@ def datasize_figure(curve: pd.DataFrame):
                                      marker={"symbol": symbols[method], "size": 9}),
                           row=1, col=col)
         zeroshot = rows.loc[rows["method"] == "zeroshot", "mean"]
-        if len(zeroshot):
-            fig.add_hline(y=100 * float(zeroshot.iloc[0]), line_dash="dot", line_color="grey",
-                          annotation_text="zero-shot", row=1, col=col)
+        if len(zeroshot):  # a legend entry, not a text label: a label would sit on the curves
+            level = 100 * float(zeroshot.iloc[0])
+            fig.add_trace(go.Scatter(x=[35, 1400], y=[level, level], mode="lines", name="zero-shot",
+                                     legendgroup="zeroshot", showlegend=col == 1,
+                                     line={"color": "grey", "dash": "dot"}, hoverinfo="y"),
+                          row=1, col=col)
         low, high = 100 * rows["mean"].min(), 100 * rows["mean"].max()
         fig.update_yaxes(range=[low - 2, high + 2], row=1, col=col)  # no magnified 0.2-point differences
     fig.update_xaxes(type="log", tickvals=list(DATASIZES), range=[math.log10(35), math.log10(1400)],

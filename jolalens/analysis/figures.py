@@ -296,6 +296,8 @@ def method_bar(
     if frame.empty:
         raise ValueError("method_bar got an empty frame")
     groups = [(None, frame)] if color is None else list(frame.groupby(color, sort=False))
+    # with error bars, the values sit inside the bars at their base, clear of the whiskers
+    values_inside = error is not None and bool(frame[error].notna().any())
     fig = go.Figure()
     for i, (name, part) in enumerate(groups):
         label = str(name) if name is not None else y
@@ -315,7 +317,8 @@ def method_bar(
                     marker_color=_PALETTE[i % len(_PALETTE)],
                     error_y={"type": "data", "array": sub[error].tolist()} if with_error else None,
                     text=[f"{v:.2f}" for v in sub[y]],
-                    textposition="outside",
+                    textposition="inside" if values_inside else "outside",
+                    insidetextanchor="start",
                     cliponaxis=False,
                 )
             )

@@ -86,6 +86,9 @@ def test_method_bar_draws_error_bars_only_where_there_is_a_spread():
     grouped = method_bar(frame.assign(task=["a", "a", "b"]), x="method", y="score", error="std", color="task")
     assert [t.name for t in grouped.data if t.showlegend] == ["a", "b"], "one legend entry per group"
     assert {t.offsetgroup for t in grouped.data} == {"a", "b"}
+    assert {t.textposition for t in fig.data} == {"inside"}, "values clear of the whiskers"
+    plain = method_bar(frame.assign(std=float("nan")), x="method", y="score", error="std")
+    assert {t.textposition for t in plain.data} == {"outside"}, "no error bars: values above the bars"
 
 
 def test_save_figure_names_the_fix_without_kaleido(tmp_path, monkeypatch):

@@ -116,6 +116,26 @@ def test_summary_mean_std_and_markdown():
     assert "| red | 30.0 (n=1) | – | – | 4 | – |" in markdown_table(untimed)
 
 
+def test_fit_time_mean_leaves_out_runs_on_another_device(tmp_path):
+    from jolalens.compare import usual_device_times, write_tables
+
+    results = pd.DataFrame({"status": ["done"] * 3, "device": ["cuda:0", "cuda:0", "cpu"],
+                            "fit_seconds": [10.0, 20.0, 1000.0], "eval_seconds": [1.0, 1.0, 50.0]})
+    kept = usual_device_times(results)
+    assert kept["fit_seconds"].iloc[:2].tolist() == [10.0, 20.0] and pd.isna(kept["fit_seconds"].iloc[2])
+    assert pd.isna(kept["eval_seconds"].iloc[2])
+    for seed, device, fit in [(0, "cuda:0", 10.0), (1, "cuda:0", 20.0), (2, "cpu", 1000.0)]:
+        run = tmp_path / "runs" / "a" / "jola" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({
+            "task": "a", "method": "jola", "seed": seed, "status": "done", "metric": "accuracy", "score": 0.5,
+            "trainable_parameters": 10, "fit_seconds": fit, "eval_seconds": 1.0, "val_ce": 1.0, "device": device}))
+    write_tables(tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| jola | 50.0 ± 0.0 (n=3) | 50.0 | 10 | 15 |" in md, md
+    assert "runs on cuda:0 only; runs on cpu are left out" in md
+
+
 def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, monkeypatch):
     import torch
 
