@@ -244,7 +244,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
         if not math.isfinite(fitted.val_ce):
             raise JolaError(f"validation CE is {fitted.val_ce} for {hp}")
         search.append({**hp, "val_ce": fitted.val_ce})
-        if best is None or fitted.val_ce < best[1].val_ce:
+        if best is None or fitted.val_ce < best[1].val_ce:  # an exact tie keeps the earlier point
             best = (hp, fitted)
         else:
             del fitted
