@@ -550,6 +550,9 @@ def datasize_curve(out: Path) -> pd.DataFrame:
     return curve.sort_values(["task", "method", "n_train"], ignore_index=True)
 
 
+DATASIZE_X_RANGE = (35, 1400)  # training examples: a margin around 50 and 1000 on the log axis
+
+
 def datasize_figure(curve: pd.DataFrame):
     """Test accuracy against the number of training examples (log scale), one panel per task,
     zero-shot as a dotted line."""
@@ -571,13 +574,13 @@ def datasize_figure(curve: pd.DataFrame):
         zeroshot = rows.loc[rows["method"] == "zeroshot", "mean"]
         if len(zeroshot):  # a legend entry, not a text label: a label would sit on the curves
             level = 100 * float(zeroshot.iloc[0])
-            fig.add_trace(go.Scatter(x=[35, 1400], y=[level, level], mode="lines", name="zero-shot",
+            fig.add_trace(go.Scatter(x=list(DATASIZE_X_RANGE), y=[level, level], mode="lines", name="zero-shot",
                                      legendgroup="zeroshot", showlegend=col == 1,
                                      line={"color": "grey", "dash": "dot"}, hoverinfo="y"),
                           row=1, col=col)
         low, high = 100 * rows["mean"].min(), 100 * rows["mean"].max()
         fig.update_yaxes(range=[low - 2, high + 2], row=1, col=col)  # no magnified 0.2-point differences
-    fig.update_xaxes(type="log", tickvals=list(DATASIZES), range=[math.log10(35), math.log10(1400)],
+    fig.update_xaxes(type="log", tickvals=list(DATASIZES), range=[math.log10(x) for x in DATASIZE_X_RANGE],
                      title_text="training examples")
     fig.update_yaxes(title_text="test accuracy (%)", col=1)
     fig.update_layout(title="Data size: test accuracy by number of training examples, SmolLM2-135M, seed 0",

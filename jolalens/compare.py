@@ -324,8 +324,12 @@ def usual_device(results: pd.DataFrame) -> str | None:
     """The device most of the finished runs ran on (``None`` when the rows do not record one)."""
     if "device" not in results:
         return None
-    devices = results.loc[results.get("status", "done") == "done", "device"].dropna()
+    devices = _finished(results)["device"].dropna()
     return None if devices.empty else str(devices.mode().iloc[0])
+
+
+def _finished(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["status"] == "done"] if "status" in results else results
 
 
 def usual_device_times(results: pd.DataFrame) -> pd.DataFrame:
@@ -345,7 +349,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """
     if results.empty or "score" not in results:
         return pd.DataFrame(columns=["task", "method", "mean", "std", "n_seeds", "trainable_parameters", "fit_seconds", "eval_seconds"])
-    done = usual_device_times(results[results["status"] == "done"])
+    done = usual_device_times(_finished(results))
     grouped = done.groupby(["task", "method"], sort=False)
     summary = grouped.agg(
         mean=("score", "mean"), std=("score", "std"), n_seeds=("seed", "nunique"),
@@ -402,11 +406,10 @@ def write_tables(out: str | Path) -> pd.DataFrame:
         note = "\nFailed runs (see their error.txt; rerun the same command to retry): " + ", ".join(
             f"{r.task}/{r.method}/seed{r.seed}" for r in failed.itertuples()) + "\n"
     metric = results["metric"].dropna().iloc[0] if "metric" in results and results["metric"].notna().any() else "score"
-    done = results[results["status"] == "done"] if "status" in results else results
-    devices = sorted(done["device"].dropna().unique()) if "device" in done else []
-    if len(devices) > 1:
-        note += (f"\n`fit s`: mean over the runs on {usual_device(results)} only; runs on "
-                 + ", ".join(d for d in devices if d != usual_device(results)) + " are left out of it (–: all were).\n")
+    usual = usual_device(results)
+    others = sorted(set(_finished(results)["device"].dropna()) - {usual}) if usual else []
+    if others:
+        note += f"\n`fit s`: mean over the runs on {usual} only; runs on {', '.join(others)} are left out of it (–: all were).\n"
     (out / "summary.md").write_text(
         f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
         + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
