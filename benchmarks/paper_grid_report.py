@@ -456,6 +456,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
     if wins:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+    lines += _jola_every_seed_section(jola_against_every_seed(cells))
     gen = gen_table(out)
     lines += _seed_section(cells, gen)
     lines += _baseline_seed_section(cells, gen)
@@ -734,6 +735,54 @@ def _baseline_seed_section(cells: pd.DataFrame, gen: pd.DataFrame) -> list[str]:
                      f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
                      f"{'–' if pd.isna(changed) else int(changed)} / {r['n_test']} | "
                      f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} |")
+    return lines
+
+
+def jola_against_every_seed(cells: pd.DataFrame) -> pd.DataFrame:
+    """JoLA against each main-table method over every (task, seed) cell both have run.
+
+    Zero-shot has no seed: its one run stands against each of JoLA's seeds. The test is a sign
+    test over cells (ties dropped), not over items: the same test items recur in every seed, so
+    pooling them would count each item up to three times as if it were independent."""
+    acc = cells.set_index(["method", "task", "seed"])["accuracy"]
+    jola = cells[cells["method"] == "jola"]
+    rows = []
+    for method in [m for m in ORDER if m != "jola" and not m.startswith("jola_") and m in set(cells["method"])]:
+        pairs = [(r.task, r.seed, r.accuracy, acc.get((method, r.task, 0 if method == "zeroshot" else r.seed)))
+                 for r in jola.itertuples()]
+        pairs = [p for p in pairs if p[3] is not None and pd.notna(p[3])]
+        if not pairs:
+            continue
+        diff = np.array([a - b for _, _, a, b in pairs])
+        higher, lower = int((diff > 0).sum()), int((diff < 0).sum())
+        by_task = pd.Series(diff).groupby([t for t, *_ in pairs]).mean()
+        tasks_higher, tasks_lower = int((by_task > 0).sum()), int((by_task < 0).sum())
+        rows.append({"method": method, "cells": len(pairs), "tasks": len({t for t, *_ in pairs}),
+                     "seeds": len({s for _, s, *_ in pairs}),
+                     "jola_accuracy": float(np.mean([a for *_, a, _ in pairs])),
+                     "method_accuracy": float(np.mean([b for *_, b in pairs])), "mean_difference": float(diff.mean()),
+                     "higher": higher, "tie": len(pairs) - higher - lower, "lower": lower,
+                     "sign_p": mcnemar_p(higher, lower), "tasks_higher": tasks_higher, "tasks_lower": tasks_lower,
+                     "task_sign_p": mcnemar_p(tasks_higher, tasks_lower)})
+    return pd.DataFrame(rows)
+
+
+def _jola_every_seed_section(table: pd.DataFrame) -> list[str]:
+    if table.empty or table["seeds"].max() < 2:
+        return []
+    lines = ["", "## JoLA against each method over every seed both have run", "",
+             "Per method: the (task, seed) cells that both JoLA and the method have finished (zero-shot: its one run "
+             "against each JoLA seed), their mean accuracy, JoLA minus the method in points, the cells where JoLA "
+             "is higher / tied / lower, and an exact two-sided sign test over the cells (ties dropped). Not pooled "
+             "over items: the test items are the same in every seed. The seeds of one task share its test items, so "
+             "the last two columns repeat the sign test over tasks, on each task's mean difference over its cells.", "",
+             "| method | cells (tasks, seeds) | JoLA (%) | method (%) | JoLA − method | higher / tie / lower | sign-test p "
+             "| tasks higher / lower | sign-test p, tasks |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.cells} ({r.tasks}, {r.seeds}) | {_pct(r.jola_accuracy)} | {_pct(r.method_accuracy)} "
+              f"| {100 * r.mean_difference:+.1f} | {r.higher} / {r.tie} / {r.lower} | {r.sign_p:.2g} "
+              f"| {r.tasks_higher} / {r.tasks_lower} | {r.task_sign_p:.2g} |"
+              for r in table.itertuples()]
     return lines
 
 

@@ -556,3 +556,23 @@ def test_eos_probe_summarises_a_cell_with_both_protocols(tmp_path):
     s = probe.cell_summary(run, "openbookqa")
     assert (s["loglik_accuracy"], s["gen_accuracy"], s["no_answer"], s["listing"]) == (0.3, 0.25, 0.5, 0.25)
     assert s["most_written"] == {"answer1": 1, "answer2": 1} and s["best_epoch"] == 2
+
+
+def test_jola_against_every_seed_is_a_sign_test_over_cells():
+    """Cells are matched by (task, seed); zero-shot's one run stands against every JoLA seed."""
+    rows = [("jola", "t1", 0, 0.30), ("jola", "t1", 1, 0.20), ("jola", "t2", 0, 0.50), ("jola", "t2", 1, 0.60),
+            ("red", "t1", 0, 0.25), ("red", "t1", 1, 0.20), ("red", "t2", 0, 0.40),  # red lacks t2 seed 1
+            ("zeroshot", "t1", 0, 0.10), ("zeroshot", "t2", 0, 0.70), ("jola_additive", "t1", 0, 0.9)]
+    cells = pd.DataFrame(rows, columns=["method", "task", "seed", "accuracy"])
+    table = report.jola_against_every_seed(cells).set_index("method")
+    assert set(table.index) == {"red", "zeroshot"}, "ablations are not baselines"
+    assert table.loc["red", ["cells", "tasks", "seeds", "higher", "tie", "lower"]].tolist() == [3, 2, 2, 2, 1, 0]
+    assert table.loc["red", "mean_difference"] == pytest.approx((0.05 + 0.0 + 0.10) / 3)
+    assert table.loc["red", "sign_p"] == pytest.approx(report.mcnemar_p(2, 0))
+    assert table.loc["zeroshot", ["cells", "higher", "lower"]].tolist() == [4, 2, 2]
+    assert table.loc["zeroshot", "method_accuracy"] == pytest.approx((0.1 + 0.1 + 0.7 + 0.7) / 4)
+    text = "\n".join(report._jola_every_seed_section(report.jola_against_every_seed(cells)))
+    assert table.loc["red", ["tasks_higher", "tasks_lower"]].tolist() == [2, 0]
+    assert table.loc["zeroshot", ["tasks_higher", "tasks_lower"]].tolist() == [1, 1]  # t1 +0.15, t2 -0.15
+    assert "| red | 3 (2, 2) | 33.3 | 28.3 | +5.0 | 2 / 1 / 0 | 0.5 | 2 / 0 | 0.5 |" in text
+    assert report._jola_every_seed_section(report.jola_against_every_seed(cells[cells["seed"] == 0])) == []
