@@ -576,3 +576,35 @@ def test_jola_against_every_seed_is_a_sign_test_over_cells():
     assert table.loc["zeroshot", ["tasks_higher", "tasks_lower"]].tolist() == [1, 1]  # t1 +0.15, t2 -0.15
     assert "| red | 3 (2, 2) | 33.3 | 28.3 | +5.0 | 2 / 1 / 0 | 0.5 | 2 / 0 | 0.5 |" in text
     assert report._jola_every_seed_section(report.jola_against_every_seed(cells[cells["seed"] == 0])) == []
+
+
+def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
+    """A lease's tarballs: new runs and new files in old runs are added, the tree's own files kept."""
+    machine, results, back = tmp_path / "machine", tmp_path / "results", tmp_path / "back"
+    for root in (machine, results):
+        old = root / "main" / "runs" / "boolq" / "red" / "seed0"
+        old.mkdir(parents=True)
+        (old / "result.json").write_text("{}")
+        (root / "main" / "summary.md").write_text(f"table of {root.name}")
+    (machine / "main" / "runs" / "boolq" / "red" / "seed0" / "gen_result.json").write_text("{}")
+    new = machine / "main" / "runs" / "piqa" / "red" / "seed1"
+    new.mkdir(parents=True)
+    (new / "result.json").write_text("{}")
+    (new / "error.txt").write_text("an earlier try failed")
+    (machine / "logs" / "20261128-cuda").mkdir(parents=True)
+    (machine / "logs" / "20261128-cuda" / "worker0.log").write_text("done\n")
+    back.mkdir()
+    for name, members in (("main", ["main"]), ("rest", ["logs"])):
+        with tarfile.open(back / f"{name}.tgz", "w:gz") as tar:
+            for m in members:
+                tar.add(machine / m, arcname=m)
+    script = Path(__file__).parents[2] / "benchmarks" / "device" / "merge.sh"
+    done = subprocess.run(["bash", str(script), str(back), str(results)], capture_output=True, text=True, check=True)
+    assert (results / "main" / "runs" / "boolq" / "red" / "seed0" / "gen_result.json").is_file()
+    assert (results / "main" / "runs" / "piqa" / "red" / "seed1" / "result.json").is_file()
+    assert not (results / "main" / "runs" / "piqa" / "red" / "seed1" / "error.txt").exists()
+    assert (results / "logs" / "20261128-cuda" / "worker0.log").read_text() == "done\n"
+    assert (results / "main" / "summary.md").read_text() == "table of results", "the tree's own file is kept"
+    assert "added 4 files" in done.stdout
+    missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "main.tgz is missing" in missing.stderr
