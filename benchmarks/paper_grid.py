@@ -18,6 +18,11 @@ coordinator with other ``--tasks`` or ``--methods`` can run beside the first. Us
     python benchmarks/paper_grid.py --device cuda --workers 12 --deadline 500
     python benchmarks/paper_grid.py --device cpu --workers 1        # resume here, slowly
     python benchmarks/paper_grid.py --tables                        # rewrite every summary
+    python benchmarks/paper_grid.py --device cpu --workers 2 --only main --skip 'main__piqa__*'
+
+``--skip`` leaves out the cells whose keys match (shell wildcards), e.g. those too long to finish
+before a session ends; unlike a claim file written by hand, it holds for this invocation only and
+no worker waits on it.
 
 ``--snapshot DIR`` packs the finished results (edits over 1 MB left out) into one tarball per
 group under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
@@ -26,6 +31,7 @@ group under DIR every 30 s, so that a run cut off by a time limit still returns 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import io
 import json
 import os
@@ -116,10 +122,12 @@ def plan() -> list[Cell]:
     return cells
 
 
-def selected(only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None) -> list[Cell]:
-    """The plan, restricted to some groups, methods and/or tasks (``None``: all of them)."""
+def selected(only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None,
+             skip: tuple[str, ...] = ()) -> list[Cell]:
+    """The plan, restricted to some groups, methods and/or tasks (``None``: all of them), less the
+    cells whose key matches a ``skip`` pattern (shell wildcards, e.g. ``main__piqa__*``)."""
     return [c for c in plan() if (only is None or c.group in only) and (methods is None or c.method in methods)
-            and (tasks is None or c.task in tasks)]
+            and (tasks is None or c.task in tasks) and not any(fnmatch.fnmatchcase(c.key, pat) for pat in skip)]
 
 
 def _done(cell: Cell, out: Path) -> bool:
@@ -318,7 +326,7 @@ def worker(args: argparse.Namespace, index: int) -> int:
             fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
     log(f"worker {index} ready on {args.device}")
-    cells = selected(args.only, args.methods, args.tasks)
+    cells = selected(args.only, args.methods, args.tasks, args.skip)
     while time.time() < stop_at:
         todo = [c for c in cells if not _done(c, out)]
         ready = [c for c in todo if _ready(c, out) and not (out / "claims" / c.key).exists()]
@@ -408,6 +416,8 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
     parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (openbookqa, mmlu_law, ...): only their cells")
+    parser.add_argument("--skip", default=None,
+                        help="comma-separated cell keys or shell patterns to leave out, e.g. 'main__piqa__*' (see --plan)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the machinery")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in the run's logs/<run>/invocation.json)")
     parser.add_argument("--plan", action="store_true")
@@ -423,12 +433,17 @@ def main() -> int:
     args.only = None if args.only is None else set(args.only.split(","))
     args.methods = None if args.methods is None else set(args.methods.split(","))
     args.tasks = None if args.tasks is None else set(args.tasks.split(","))
+    args.skip = () if not args.skip else tuple(args.skip.split(","))
+    keys = [c.key for c in plan()]
+    unmatched = [pat for pat in args.skip if not any(fnmatch.fnmatchcase(k, pat) for k in keys)]
+    if unmatched:
+        parser.error(f"--skip: {unmatched} match no cell of the plan; cell keys look like main__piqa__red__seed1 (--plan lists them)")
     for name, given, field in (("--only", args.only, "group"), ("--methods", args.methods, "method"), ("--tasks", args.tasks, "task")):
         known = {getattr(c, field) for c in plan()}
         if given and not given <= known:
             parser.error(f"{name}: unknown {sorted(given - known)}; choose from {sorted(known)}")
     if args.plan:
-        cells = selected(args.only, args.methods, args.tasks)
+        cells = selected(args.only, args.methods, args.tasks, args.skip)
         counts: dict[str, list[int]] = {}
         for i, c in enumerate(cells):
             done = _done(c, args.out)
@@ -442,7 +457,7 @@ def main() -> int:
         tables(args.out)
         return 0
     if args.check_data:
-        missing = uncached_tasks(selected(args.only, args.methods, args.tasks))
+        missing = uncached_tasks(selected(args.only, args.methods, args.tasks, args.skip))
         if missing:
             print(f"tasks not cached here: {', '.join(missing)}. Load each once to cache it, e.g. python -c "
                   f"\"from jolalens.tasks import load_task_splits; load_task_splits('{missing[0]}', n_train=0, "
@@ -478,7 +493,7 @@ def coordinate(args: argparse.Namespace) -> int:
     model = load_model()  # converts the embedded GGUF once, before the workers race for it
     identity = model_identity(model)
     del model
-    groups = sorted({c.group for c in selected(args.only, args.methods, args.tasks)} - {"gen"} | {"main", "rerun"})
+    groups = sorted({c.group for c in selected(args.only, args.methods, args.tasks, args.skip)} - {"gen"} | {"main", "rerun"})
     for group in groups:
         _check_out_dir(out / group, group_config(group, smoke=args.smoke, eval_batch_size=args.eval_batch_size), identity)
     (out / "claims").mkdir(parents=True, exist_ok=True)
@@ -512,6 +527,8 @@ def coordinate(args: argparse.Namespace) -> int:
         base += ["--methods", ",".join(sorted(args.methods))]
     if args.tasks:
         base += ["--tasks", ",".join(sorted(args.tasks))]
+    if args.skip:
+        base += ["--skip", ",".join(args.skip)]
     if stop_claiming:
         base += ["--stop-claiming-at", str(stop_claiming)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -532,7 +549,7 @@ def coordinate(args: argparse.Namespace) -> int:
     tables(out)
     if args.snapshot:
         snapshot(out, args.snapshot)
-    cells = selected(args.only, args.methods, args.tasks)
+    cells = selected(args.only, args.methods, args.tasks, args.skip)
     done = sum(_done(c, out) for c in cells)
     print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s")
     return 0

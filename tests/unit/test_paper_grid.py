@@ -92,6 +92,19 @@ def test_selected_filters_groups_and_methods():
     assert grid.selected(None, None) == grid.plan()
 
 
+def test_skip_leaves_out_matching_cells_and_names_a_pattern_that_matches_none(tmp_path):
+    kept = grid.selected({"main"}, {"bitfit"}, skip=("main__piqa__*", "main__siqa__bitfit__seed2"))
+    keys = {c.key for c in kept}
+    assert keys and not any(k.startswith("main__piqa__") for k in keys) and "main__siqa__bitfit__seed2" not in keys
+    assert "main__siqa__bitfit__seed1" in keys
+    script = Path(__file__).parents[2] / "benchmarks" / "paper_grid.py"
+    shown = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--plan", "--only", "main",
+                            "--methods", "bitfit", "--skip", "main__piqa__*"], capture_output=True, text=True, check=True)
+    assert "main__siqa__bitfit__seed1" in shown.stdout and "main__piqa__" not in shown.stdout
+    wrong = subprocess.run([sys.executable, str(script), "--plan", "--skip", "piqa_bitfit"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--skip: ['piqa_bitfit'] match no cell" in wrong.stderr
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_grid_results_are_committed_but_lora_weights_are_not():
     """A fresh clone (and a lent GPU, which gets the tracked tree) must see the finished cells."""
@@ -352,7 +365,7 @@ def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(jolalens.compare, "run_compare", failing_run)
     (tmp_path / "claims").mkdir()
     (tmp_path / "logs").mkdir()
-    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main"}, tasks={"arc_easy"},
+    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main"}, tasks={"arc_easy"}, skip=(),
                               out=tmp_path, smoke=True, stop_claiming_at=None, tf32=False, threads=1,
                               log_dir=tmp_path / "logs" / "this-run")
     assert grid.worker(args, 0) == 0
