@@ -37,7 +37,7 @@ import torch
 from jolalens.compare import collect, markdown_table, summarise
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_grid import DATASIZE_METHODS, DATASIZE_TASKS, DATASIZES  # noqa: E402  (the grid's own definitions)
+from paper_grid import COMMONSENSE, DATASIZE_METHODS, DATASIZE_TASKS, DATASIZES, GEM, MMLU  # noqa: E402  (the grid's own definitions)
 
 OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
@@ -228,6 +228,37 @@ def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
         ratio = (g["overlap"] / g["expected_overlap"]).mean()
         lines.append(f"| {kind} | {len(g)} | {g['jaccard'].mean():.2f} | {g['chance_jaccard'].mean():.2f} "
                      f"| {ratio:.2f} | {int((g['p'] < 0.05).sum())} |")
+    return lines
+
+
+FAMILIES = {**{t: "commonsense" for t in COMMONSENSE}, **{t: "MMLU" for t in MMLU}, **{t: "GEM" for t in GEM}}
+
+
+def head_pairs_by_family(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """One seed's pairs of different tasks, grouped by the two tasks' families (commonsense, MMLU, GEM).
+
+    With one seed every run starts from the same gates, so families are compared on equal terms."""
+    tag = f"/seed{seed}"
+    same = pairs[pairs["run_a"].str.endswith(tag) & pairs["run_b"].str.endswith(tag)]
+    if same.empty:
+        return pd.DataFrame()
+    fam = [" / ".join(sorted((FAMILIES.get(a.split("/")[0], "other"), FAMILIES.get(b.split("/")[0], "other"))))
+           for a, b in zip(same["run_a"], same["run_b"], strict=True)]
+    same = same.assign(families=fam, ratio=same["overlap"] / same["expected_overlap"])
+    return (same.groupby("families", sort=True)
+            .agg(pairs=("ratio", "size"), jaccard=("jaccard", "mean"), chance_jaccard=("chance_jaccard", "mean"),
+                 ratio=("ratio", "mean"), above_chance=("p", lambda p: int((p < 0.05).sum())))
+            .reset_index())
+
+
+def _family_section(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["", "Seed 0 only, pairs of different tasks grouped by task family:", "",
+             "| families | pairs | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.families} | {r.pairs} | {r.jaccard:.2f} | {r.chance_jaccard:.2f} | {r.ratio:.2f} | {r.above_chance} |"
+              for r in table.itertuples()]
     return lines
 
 
@@ -516,7 +547,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
     pairs = head_set_pairs(head_runs)
     if not pairs.empty:
         pairs.to_csv(out / "jola_head_pairs.csv", index=False)
-    lines += _head_pairs_section(pairs) + _shared_heads_lines(head_runs)
+    lines += _head_pairs_section(pairs) + _family_section(head_pairs_by_family(pairs)) + _shared_heads_lines(head_runs)
     lines += _attribution_section(out) if attribution else []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

@@ -621,3 +621,20 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     assert "added 4 files" in done.stdout
     missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True)
     assert missing.returncode == 2 and "main.tgz is missing" in missing.stderr
+
+
+def test_head_pairs_by_family_groups_one_seeds_pairs_of_tasks():
+    pairs = pd.DataFrame([
+        {"run_a": "xsum/seed0", "run_b": "web_nlg/seed0", "overlap": 10, "expected_overlap": 2.0, "jaccard": 0.4, "chance_jaccard": 0.05, "p": 1e-4},
+        {"run_a": "boolq/seed0", "run_b": "xsum/seed0", "overlap": 3, "expected_overlap": 2.0, "jaccard": 0.1, "chance_jaccard": 0.05, "p": 0.3},
+        {"run_a": "mmlu_law/seed0", "run_b": "siqa/seed0", "overlap": 4, "expected_overlap": 1.0, "jaccard": 0.2, "chance_jaccard": 0.05, "p": 0.01},
+        {"run_a": "siqa/seed0", "run_b": "boolq/seed0", "overlap": 6, "expected_overlap": 2.0, "jaccard": 0.3, "chance_jaccard": 0.1, "p": 0.02},
+        {"run_a": "siqa/seed0", "run_b": "siqa/seed2", "overlap": 9, "expected_overlap": 1.0, "jaccard": 0.5, "chance_jaccard": 0.1, "p": 1e-5},
+    ])
+    table = report.head_pairs_by_family(pairs).set_index("families")
+    assert list(table.index) == ["GEM / GEM", "GEM / commonsense", "MMLU / commonsense", "commonsense / commonsense"]
+    assert table.loc["GEM / GEM", ["pairs", "ratio", "above_chance"]].tolist() == [1, 5.0, 1]
+    assert table.loc["commonsense / commonsense", "pairs"] == 1, "the seed-2 pair is left out"
+    text = "\n".join(report._family_section(report.head_pairs_by_family(pairs)))
+    assert "| GEM / commonsense | 1 | 0.10 | 0.05 | 1.50 | 0 |" in text
+    assert report.head_pairs_by_family(pairs[pairs["run_b"].str.endswith("seed2")]).empty
