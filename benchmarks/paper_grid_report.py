@@ -924,6 +924,10 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
     if agreement:
         table = pd.concat(agreement, ignore_index=True).assign(attribution_examples=attribution_examples)
         table.to_csv(out / ATTRIBUTION_CSV, index=False)
+    for group in ("nlu", "nlg"):  # MMLU and GEM: scores and head maps, without attribution
+        runs_dir = out / group / "runs"
+        for task in sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+            written += make_compare_figures(out / group, task, dest / task, model=model)
     return written
 
 
