@@ -238,6 +238,8 @@ def head_pairs_by_family(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """One seed's pairs of different tasks, grouped by the two tasks' families (commonsense, MMLU, GEM).
 
     With one seed every run starts from the same gates, so families are compared on equal terms."""
+    if pairs.empty:
+        return pd.DataFrame()
     tag = f"/seed{seed}"
     same = pairs[pairs["run_a"].str.endswith(tag) & pairs["run_b"].str.endswith(tag)]
     if same.empty:

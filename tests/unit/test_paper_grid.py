@@ -638,3 +638,4 @@ def test_head_pairs_by_family_groups_one_seeds_pairs_of_tasks():
     text = "\n".join(report._family_section(report.head_pairs_by_family(pairs)))
     assert "| GEM / commonsense | 1 | 0.10 | 0.05 | 1.50 | 0 |" in text
     assert report.head_pairs_by_family(pairs[pairs["run_b"].str.endswith("seed2")]).empty
+    assert report.head_pairs_by_family(pd.DataFrame()).empty, "a grid with no selective JoLA run has no pairs"
