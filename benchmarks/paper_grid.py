@@ -24,8 +24,9 @@ coordinator with other ``--tasks`` or ``--methods`` can run beside the first. Us
 before a session ends; unlike a claim file written by hand, it holds for this invocation only and
 no worker waits on it.
 
-``--snapshot DIR`` packs the finished results (edits over 1 MB left out) into one tarball per
-group under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
+``--snapshot DIR`` packs what the run finished (edits over 300 kB left out) into tarballs of at most
+14 MiB under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
+Files the output folder already held when the run started are not packed again.
 """
 
 from __future__ import annotations
@@ -372,26 +373,65 @@ def _keep(path: Path) -> bool:
     return path.stat().st_size < (KEEP_EDIT_BYTES if path.suffix == ".safetensors" else 4_000_000)
 
 
-def snapshot(out: Path, dest: Path) -> None:
-    """Two tarballs of everything finished so far: ``main.tgz`` and ``rest.tgz`` (other groups, logs).
+SNAPSHOT_PART_BYTES = 14 * 2**20  # the lease tool returns files of at most 16 MiB each ...
+SNAPSHOT_MAX_PARTS = 7  # ... and at most 8 files: the parts and stage2.sh's grid.log
 
-    Runs without ``result.json`` are left out (but for an ``error.txt``): the grid redoes them anyway."""
+
+def file_stamps(out: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under ``out``, by relative path.
+
+    Taken when a run starts, it names what the machine already had (the committed results), which
+    a snapshot need not send back."""
+    return {str(p.relative_to(out)): (p.stat().st_size, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+
+
+def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = None) -> list[Path]:
+    """Tarballs ``results-01.tgz``, ``results-02.tgz``, ... of what finished since ``since`` was taken.
+
+    Only new or changed files are packed, in parts of at most ``SNAPSHOT_PART_BYTES`` (a lease
+    returns files of at most 16 MiB: a single tarball of every result outgrew that on 2026-11-28
+    and the run's results were lost). Runs without ``result.json`` are left out (but for an
+    ``error.txt``): the grid redoes them anyway. Returns the parts written."""
     dest.mkdir(parents=True, exist_ok=True)
-    groups = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "claims")
-    for name, members in (("main", [g for g in groups if g == "main"]), ("rest", [g for g in groups if g != "main"])):
+    since = since or {}
+    members: list[Path] = []
+    for group in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "claims"):
+        unfinished = {r for r in group.glob("runs/*/*/seed*") if not (r / "result.json").is_file()}
+        for path in sorted(group.rglob("*")):
+            if not (path.is_file() and _keep(path)):
+                continue
+            if path.name != "error.txt" and unfinished.intersection(path.parents):
+                continue  # a run the deadline cut short is redone from scratch; only its error comes back
+            stat = path.stat()
+            if since.get(str(path.relative_to(out))) == (stat.st_size, stat.st_mtime_ns):
+                continue  # the machine had it when the run started
+            members.append(path)
+    parts: list[list[Path]] = [[]]
+    size = 0
+    for path in members:
+        cost = path.stat().st_size + 1024  # the tar header and padding, rounded up
+        if parts[-1] and size + cost > SNAPSHOT_PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(path)
+        size += cost
+    if len(parts) > SNAPSHOT_MAX_PARTS:
+        print(f"snapshot: {len(parts)} parts of {SNAPSHOT_PART_BYTES >> 20} MiB exceed the {SNAPSHOT_MAX_PARTS} "
+              "files a lease returns; the last ones will not come back (run fewer cells per call)", file=sys.stderr)
+    written = []
+    for i, part in enumerate(parts, start=1):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for group in members:
-                unfinished = {r for r in (out / group).glob("runs/*/*/seed*") if not (r / "result.json").is_file()}
-                for path in sorted((out / group).rglob("*")):
-                    if not (path.is_file() and _keep(path)):
-                        continue
-                    if path.name != "error.txt" and unfinished.intersection(path.parents):
-                        continue  # a run the deadline cut short is redone from scratch; only its error comes back
-                    tar.add(path, arcname=str(path.relative_to(out)))
-        tmp = dest / f".{name}.tgz.tmp"
+            for path in part:
+                tar.add(path, arcname=str(path.relative_to(out)))
+        target = dest / f"results-{i:02d}.tgz"
+        tmp = dest / f".{target.name}.tmp"
         tmp.write_bytes(buf.getvalue())
-        tmp.replace(dest / f"{name}.tgz")
+        tmp.replace(target)
+        written.append(target)
+    for stale in set(dest.glob("results-*.tgz")) - set(written):
+        stale.unlink()  # a part left from an earlier snapshot with more parts
+    return written
 
 
 def tables(out: Path) -> None:
@@ -511,6 +551,7 @@ def coordinate(args: argparse.Namespace) -> int:
     machine["workers"] = args.workers
     # each invocation logs into a folder of its own, so that two coordinators (or a lent GPU's
     # results unpacked beside this machine's) never write to the same files
+    already_there = file_stamps(out) if args.snapshot else {}  # the snapshots send back only what is new
     log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{socket.gethostname()}-{os.getpid()}"
     log_dir.mkdir(parents=True)
     (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
@@ -541,14 +582,14 @@ def coordinate(args: argparse.Namespace) -> int:
                     os.killpg(p.pid, signal.SIGKILL)
             break
         if args.snapshot and time.time() - last_snap > 30:
-            snapshot(out, args.snapshot)
+            snapshot(out, args.snapshot, already_there)
             last_snap = time.time()
         time.sleep(2)
     for p in procs:
         p.wait()
     tables(out)
     if args.snapshot:
-        snapshot(out, args.snapshot)
+        snapshot(out, args.snapshot, already_there)
     cells = selected(args.only, args.methods, args.tasks, args.skip)
     done = sum(_done(c, out) for c in cells)
     print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s")

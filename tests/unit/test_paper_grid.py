@@ -59,6 +59,14 @@ def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
     assert grid._ready(gen, tmp_path) and grid._done(cell, tmp_path) and not grid._done(gen, tmp_path)
 
 
+def _names(parts):
+    names = []
+    for part in parts:
+        with tarfile.open(part) as tar:
+            names += tar.getnames()
+    return names
+
+
 def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     out = tmp_path / "grid"
     for method, size in (("jola", 152_400), ("red", 138_000), ("bitfit", 622_000), ("lora", 1_800_000)):
@@ -74,16 +82,45 @@ def test_snapshot_keeps_results_and_small_edits_only(tmp_path):
     (failed / "error.txt").write_text("Traceback ...")
     (out / "logs").mkdir()
     (out / "logs" / "worker0.log").write_text("ok")
-    grid.snapshot(out, tmp_path / "snap")
-    with tarfile.open(tmp_path / "snap" / "main.tgz") as tar:
-        names = set(tar.getnames())
+    parts = grid.snapshot(out, tmp_path / "snap")
+    assert [p.name for p in parts] == ["results-01.tgz"]
+    names = set(_names(parts))
     assert {f"main/runs/arc_easy/{m}/seed0/edit/weights.safetensors" for m in ("jola", "red")} <= names
     assert not any("lora/seed0/edit" in n or "bitfit/seed0/edit" in n for n in names)
     assert {f"main/runs/arc_easy/{m}/seed0/result.json" for m in ("jola", "lora", "red")} <= names
     assert not any(n.startswith("main/runs/piqa/jola/seed2") for n in names), "an unfinished run stays behind"
     assert "main/runs/piqa/red/seed0/error.txt" in names, "but a failed run's error comes back"
-    with tarfile.open(tmp_path / "snap" / "rest.tgz") as tar:
-        assert tar.getnames() == ["logs/worker0.log"]
+    assert "logs/worker0.log" in names
+
+
+def test_snapshot_sends_only_what_is_new_in_parts_under_the_return_limit(tmp_path, monkeypatch):
+    """On 2026-11-28 one tarball of every result outgrew the lease's 16 MiB per file and was lost."""
+    out = tmp_path / "grid"
+    old = out / "main" / "runs" / "boolq" / "red" / "seed0"
+    old.mkdir(parents=True)
+    (old / "result.json").write_text("{}")
+    (out / "logs").mkdir()
+    (out / "logs" / "worker0.log").write_text("committed\n")
+    since = grid.file_stamps(out)
+    assert set(since) == {"main/runs/boolq/red/seed0/result.json", "logs/worker0.log"}
+    for task in ("arc_easy", "piqa", "siqa"):
+        new = out / "main" / "runs" / task / "red" / "seed1"
+        new.mkdir(parents=True)
+        (new / "result.json").write_bytes(b"x" * 2500)
+    (old / "gen_result.json").write_text("{}")  # a new file in a committed run
+    with (out / "logs" / "worker0.log").open("a") as log:
+        log.write("a line written during the run\n")
+    monkeypatch.setattr(grid, "SNAPSHOT_PART_BYTES", 8000)
+    dest = tmp_path / "snap"
+    (dest / "results-09.tgz").parent.mkdir()
+    (dest / "results-09.tgz").write_bytes(b"left from an earlier snapshot")
+    parts = grid.snapshot(out, dest, since)
+    assert [p.name for p in parts] == ["results-01.tgz", "results-02.tgz"]
+    assert sorted(p.name for p in dest.glob("*.tgz")) == ["results-01.tgz", "results-02.tgz"], "stale parts go"
+    names = _names(parts)
+    assert sorted(names) == sorted([*(f"main/runs/{t}/red/seed1/result.json" for t in ("arc_easy", "piqa", "siqa")),
+                                    "main/runs/boolq/red/seed0/gen_result.json", "logs/worker0.log"])
+    assert all(p.stat().st_size < 8000 + 2048 for p in parts)
 
 
 def test_selected_filters_groups_and_methods():
@@ -607,7 +644,7 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     (machine / "logs" / "20261128-cuda").mkdir(parents=True)
     (machine / "logs" / "20261128-cuda" / "worker0.log").write_text("done\n")
     back.mkdir()
-    for name, members in (("main", ["main"]), ("rest", ["logs"])):
+    for name, members in (("results-01", ["main"]), ("results-02", ["logs"])):
         with tarfile.open(back / f"{name}.tgz", "w:gz") as tar:
             for m in members:
                 tar.add(machine / m, arcname=m)
@@ -620,7 +657,7 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     assert (results / "main" / "summary.md").read_text() == "table of results", "the tree's own file is kept"
     assert "added 4 files" in done.stdout
     missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True)
-    assert missing.returncode == 2 and "main.tgz is missing" in missing.stderr
+    assert missing.returncode == 2 and "no .tgz in" in missing.stderr
 
 
 def test_head_pairs_by_family_groups_one_seeds_pairs_of_tasks():
