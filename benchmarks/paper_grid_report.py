@@ -490,6 +490,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
         lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
                   "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
     lines += _jola_every_seed_section(jola_against_every_seed(cells))
+    lines += _jola_every_seed_section(jola_against_every_seed(cells, ablations=True),
+                                      "JoLA against its ablations over every seed both have run")
     gen = gen_table(out)
     lines += _seed_section(cells, gen)
     lines += _baseline_seed_section(cells, gen)
@@ -771,8 +773,9 @@ def _baseline_seed_section(cells: pd.DataFrame, gen: pd.DataFrame) -> list[str]:
     return lines
 
 
-def jola_against_every_seed(cells: pd.DataFrame) -> pd.DataFrame:
-    """JoLA against each main-table method over every (task, seed) cell both have run.
+def jola_against_every_seed(cells: pd.DataFrame, ablations: bool = False) -> pd.DataFrame:
+    """JoLA against each main-table method (or, with ``ablations``, each of its ablations) over
+    every (task, seed) cell both have run.
 
     Zero-shot has no seed: its one run stands against each of JoLA's seeds. The test is a sign
     test over cells (ties dropped), not over items: the same test items recur in every seed, so
@@ -780,7 +783,7 @@ def jola_against_every_seed(cells: pd.DataFrame) -> pd.DataFrame:
     acc = cells.set_index(["method", "task", "seed"])["accuracy"]
     jola = cells[cells["method"] == "jola"]
     rows = []
-    for method in [m for m in ORDER if m != "jola" and not m.startswith("jola_") and m in set(cells["method"])]:
+    for method in [m for m in ORDER if m != "jola" and m.startswith("jola_") == ablations and m in set(cells["method"])]:
         pairs = [(r.task, r.seed, r.accuracy, acc.get((method, r.task, 0 if method == "zeroshot" else r.seed)))
                  for r in jola.itertuples()]
         pairs = [p for p in pairs if p[3] is not None and pd.notna(p[3])]
@@ -800,10 +803,10 @@ def jola_against_every_seed(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _jola_every_seed_section(table: pd.DataFrame) -> list[str]:
+def _jola_every_seed_section(table: pd.DataFrame, title: str = "JoLA against each method over every seed both have run") -> list[str]:
     if table.empty or table["seeds"].max() < 2:
         return []
-    lines = ["", "## JoLA against each method over every seed both have run", "",
+    lines = ["", f"## {title}", "",
              "Per method: the (task, seed) cells that both JoLA and the method have finished (zero-shot: its one run "
              "against each JoLA seed), their mean accuracy, JoLA minus the method in points, the cells where JoLA "
              "is higher / tied / lower, and an exact two-sided sign test over the cells (ties dropped). Not pooled "

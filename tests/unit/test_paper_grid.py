@@ -626,6 +626,9 @@ def test_jola_against_every_seed_is_a_sign_test_over_cells():
     assert table.loc["zeroshot", ["tasks_higher", "tasks_lower"]].tolist() == [1, 1]  # t1 +0.15, t2 -0.15
     assert "| red | 3 (2, 2) | 33.3 | 28.3 | +5.0 | 2 / 1 / 0 | 0.5 | 2 / 0 | 0.5 |" in text
     assert report._jola_every_seed_section(report.jola_against_every_seed(cells[cells["seed"] == 0])) == []
+    ablated = report.jola_against_every_seed(cells, ablations=True).set_index("method")
+    assert list(ablated.index) == ["jola_additive"] and ablated.loc["jola_additive", ["cells", "lower"]].tolist() == [1, 1]
+    assert report._jola_every_seed_section(report.jola_against_every_seed(cells, ablations=True)) == [], "one seed only"
 
 
 def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
