@@ -107,7 +107,8 @@ def plan() -> list[Cell]:
     Seed 0 of the main table; the JoLA ablations on four tasks; JoLA's seeds 1 and 2 (is its
     seed-0 lead more than noise?); NLG and NLU; the data-size curves; the generation protocol for
     the main table's seed-0 edits; the other methods' seeds 1 and 2, strongest seed-0 average
-    first; then the ablations' seeds and remaining tasks.
+    first; then the ablations' seeds and remaining tasks; last, the generation protocol of the
+    later seeds' edits where a deadline cut it off.
     """
     cells = [Cell("main", t, m, 0) for m in BASELINES for t in COMMONSENSE]
     cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in ABLATION_TASKS]
@@ -120,6 +121,9 @@ def plan() -> list[Cell]:
     cells += [Cell("main", t, m, s) for m in SEED_ORDER for s in (1, 2) for t in COMMONSENSE]
     cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
     cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in COMMONSENSE if t not in ABLATION_TASKS]
+    # a main cell scores both protocols before it is done, so the generation protocol of a later
+    # seed is queued only where a deadline stopped the cell between its two scores
+    cells += [Cell("gen", c.task, c.method, c.seed) for c in list(cells) if c.group == "main" and c.seed > 0]
     return cells
 
 

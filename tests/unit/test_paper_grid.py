@@ -38,6 +38,9 @@ def test_plan_has_every_cell_once_and_main_seed0_first():
     later_seeds = [c for c in cells if c.group == "main" and c.seed > 0]
     assert {c.method for c in later_seeds[:16]} == {"jola"}, "JoLA's seeds 1 and 2 come first"
     assert "datasize_n200" not in {c.group for c in cells}, "n = 200 is the main table"
+    late_gen = [c for c in cells if c.group == "gen" and c.seed > 0]
+    assert {(c.task, c.method, c.seed) for c in late_gen} == {(c.task, c.method, c.seed) for c in later_seeds}
+    assert cells.index(late_gen[0]) > max(cells.index(c) for c in cells if c.group == "main"), "re-scoring comes last"
 
 
 @pytest.mark.parametrize("group", ["main", "nlu", "nlg", "datasize_n50", "datasize_n1000"])
