@@ -386,7 +386,12 @@ def file_stamps(out: Path) -> dict[str, tuple[int, int]]:
 
     Taken when a run starts, it names what the machine already had (the committed results), which
     a snapshot need not send back."""
-    return {str(p.relative_to(out)): (p.stat().st_size, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    stamps = {}
+    for path in out.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            stamps[str(path.relative_to(out))] = (stat.st_size, stat.st_mtime_ns)
+    return stamps
 
 
 def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = None) -> list[Path]:
@@ -398,7 +403,7 @@ def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = N
     ``error.txt``): the grid redoes them anyway. Returns the parts written."""
     dest.mkdir(parents=True, exist_ok=True)
     since = since or {}
-    members: list[Path] = []
+    members: list[tuple[Path, int]] = []  # with the size, read once
     for group in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "claims"):
         unfinished = {r for r in group.glob("runs/*/*/seed*") if not (r / "result.json").is_file()}
         for path in sorted(group.rglob("*")):
@@ -409,11 +414,11 @@ def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = N
             stat = path.stat()
             if since.get(str(path.relative_to(out))) == (stat.st_size, stat.st_mtime_ns):
                 continue  # the machine had it when the run started
-            members.append(path)
+            members.append((path, stat.st_size))
     parts: list[list[Path]] = [[]]
     size = 0
-    for path in members:
-        cost = path.stat().st_size + 1024  # the tar header and padding, rounded up
+    for path, file_size in members:
+        cost = file_size + 1024  # the tar header and padding, rounded up
         if parts[-1] and size + cost > SNAPSHOT_PART_BYTES:
             parts.append([])
             size = 0
