@@ -415,15 +415,31 @@ def multi_reference_rouge(out: Path, group: str = "nlg") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _multi_reference_section(table: pd.DataFrame) -> list[str]:
-    if table.empty:
+def uncached_run_tasks(out: Path, group: str = "nlg") -> list[str]:
+    """The group's tasks that have finished runs but no test data in this machine's task cache, so
+    that the multi-reference section can say what it left out instead of dropping it silently."""
+    from jolalens.tasks.sources import cached_split_sizes
+
+    runs_dir = out / group / "runs"
+    with_runs = sorted(d.name for d in runs_dir.glob("*") if any(d.glob("*/seed*/result.json"))) if runs_dir.is_dir() else []
+    return [task for task in with_runs if not cached_split_sizes(task)]
+
+
+def _multi_reference_section(table: pd.DataFrame, uncached: list[str] | tuple[str, ...] = ()) -> list[str]:
+    if table.empty and not uncached:
         return []
     lines = ["", "### GEM outputs against every reference of their input", "",
              "The protocol scores each test pair against its own reference, the same for every method; here the same "
              "stored outputs are scored against all the test references of the same input (best reference, as "
-             "`rouge_score` does), as GEM's metrics would (`multi_reference_rouge`).", "",
-             "| task | method | seed | references per item | ROUGE-L, own reference | ROUGE-L, all references |",
-             "|---|---|---|---|---|---|"]
+             "`rouge_score` does), as GEM's metrics would (`multi_reference_rouge`).", ""]
+    if uncached:
+        lines += [f"**Not scored on this machine: {', '.join(uncached)}.** Their test data is not in the task cache. "
+                  "Load each once where the network reaches PyPI (`python -c \"from jolalens.tasks import load_task_splits; "
+                  "load_task_splits('TASK', n_train=0, n_valid=0, n_test=1)\"`) and rerun this report.", ""]
+    if table.empty:
+        return lines
+    lines += ["| task | method | seed | references per item | ROUGE-L, own reference | ROUGE-L, all references |",
+              "|---|---|---|---|---|---|"]
     return lines + [f"| {r.task} | {r.method} | {r.seed} | {r.references_per_item:.1f} | {r.rougeL_own_reference:.1f} | "
                     f"{r.rougeL_all_references:.1f} |" for r in table.itertuples()]
 
@@ -533,7 +549,11 @@ def report(out: Path, *, attribution: bool = True) -> str:
                 lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)
             else:
                 lines += _paired_score_section(paired_score_differences(out, group))
-                lines += _multi_reference_section(multi_reference_rouge(out, group))
+                uncached = uncached_run_tasks(out, group)
+                if uncached:
+                    print(f"warning: {', '.join(uncached)} not in the task cache; the multi-reference GEM section "
+                          "leaves them out and says so", file=sys.stderr)
+                lines += _multi_reference_section(multi_reference_rouge(out, group), uncached)
     curve = datasize_curve(out)
     if not curve.empty:
         cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])

@@ -592,6 +592,16 @@ def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_p
     assert table[["task", "method", "seed"]].values.tolist() == [["e2e_nlg", "red", 0]]
     assert table["rougeL_all_references"].iloc[0] == pytest.approx(100.0) and table["references_per_item"].iloc[0] == 2.0
     assert report._multi_reference_section(table)[-1] == "| e2e_nlg | red | 0 | 2.0 | 40.0 | 100.0 |"
+    # a task with runs but no cached data is named, not dropped silently
+    assert report.uncached_run_tasks(tmp_path / "grid") == []
+    lost = tmp_path / "grid" / "nlg" / "runs" / "web_nlg" / "jola" / "seed0"
+    lost.mkdir(parents=True)
+    (lost / "result.json").write_text(json.dumps({"score": 30.0, "n_test": 4}))
+    assert report.uncached_run_tasks(tmp_path / "grid") == ["web_nlg"]
+    assert report.multi_reference_rouge(tmp_path / "grid")["task"].tolist() == ["e2e_nlg"]
+    section = report._multi_reference_section(table, ["web_nlg"])
+    assert any("Not scored on this machine: web_nlg" in line for line in section) and section[-1].startswith("| e2e_nlg")
+    assert report._multi_reference_section(table.iloc[:0], ["web_nlg"])[-2].startswith("**Not scored")
 
 
 def test_eos_probe_summarises_a_cell_with_both_protocols(tmp_path):
