@@ -24,6 +24,10 @@ coordinator with other ``--tasks`` or ``--methods`` can run beside the first. Us
 before a session ends; unlike a claim file written by hand, it holds for this invocation only and
 no worker waits on it.
 
+``--deadline S`` is for a machine lent by the minute: claims stop at 85% of S and the workers are
+killed at S, whatever they run. ``--let-running-finish`` turns it into a soft deadline for a
+machine of one's own: claims stop at S and running cells are left to finish.
+
 ``--snapshot DIR`` packs what the run finished (edits over 300 kB left out) into tarballs of at most
 14 MiB under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
 Files the output folder already held when the run started are not packed again.
@@ -309,6 +313,20 @@ def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
     return rescore_generation(model, cell, out, config, edit_dir=again.run_dir(out) / "edit", provenance=provenance)
 
 
+def deadline_times(t0: float, deadline: float | None, *, let_running_finish: bool = False) -> tuple[float | None, float | None]:
+    """When to stop claiming cells and when to kill the workers (``None``: never).
+
+    A lent machine stops claiming at 85% of the deadline and kills at 100%, so that the lease ends
+    with its results packed; with ``let_running_finish`` claims stop at the deadline and nothing is
+    killed, so that no cell's hours are thrown away on a machine that is not lent by the minute.
+    """
+    if deadline is None:
+        return None, None
+    if let_running_finish:
+        return t0 + deadline, None
+    return t0 + 0.85 * deadline, t0 + deadline
+
+
 def worker(args: argparse.Namespace, index: int) -> int:
     """Claim and run cells until none is left or the claim deadline passes."""
     import torch
@@ -461,6 +479,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="speed only; not part of the protocol")
     parser.add_argument("--deadline", type=float, default=None, help="seconds: stop claiming cells at 85%%, stop workers at 100%%")
+    parser.add_argument("--let-running-finish", action="store_true",
+                        help="with --deadline: stop claiming at the deadline and let running cells finish (no kill)")
     parser.add_argument("--snapshot", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
     parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
@@ -483,6 +503,8 @@ def main() -> int:
     args.methods = None if args.methods is None else set(args.methods.split(","))
     args.tasks = None if args.tasks is None else set(args.tasks.split(","))
     args.skip = () if not args.skip else tuple(args.skip.split(","))
+    if args.let_running_finish and args.deadline is None:
+        parser.error("--let-running-finish softens --deadline; give --deadline SECONDS too")
     keys = [c.key for c in plan()]
     unmatched = [pat for pat in args.skip if not any(fnmatch.fnmatchcase(k, pat) for k in keys)]
     if unmatched:
@@ -564,7 +586,7 @@ def coordinate(args: argparse.Namespace) -> int:
     log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{socket.gethostname()}-{os.getpid()}"
     log_dir.mkdir(parents=True)
     (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
-    stop_claiming = t0 + 0.85 * args.deadline if args.deadline else None
+    stop_claiming, kill_at = deadline_times(t0, args.deadline, let_running_finish=args.let_running_finish)
     base = [sys.executable, __file__, "--out", str(out), "--device", args.device, "--threads", str(args.threads),
             "--eval-batch-size", str(args.eval_batch_size), "--log-dir", str(log_dir)]
     if args.smoke:
@@ -579,13 +601,13 @@ def coordinate(args: argparse.Namespace) -> int:
         base += ["--tasks", ",".join(sorted(args.tasks))]
     if args.skip:
         base += ["--skip", ",".join(args.skip)]
-    if stop_claiming:
+    if stop_claiming is not None:
         base += ["--stop-claiming-at", str(stop_claiming)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([*base, "--worker-index", str(i)], env=env, start_new_session=True) for i in range(args.workers)]
     last_snap = 0.0
     while any(p.poll() is None for p in procs):
-        if args.deadline and time.time() > t0 + args.deadline:
+        if kill_at is not None and time.time() > kill_at:
             for p in procs:
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)

@@ -145,6 +145,15 @@ def test_skip_leaves_out_matching_cells_and_names_a_pattern_that_matches_none(tm
     assert wrong.returncode == 2 and "--skip: ['piqa_bitfit'] match no cell" in wrong.stderr
 
 
+def test_a_soft_deadline_stops_claims_at_the_deadline_and_kills_nothing():
+    assert grid.deadline_times(100.0, None) == (None, None)
+    assert grid.deadline_times(100.0, 1000.0) == (950.0, 1100.0), "lent machine: claims stop at 85%, kill at 100%"
+    assert grid.deadline_times(100.0, 1000.0, let_running_finish=True) == (1100.0, None)
+    script = Path(__file__).parents[2] / "benchmarks" / "paper_grid.py"
+    wrong = subprocess.run([sys.executable, str(script), "--plan", "--let-running-finish"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "give --deadline SECONDS too" in wrong.stderr
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_grid_results_are_committed_but_lora_weights_are_not():
     """A fresh clone (and a lent GPU, which gets the tracked tree) must see the finished cells."""
