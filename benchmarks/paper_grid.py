@@ -151,6 +151,17 @@ def _ready(cell: Cell, out: Path) -> bool:
     return cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
 
 
+def waits_on_a_running_run(todo: list[Cell], out: Path) -> bool:
+    """Whether a re-scoring cell left to do needs a main run that a worker is running now; a
+    worker with nothing else to claim waits for it and exits otherwise."""
+    for cell in todo:
+        main = Cell("main", cell.task, cell.method, cell.seed)
+        if (cell.group == "gen" and not _ready(cell, out) and (out / "claims" / main.key).exists()
+                and not (main.run_dir(out) / "error.txt").exists()):
+            return True
+    return False
+
+
 def _claim(cell: Cell, out: Path, worker: int) -> bool:
     path = out / "claims" / cell.key
     try:
@@ -354,10 +365,8 @@ def worker(args: argparse.Namespace, index: int) -> int:
         todo = [c for c in cells if not _done(c, out)]
         ready = [c for c in todo if _ready(c, out) and not (out / "claims" / c.key).exists()]
         if not ready:
-            running = [c for c in todo if c.group != "gen" and (out / "claims" / c.key).exists()
-                       and not (c.run_dir(out) / "error.txt").exists()]
-            if not running:
-                break  # done, claimed, or waiting on a main run that failed
+            if not waits_on_a_running_run(todo, out):
+                break  # done, claimed by another worker, or waiting on a main run that failed
             time.sleep(5)  # re-scoring cells wait for their main run
             continue
         cell = ready[0]

@@ -62,6 +62,17 @@ def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
     assert grid._ready(gen, tmp_path) and grid._done(cell, tmp_path) and not grid._done(gen, tmp_path)
 
 
+def test_a_worker_waits_only_for_a_running_run_that_a_rescoring_cell_needs(tmp_path):
+    (tmp_path / "claims").mkdir()
+    main, other, gen = grid.Cell("main", "piqa", "lora", 2), grid.Cell("main", "siqa", "lora", 2), grid.Cell("gen", "piqa", "lora", 2)
+    assert grid._claim(main, tmp_path, 0) and grid._claim(other, tmp_path, 1)
+    assert not grid.waits_on_a_running_run([main, other], tmp_path), "no re-scoring cell: nothing to wait for"
+    assert grid.waits_on_a_running_run([main, other, gen], tmp_path)
+    main.run_dir(tmp_path).mkdir(parents=True)
+    (main.run_dir(tmp_path) / "error.txt").write_text("failed\n")
+    assert not grid.waits_on_a_running_run([main, other, gen], tmp_path), "its main run failed: waiting is futile"
+
+
 def _names(parts):
     names = []
     for part in parts:
