@@ -512,6 +512,7 @@ def report(out: Path, *, attribution: bool = True) -> str:
     lines += _seed_section(cells, gen)
     lines += _baseline_seed_section(cells, gen)
     lines += _ablation_section(seed0, out / "main" / "runs")
+    lines += _ablation_later_seeds_section(ablation_later_seeds(cells, gen, out / "main" / "runs"))
     lines += _repeat_section(out)
     lines += _near_tie_section(cells)
     if not gen.empty:
@@ -872,6 +873,67 @@ def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
         return f"{_pct(c['accuracy'])}{delta}, closed {closed}%"
 
     return lines + _task_table("variant", [(label, method) for method, label in ABLATIONS.items()], tasks, ablation_cell)
+
+
+def answer_shares(items: pd.DataFrame, top: int = 3) -> str:
+    """The run's most frequent test answers and their shares, e.g. ``answer3 86%, answer1 8%``."""
+    shares = items["prediction"].astype(str).value_counts(normalize=True).iloc[:top]
+    return ", ".join(f"{label} {100 * share:.0f}%" for label, share in shares.items())
+
+
+def ablation_later_seeds(cells: pd.DataFrame, gen: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """Every ablation run with a seed above 0 against JoLA's run with the same seed and task.
+
+    One row per run, JoLA's own first in each (task, seed): accuracy, generation-protocol accuracy,
+    the difference from JoLA, the exact McNemar p and the number of changed answers on the same
+    items, the most frequent answers, closed gates and the kept epoch."""
+    later = cells[cells["method"].isin(list(ABLATIONS)) & (cells["seed"] > 0)]
+    pairs = sorted(set(zip(later.loc[later["method"] != "jola", "task"], later.loc[later["method"] != "jola", "seed"],
+                           strict=True)))
+    gen_acc = ({} if gen.empty else
+               {(r.task, r.method, r.seed): r.accuracy for r in gen[["task", "method", "seed", "accuracy"]].itertuples()})
+    rows = []
+    for task, seed in pairs:
+        here = later[(later["task"] == task) & (later["seed"] == seed)]
+        jola_run = runs_dir / task / "jola" / f"seed{seed}"
+        jola_items = read_items(jola_run)
+        jola_acc = here.loc[here["method"] == "jola", "accuracy"]
+        for method in [m for m in ABLATIONS if m in set(here["method"])]:
+            c = here[here["method"] == method].iloc[0]
+            items = read_items(runs_dir / task / method / f"seed{seed}")
+            vs_jola = method != "jola" and items is not None and jola_items is not None and same_items(items, jola_items)
+            rows.append({
+                "task": task, "seed": int(seed), "method": method, "accuracy": float(c["accuracy"]),
+                "gen_accuracy": gen_acc.get((task, method, seed), float("nan")),
+                "minus_jola": float(c["accuracy"] - jola_acc.iloc[0]) if method != "jola" and len(jola_acc) else float("nan"),
+                "mcnemar_p": items_p(items, jola_items) if vs_jola else float("nan"),
+                "changed_vs_jola": changed_answers(items, jola_items) if vs_jola else float("nan"),
+                "n_test": int(c["n_test"]), "answers": answer_shares(items) if items is not None else "",
+                "closed_additive": c.get("closed_additive", float("nan")),
+                "closed_multiplicative": c.get("closed_multiplicative", float("nan")),
+                "best_epoch": c.get("best_epoch", float("nan"))})
+    return pd.DataFrame(rows)
+
+
+def _ablation_later_seeds_section(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["", "## The paper's ablations, later seeds: each run against JoLA's run with the same seed", "",
+             "Per (task, seed), JoLA's run first, then each ablation: log-likelihood accuracy (generation-protocol "
+             "accuracy of the same edit), accuracy − JoLA's in points (exact McNemar p on the same test items), "
+             "answers changed from JoLA's, the three most frequent answers with their shares, closed additive / "
+             "multiplicative gates and the kept epoch.", "",
+             "| task | seed | variant | accuracy (gen) | Δ vs JoLA (p) | changed | most frequent answers | closed | epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        delta = "–" if pd.isna(r["minus_jola"]) else (
+            f"{100 * r['minus_jola']:+.1f}" + ("" if pd.isna(r["mcnemar_p"]) else f" (p={r['mcnemar_p']:.2g})"))
+        changed = "–" if pd.isna(r["changed_vs_jola"]) else f"{int(r['changed_vs_jola'])} / {r['n_test']}"
+        closed = "/".join(_pct(r[f"closed_{k}"]) for k in ("additive", "multiplicative"))
+        epoch = "–" if pd.isna(r["best_epoch"]) else str(int(r["best_epoch"]))
+        lines.append(f"| {r['task']} | {r['seed']} | {ABLATIONS[r['method']]} | {_pct(r['accuracy'])} "
+                     f"({_pct(r['gen_accuracy'])}) | {delta} | {changed} | {r['answers']} | {closed}% | {epoch} |")
+    return lines
 
 
 def _repeat_section(out: Path) -> list[str]:

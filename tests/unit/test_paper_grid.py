@@ -235,6 +235,41 @@ def test_ablation_table_reads_against_jola(tmp_path):
     assert report._ablation_section(seed0[seed0["method"] == "jola"], tmp_path) == []
 
 
+def test_ablation_later_seeds_stand_against_jolas_same_seed(tmp_path):
+    import pandas as pd
+
+    answers = {"jola": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"],  # right on items 0-5
+               "jola_no_gate": ["b"] * 10,
+               "jola_additive": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"]}
+    gold = ["a", "b", "c", "a", "b", "c", "c", "c", "c", "b"]
+    for method, pred in answers.items():
+        for seed in (0, 2):
+            run = tmp_path / "arc_easy" / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            pd.DataFrame({"item": range(10), "answer": gold, "prediction": pred,
+                          "correct": [p == g for p, g in zip(pred, gold, strict=True)]}).to_csv(run / "test_items.csv", index=False)
+    cells = pd.DataFrame([
+        {"task": "arc_easy", "method": m, "seed": seed, "accuracy": acc, "n_test": 10, "closed_additive": ca,
+         "closed_multiplicative": 0.0, "best_epoch": 2}
+        for seed in (0, 2)
+        for m, acc, ca in (("jola", 0.6, 0.0), ("jola_no_gate", 0.3, float("nan")), ("jola_additive", 0.6, 0.9))])
+    gen = pd.DataFrame([{"task": "arc_easy", "method": "jola_no_gate", "seed": 2, "accuracy": 0.1}])
+    table = report.ablation_later_seeds(cells, gen, tmp_path)
+    assert table["seed"].unique().tolist() == [2], "seed 0 has its own section"
+    assert table["method"].tolist() == ["jola", "jola_additive", "jola_no_gate"], "JoLA's own run first"
+    row = table.set_index("method").loc["jola_no_gate"]
+    # JoLA right alone on items 0, 2, 3, 5; no gates right alone on item 9
+    assert row["mcnemar_p"] == pytest.approx(report.mcnemar_p(4, 1))
+    assert row["changed_vs_jola"] == 7 and row["minus_jola"] == pytest.approx(-0.3)
+    assert row["answers"] == "b 100%"
+    assert table.set_index("method").loc["jola", "answers"] == "a 50%, b 30%, c 20%"
+    text = "\n".join(report._ablation_later_seeds_section(table))
+    assert "| arc_easy | 2 | no gates | 30.0 (10.0) | -30.0 (p=0.38) | 7 / 10 | b 100% | –/0.0% | 2 |" in text
+    assert "| arc_easy | 2 | additive only | 60.0 (–) | +0.0 (p=1) | 0 / 10 | a 50%, b 30%, c 20% | 90.0/0.0% | 2 |" in text
+    assert "| arc_easy | 2 | JoLA (both edits, separate gates) | 60.0 (–) | – | – |" in text
+    assert report._ablation_later_seeds_section(report.ablation_later_seeds(cells[cells["seed"] == 0], gen, tmp_path)) == []
+
+
 def test_report_from_a_small_grid(tmp_path):
     """The whole report on two runs: main table, ablations, and the generation-protocol table."""
     import pandas as pd
