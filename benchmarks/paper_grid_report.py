@@ -132,6 +132,7 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
             row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
                    "accuracy": float(items["correct"].mean()), "n_test": len(items),
                    "label_prior_accuracy": label_prior_accuracy(items),
+                   "top_label": str(items["prediction"].astype(str).value_counts().index[0]),
                    "top_label_share": float(items["prediction"].astype(str).value_counts(normalize=True).iloc[0]),
                    "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
                    "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {})),
@@ -781,16 +782,18 @@ def _baseline_seed_section(cells: pd.DataFrame, gen: pd.DataFrame) -> list[str]:
     lines = ["", "## The other methods seed by seed: test accuracy (%), the test against zero-shot, what was kept", "",
              "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
              "(McNemar p), answers changed from zero-shot's on the same test items, label-prior accuracy, "
-             "the kept hyper-parameters. Only the method-task pairs with more than one seed.", "",
-             "| method | task | seed | accuracy (gen) | Δ vs zero-shot (p) | changed | label-prior | kept |",
-             "|---|---|---|---|---|---|---|---|"]
+             "the kept hyper-parameters, the most frequent answer and its share. Only the method-task pairs "
+             "with more than one seed.", "",
+             "| method | task | seed | accuracy (gen) | Δ vs zero-shot (p) | changed | label-prior | kept | top answer |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs.to_dict("records"):
         changed = r.get("changed_vs_zeroshot", float("nan"))
         lines.append(f"| {r['method']} | {r['task']} | {r['seed']} | {_pct(r['accuracy'])} "
                      f"({_pct(r.get('gen_accuracy', float('nan')))}) | "
                      f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
                      f"{'–' if pd.isna(changed) else int(changed)} / {r['n_test']} | "
-                     f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} |")
+                     f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} | "
+                     f"{r.get('top_label', '–')} {100 * r.get('top_label_share', float('nan')):.0f}% |")
     return lines
 
 

@@ -530,7 +530,7 @@ def test_baseline_seed_section_lists_only_methods_with_several_seeds():
     import pandas as pd
 
     base = {"task": "boolq", "label_prior_accuracy": 0.6, "minus_zeroshot": 0.002, "mcnemar_p": 1.0, "n_test": 500,
-            "hyperparameters": '{"alpha": 5.0}'}
+            "hyperparameters": '{"alpha": 5.0}', "top_label": "True", "top_label_share": 0.86}
     cells = pd.DataFrame([{**base, "method": "iti", "seed": 0, "accuracy": 0.622, "changed_vs_zeroshot": 478},
                           {**base, "method": "iti", "seed": 1, "accuracy": 0.58, "changed_vs_zeroshot": 1},
                           {**base, "method": "red", "seed": 0, "accuracy": 0.61, "changed_vs_zeroshot": 3},
@@ -538,7 +538,7 @@ def test_baseline_seed_section_lists_only_methods_with_several_seeds():
                           {**base, "method": "jola", "seed": 0, "accuracy": 0.62, "changed_vs_zeroshot": 9}])
     gen = pd.DataFrame([{"task": "boolq", "method": "iti", "seed": 1, "accuracy": 0.01}])
     table = "\n".join(report._baseline_seed_section(cells, gen))
-    assert "| iti | boolq | 0 | 62.2 (–) | +0.2 (p=1) | 478 / 500 | 60.0 |" in table
+    assert "| iti | boolq | 0 | 62.2 (–) | +0.2 (p=1) | 478 / 500 | 60.0 | {\"alpha\": 5.0} | True 86% |" in table
     assert "| iti | boolq | 1 | 58.0 (1.0) |" in table
     assert "| red |" not in table, "one seed: nothing to compare"
     assert "| jola |" not in table, "JoLA has its own section"
