@@ -129,11 +129,11 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
             if not (run / "result.json").is_file() or items is None:
                 continue
             result = json.loads((run / "result.json").read_text())
+            shares = items["prediction"].astype(str).value_counts(normalize=True)
             row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
                    "accuracy": float(items["correct"].mean()), "n_test": len(items),
                    "label_prior_accuracy": label_prior_accuracy(items),
-                   "top_label": str(items["prediction"].astype(str).value_counts().index[0]),
-                   "top_label_share": float(items["prediction"].astype(str).value_counts(normalize=True).iloc[0]),
+                   "top_label": str(shares.index[0]), "top_label_share": float(shares.iloc[0]),
                    "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
                    "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {})),
                    "search_margin": search_margin(run)}
@@ -891,15 +891,14 @@ def ablation_later_seeds(cells: pd.DataFrame, gen: pd.DataFrame, runs_dir: Path)
     the difference from JoLA, the exact McNemar p and the number of changed answers on the same
     items, the most frequent answers, closed gates and the kept epoch."""
     later = cells[cells["method"].isin(list(ABLATIONS)) & (cells["seed"] > 0)]
-    pairs = sorted(set(zip(later.loc[later["method"] != "jola", "task"], later.loc[later["method"] != "jola", "seed"],
-                           strict=True)))
+    ablated = later[later["method"] != "jola"]
+    pairs = sorted(set(zip(ablated["task"], ablated["seed"], strict=True)))
     gen_acc = ({} if gen.empty else
                {(r.task, r.method, r.seed): r.accuracy for r in gen[["task", "method", "seed", "accuracy"]].itertuples()})
     rows = []
     for task, seed in pairs:
         here = later[(later["task"] == task) & (later["seed"] == seed)]
-        jola_run = runs_dir / task / "jola" / f"seed{seed}"
-        jola_items = read_items(jola_run)
+        jola_items = read_items(runs_dir / task / "jola" / f"seed{seed}")
         jola_acc = here.loc[here["method"] == "jola", "accuracy"]
         for method in [m for m in ABLATIONS if m in set(here["method"])]:
             c = here[here["method"] == method].iloc[0]
