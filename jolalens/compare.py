@@ -229,6 +229,34 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
+POINTS_DIR = "points"  # the finished search points of an unfinished run, so that a stopped run resumes at the next point
+POINT_FILE = "point.json"
+
+
+def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: float) -> None:
+    """Keep one finished search point; ``point.json`` is written last and marks it complete."""
+    fitted.edit.save(point_dir / "edit", overwrite=True)
+    _write_json_atomic(point_dir / POINT_FILE, {
+        "hyperparameters": hp, "val_ce": fitted.val_ce, "trainable_parameters": fitted.trainable_parameters,
+        "info": fitted.info, "seconds": seconds})
+
+
+def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[Fitted, float] | None:
+    """A search point an interrupted attempt of this run finished, or ``None`` if there is none for ``hp``."""
+    from .edit import load_edit
+
+    if not (point_dir / POINT_FILE).is_file():
+        return None
+    saved = json.loads((point_dir / POINT_FILE).read_text())
+    if saved["hyperparameters"] != json.loads(json.dumps(hp)):
+        return None
+    try:
+        edit = load_edit(point_dir / "edit", model)
+    except (JolaError, OSError):  # e.g. weights left out of a commit: fit the point again
+        return None
+    return Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"]), float(saved["seconds"])
+
+
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     from .tasks import load_task_splits
 
@@ -237,19 +265,30 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     points = spec.search_space(model_dims(model))[: config.budget]
     ctx: dict[str, Any] = {}
     search, best = [], None
-    t0 = time.perf_counter()
+    fit_seconds = 0.0
     for i, hp in enumerate(points):
-        log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp}")
-        fitted = spec.fit(model, splits.train, splits.valid, hp, cfg, ctx)
-        if not math.isfinite(fitted.val_ce):
-            raise JolaError(f"validation CE is {fitted.val_ce} for {hp}")
+        point_dir = run_dir / POINTS_DIR / f"point{i}"
+        kept = _load_point(model, point_dir, hp)
+        if kept is not None:
+            fitted, seconds = kept
+            log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp} "
+                f"kept from an interrupted attempt (val CE {fitted.val_ce:.4f})")
+        else:
+            log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp}")
+            t0 = time.perf_counter()
+            fitted = spec.fit(model, splits.train, splits.valid, hp, cfg, ctx)
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(fitted.val_ce):
+                raise JolaError(f"validation CE is {fitted.val_ce} for {hp}")
+            if len(points) > 1:
+                _save_point(point_dir, hp, fitted, seconds)
+        fit_seconds += seconds
         search.append({**hp, "val_ce": fitted.val_ce})
         if best is None or fitted.val_ce < best[1].val_ce:  # an exact tie keeps the earlier point
             best = (hp, fitted)
         else:
             del fitted
     assert best is not None
-    fit_seconds = time.perf_counter() - t0
     hp, fitted = best
     fitted.edit.save(run_dir / "edit")
     pd.DataFrame(search).to_csv(run_dir / "search.csv", index=False)
@@ -257,6 +296,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
                       protocol=config.protocol, style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "test_items.csv", index=False)
     metric = "accuracy" if "accuracy" in result.summary else "rougeL"
+    shutil.rmtree(run_dir / POINTS_DIR, ignore_errors=True)  # search.csv and the kept edit hold what they did
     return {
         "task": task, "method": spec.name, "seed": seed, "status": "done",
         "metric": metric, "score": float(result.summary[metric]),
@@ -280,9 +320,13 @@ def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log
                 if (run_dir / RESULT_FILE).is_file():
                     log(f"skip {task}/{name}/seed{seed}: done")
                     continue
-                if run_dir.exists():  # a crashed or interrupted attempt of this very run
-                    shutil.rmtree(run_dir)
-                run_dir.mkdir(parents=True)
+                if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
+                    for stale in run_dir.iterdir():
+                        if stale.is_dir() and stale.name != POINTS_DIR:
+                            shutil.rmtree(stale)
+                        elif not stale.is_dir():
+                            stale.unlink()
+                run_dir.mkdir(parents=True, exist_ok=True)
                 if METHODS[name].needs_choices and not get_task(task).multiple_choice:
                     _write_json_atomic(run_dir / RESULT_FILE, {
                         "task": task, "method": name, "seed": seed, "status": "not_applicable",

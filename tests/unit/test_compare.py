@@ -11,6 +11,7 @@ import jolalens.tasks
 from jolalens import TrainConfig
 from jolalens.compare import METHODS, CompareConfig, markdown_table, run_compare, summarise
 from jolalens.errors import JolaError
+from jolalens.models import model_dims
 from jolalens.testing import choice_splits
 
 ALL = ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot")
@@ -192,3 +193,37 @@ def test_generation_scores_are_not_scaled_twice():
                              "trainable_parameters": 10, "fit_seconds": 1.0}])
     assert "45.2 (n=1)" in markdown_table(summary, scale=1.0)
     assert "4525.0" in markdown_table(summary)
+
+
+@pytest.mark.parametrize("name", ["jola", "lofit", "lora"])
+def test_a_stopped_run_resumes_at_its_next_search_point(tiny, tmp_path, patched, monkeypatch, name):
+    """A run stopped after its first search point refits only the second, and ends as an unbroken run does."""
+    config = _config(methods=(name,), budget=2)
+    whole = run_compare(tiny, config, tmp_path / "whole", log=lambda s: None)
+
+    spec, calls = METHODS[name], []
+
+    def stopped_at_second_point(*args):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a killed worker would stop
+        return spec.fit(*args)
+
+    monkeypatch.setitem(METHODS, name, replace(spec, fit=stopped_at_second_point))
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(tiny, config, tmp_path / "cut", log=lambda s: None)
+    run = tmp_path / "cut" / "runs" / "arc_easy" / name / "seed0"
+    assert (run / "points" / "point0" / "point.json").is_file() and not (run / "result.json").exists()
+
+    calls.clear()
+    monkeypatch.setitem(METHODS, name, replace(spec, fit=lambda *args: calls.append(args[3]) or spec.fit(*args)))
+    logs: list[str] = []
+    resumed = run_compare(tiny, config, tmp_path / "cut", log=logs.append)
+    points = spec.search_space(model_dims(tiny))[:2]
+    assert calls == [points[1]], "only the second point is fitted again"
+    assert any("point 1/2" in line and "kept from an interrupted attempt" in line for line in logs)
+    assert not (run / "points").exists()
+    cols = ["score", "val_ce", "hyperparameters", "trainable_parameters"]
+    pd.testing.assert_frame_equal(resumed[cols], whole[cols])
+    pd.testing.assert_frame_equal(pd.read_csv(run / "search.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "search.csv"))
