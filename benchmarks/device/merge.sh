@@ -7,7 +7,9 @@
 # Every file the results lack is added, none is overwritten: the machine started from a copy of
 # these results, so a file present on both sides is this side's own (a later CPU run's log, a
 # table). New files inside existing run directories (a generation cell's gen_result.json) are
-# added too. An error.txt beside a result.json is left from an earlier failed try and is removed.
+# added too. An error.txt beside a result.json is left from an earlier failed try and is removed,
+# and so is a points/ folder (the search points a stopped CPU attempt kept) once the run has its
+# result.json: the lent machine finished that run and removed its own copy.
 set -euo pipefail
 src=${1:?usage: bash benchmarks/device/merge.sh FOLDER [RESULTS]}
 dest=${2:-benchmarks/results/paper_grid}
@@ -23,4 +25,7 @@ n=$(( $(find "$dest" -type f | wc -l) - before ))
 echo "added $n files"
 find "$dest" -name error.txt | while read -r err; do
   if [ -f "$(dirname "$err")/result.json" ]; then rm "$err"; echo "removed stale $err"; else echo "FAILED run: $err"; fi
+done
+find "$dest" -type d -name points | while read -r pts; do
+  if [ -f "$(dirname "$pts")/result.json" ]; then rm -r "$pts"; echo "removed finished run's $pts"; fi
 done

@@ -715,6 +715,12 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     new.mkdir(parents=True)
     (new / "result.json").write_text("{}")
     (new / "error.txt").write_text("an earlier try failed")
+    kept = results / "main" / "runs" / "piqa" / "red" / "seed1" / "points" / "point0"  # a stopped CPU attempt's point
+    kept.mkdir(parents=True)
+    (kept / "point.json").write_text("{}")
+    unfinished = results / "main" / "runs" / "siqa" / "red" / "seed1" / "points" / "point0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "point.json").write_text("{}")
     (machine / "logs" / "20261128-cuda").mkdir(parents=True)
     (machine / "logs" / "20261128-cuda" / "worker0.log").write_text("done\n")
     back.mkdir()
@@ -727,6 +733,8 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     assert (results / "main" / "runs" / "boolq" / "red" / "seed0" / "gen_result.json").is_file()
     assert (results / "main" / "runs" / "piqa" / "red" / "seed1" / "result.json").is_file()
     assert not (results / "main" / "runs" / "piqa" / "red" / "seed1" / "error.txt").exists()
+    assert not kept.parent.exists(), "the finished run's kept search points are removed"
+    assert (unfinished / "point.json").is_file(), "a run still unfinished keeps its points"
     assert (results / "logs" / "20261128-cuda" / "worker0.log").read_text() == "done\n"
     assert (results / "main" / "summary.md").read_text() == "table of results", "the tree's own file is kept"
     assert "added 4 files" in done.stdout
