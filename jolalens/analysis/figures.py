@@ -376,11 +376,34 @@ def save_figures(
         raise FigureExportError(f"Cannot write {png_paths[0]}: kaleido is not installed.\n{PNG_SETUP}") from exc
     import plotly.io as pio
 
+    stamps = {png: _stamp(png) for png in png_paths}
     try:
         pio.write_images([fig for fig, _ in items], png_paths, format="png", scale=scale)
     except Exception as exc:  # kaleido/choreographer raise assorted types when Chrome is missing
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FigureExportError(
-            f"Cannot write {png_paths[0]}: {type(exc).__name__}: {first}\n{PNG_SETUP}"
-        ) from exc
+        raise _export_error(png_paths[0], exc) from exc
+    # kaleido's batch call returns a figure's render error instead of raising it, after deleting
+    # that figure's old PNG (seen once: a render that timed out on a loaded 2-core machine).
+    # Redo each PNG the batch did not write, one at a time, where an error does raise.
+    for (fig, _), png in zip(items, png_paths, strict=True):
+        if _stamp(png) is None or _stamp(png) == stamps[png]:
+            try:
+                pio.write_image(fig, png, format="png", scale=scale)
+            except Exception as exc:
+                raise _export_error(png, exc) from exc
+            if _stamp(png) is None:
+                raise FigureExportError(f"Cannot write {png}: kaleido reported success but wrote no file.\n{PNG_SETUP}")
     return [p for pair in zip(html_paths, png_paths, strict=True) for p in pair]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's (size, mtime in ns), or ``None`` when it is missing or empty."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if stat.st_size else None
+
+
+def _export_error(png: Path, exc: Exception) -> FigureExportError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return FigureExportError(f"Cannot write {png}: {type(exc).__name__}: {first}\n{PNG_SETUP}")

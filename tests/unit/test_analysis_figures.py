@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from jolalens.analysis import (
     head_heatmap,
     method_bar,
     save_figure,
+    save_figures,
     side_by_side,
     similarity_matrix,
     training_curves,
@@ -122,3 +124,45 @@ def test_save_figure_names_the_fix_without_chrome(tmp_path, monkeypatch):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
     with pytest.raises(FigureExportError, match="BROWSER_PATH"):
         save_figure(head_heatmap(torch.rand(2, 2)), tmp_path / "fig")
+
+
+def _fake_kaleido(monkeypatch, *, batch_skips: set[str], single_writes: bool = True):
+    """Stand in for kaleido: the batch call silently skips (and deletes) some PNGs, as kaleido does."""
+    import plotly.io as pio
+
+    pytest.importorskip("kaleido")
+    singles = []
+
+    def write_images(figs, paths, **kwargs):
+        for path in paths:
+            path = Path(path)
+            if path.name in batch_skips:
+                path.unlink(missing_ok=True)  # kaleido deletes the old file on a render error
+            else:
+                path.write_bytes(b"\x89PNG batch")
+
+    def write_image(fig, path, **kwargs):
+        singles.append(Path(path).name)
+        if single_writes:
+            Path(path).write_bytes(b"\x89PNG single")
+
+    monkeypatch.setattr(pio, "write_images", write_images)
+    monkeypatch.setattr(pio, "write_image", write_image)
+    return singles
+
+
+def test_save_figures_redoes_a_png_the_batch_silently_dropped(tmp_path, monkeypatch):
+    singles = _fake_kaleido(monkeypatch, batch_skips={"b.png"})
+    (tmp_path / "b.png").write_bytes(b"old")
+    fig = head_heatmap(torch.rand(2, 2))
+    save_figures([(fig, tmp_path / "a"), (fig, tmp_path / "b")])
+    assert singles == ["b.png"], "only the dropped figure is rendered again"
+    assert (tmp_path / "a.png").read_bytes() == b"\x89PNG batch"
+    assert (tmp_path / "b.png").read_bytes() == b"\x89PNG single"
+
+
+def test_save_figures_raises_naming_a_png_that_cannot_be_written(tmp_path, monkeypatch):
+    _fake_kaleido(monkeypatch, batch_skips={"b.png"}, single_writes=False)
+    fig = head_heatmap(torch.rand(2, 2))
+    with pytest.raises(FigureExportError, match=r"b\.png.*wrote no file"):
+        save_figures([(fig, tmp_path / "a"), (fig, tmp_path / "b")])
