@@ -356,7 +356,11 @@ def save_figure(
 def save_figures(
     items: Sequence[tuple[go.Figure, str | Path]], *, scale: float = 2.0, include_plotlyjs: bool | str = "cdn"
 ) -> list[Path]:
-    """:func:`save_figure` for many figures, sharing one browser for the PNGs (much faster)."""
+    """:func:`save_figure` for many figures, sharing one browser for the PNGs (much faster).
+
+    Every PNG is checked afterwards: one the shared render dropped is rendered again alone, and
+    one that still cannot be written raises :class:`FigureExportError` naming it.
+    """
     html_paths, png_paths = [], []
     for fig, path in items:
         path = Path(path)
