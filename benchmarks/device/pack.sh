@@ -24,7 +24,8 @@ $py -m pip wheel -q --no-deps -w .xfer1/whl "rouge-score==$(ver rouge-score)"
 cp "$gguf" /tmp/jolalens-payload/model.gguf
 (cd "$cache" && tar -cf - tasks | xz -9 -T0 -c) > /tmp/jolalens-payload/tasks.tar.xz
 (cd /tmp/jolalens-payload && sha256sum model.gguf tasks.tar.xz > SHA256SUMS && tar -cf ../jolalens-payload.tar model.gguf tasks.tar.xz SHA256SUMS)
-tree=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s}')
+# a file deleted from the working tree is not carried: stat skips it without failing the sum
+tree=$( (git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null || true) | awk '{s+=$1} END {print s}')
 room=$((64 * 1024 * 1024 - tree - 2 * 1024 * 1024))   # 2 MiB margin for the tree growing
 whl=$(du -cb .xfer1/whl | tail -1 | cut -f1)
 first=$((room - whl))
