@@ -233,16 +233,17 @@ POINTS_DIR = "points"  # the finished search points of an unfinished run, so tha
 POINT_FILE = "point.json"
 
 
-def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: float) -> None:
+def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: float, device: str) -> None:
     """Keep one finished search point; ``point.json`` is written last and marks it complete."""
     fitted.edit.save(point_dir / "edit", overwrite=True)
     _write_json_atomic(point_dir / POINT_FILE, {
         "hyperparameters": hp, "val_ce": fitted.val_ce, "trainable_parameters": fitted.trainable_parameters,
-        "info": fitted.info, "seconds": seconds})
+        "info": fitted.info, "seconds": seconds, "device": device})
 
 
-def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[Fitted, float] | None:
-    """A search point an interrupted attempt of this run finished, or ``None`` if there is none for ``hp``."""
+def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[Fitted, float, str] | None:
+    """A search point an interrupted attempt of this run finished (with its fit seconds and the device
+    it was fitted on), or ``None`` if there is none for ``hp``."""
     from .edit import load_edit
 
     if not (point_dir / POINT_FILE).is_file():
@@ -254,7 +255,8 @@ def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[
         edit = load_edit(point_dir / "edit", model)
     except (JolaError, OSError):  # e.g. weights left out of a commit: fit the point again
         return None
-    return Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"]), float(saved["seconds"])
+    fitted = Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"])
+    return fitted, float(saved["seconds"]), str(saved.get("device", "unrecorded"))
 
 
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -266,11 +268,14 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     ctx: dict[str, Any] = {}
     search, best = [], None
     fit_seconds = 0.0
+    device = str(next(model.parameters()).device)
+    resumed: list[dict[str, Any]] = []  # points fitted by an earlier attempt, perhaps on another device
     for i, hp in enumerate(points):
         point_dir = run_dir / POINTS_DIR / f"point{i}"
         kept = _load_point(model, point_dir, hp)
         if kept is not None:
-            fitted, seconds = kept
+            fitted, seconds, kept_on = kept
+            resumed.append({"point": i + 1, "device": kept_on, "fit_seconds": round(seconds, 1)})
             log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp} "
                 f"kept from an interrupted attempt (val CE {fitted.val_ce:.4f})")
         else:
@@ -281,7 +286,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
             if not math.isfinite(fitted.val_ce):
                 raise JolaError(f"validation CE is {fitted.val_ce} for {hp}")
             if len(points) > 1:
-                _save_point(point_dir, hp, fitted, seconds)
+                _save_point(point_dir, hp, fitted, seconds, device)
         fit_seconds += seconds
         search.append({**hp, "val_ce": fitted.val_ce})
         if best is None or fitted.val_ce < best[1].val_ce:  # an exact tie keeps the earlier point
@@ -297,16 +302,19 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "test_items.csv", index=False)
     metric = "accuracy" if "accuracy" in result.summary else "rougeL"
     shutil.rmtree(run_dir / POINTS_DIR, ignore_errors=True)  # search.csv and the kept edit hold what they did
-    return {
+    row = {
         "task": task, "method": spec.name, "seed": seed, "status": "done",
         "metric": metric, "score": float(result.summary[metric]),
         "n_test": len(splits.test), "n_train": len(splits.train), "n_valid": len(splits.valid),
         "val_ce": fitted.val_ce, "hyperparameters": hp,
         "trainable_parameters": fitted.trainable_parameters,
         "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(float(result.summary["seconds"]), 1),
-        "device": str(next(model.parameters()).device),
+        "device": device,
         "info": fitted.info,
     }
+    if resumed:  # fit_seconds then sums attempts that may have run on different devices
+        row["resumed_points"] = resumed
+    return row
 
 
 def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
@@ -358,6 +366,8 @@ def collect(out: str | Path) -> pd.DataFrame:
             row = json.loads((run_dir / RESULT_FILE).read_text())
             row["hyperparameters"] = json.dumps(row.get("hyperparameters", {}), sort_keys=True)
             row["info"] = json.dumps(row.get("info", {}), sort_keys=True)
+            if "resumed_points" in row:
+                row["resumed_points"] = json.dumps(row["resumed_points"])
             rows.append(row)
         elif (run_dir / "error.txt").is_file():
             rows.append({"task": task, "method": method, "seed": seed, "status": "failed"})
@@ -376,13 +386,27 @@ def _finished(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["status"] == "done"] if "status" in results else results
 
 
+def _resumed_elsewhere(results: pd.DataFrame) -> pd.Series:
+    """Whether a run kept a search point that an earlier attempt fitted on another device."""
+    if "resumed_points" not in results:
+        return pd.Series(False, index=results.index)
+
+    def elsewhere(kept: Any, device: Any) -> bool:
+        if not isinstance(kept, str):
+            return False
+        return any(point.get("device") != device for point in json.loads(kept))
+
+    return pd.Series([elsewhere(k, d) for k, d in zip(results["resumed_points"], results["device"], strict=True)], index=results.index)
+
+
 def usual_device_times(results: pd.DataFrame) -> pd.DataFrame:
-    """Wall times kept only for runs on the usual device: a run moved to a slower machine would
-    make its method's mean time incomparable (its score is kept)."""
+    """Wall times kept only for runs wholly on the usual device: a run moved to a slower machine,
+    or one that kept a search point fitted elsewhere, would make its method's mean time
+    incomparable (its score is kept)."""
     usual = usual_device(results)
     if usual is None:
         return results
-    same = results["device"] == usual
+    same = (results["device"] == usual) & ~_resumed_elsewhere(results)
     return results.assign(fit_seconds=results["fit_seconds"].where(same), eval_seconds=results["eval_seconds"].where(same))
 
 

@@ -125,6 +125,10 @@ def test_fit_time_mean_leaves_out_runs_on_another_device(tmp_path):
     kept = usual_device_times(results)
     assert kept["fit_seconds"].iloc[:2].tolist() == [10.0, 20.0] and pd.isna(kept["fit_seconds"].iloc[2])
     assert pd.isna(kept["eval_seconds"].iloc[2])
+    mixed = results.assign(resumed_points=[None, json.dumps([{"point": 1, "device": "cpu"}]), None])
+    assert pd.isna(usual_device_times(mixed)["fit_seconds"].iloc[1]), "a point fitted on the CPU makes the run's time mixed"
+    same = results.assign(resumed_points=[json.dumps([{"point": 1, "device": "cuda:0"}]), None, None])
+    assert usual_device_times(same)["fit_seconds"].iloc[0] == 10.0
     for seed, device, fit in [(0, "cuda:0", 10.0), (1, "cuda:0", 20.0), (2, "cpu", 1000.0)]:
         run = tmp_path / "runs" / "a" / "jola" / f"seed{seed}"
         run.mkdir(parents=True)
@@ -223,6 +227,9 @@ def test_a_stopped_run_resumes_at_its_next_search_point(tiny, tmp_path, patched,
     assert calls == [points[1]], "only the second point is fitted again"
     assert any("point 1/2" in line and "kept from an interrupted attempt" in line for line in logs)
     assert not (run / "points").exists()
+    kept = json.loads((run / "result.json").read_text())["resumed_points"]
+    assert [(k["point"], k["device"]) for k in kept] == [(1, "cpu")], "the result says which point an earlier attempt fitted, and where"
+    assert "resumed_points" not in json.loads((tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "result.json").read_text())
     cols = ["score", "val_ce", "hyperparameters", "trainable_parameters"]
     pd.testing.assert_frame_equal(resumed[cols], whole[cols])
     pd.testing.assert_frame_equal(pd.read_csv(run / "search.csv"),
