@@ -372,6 +372,11 @@ def worker(args: argparse.Namespace, index: int) -> int:
         cell = ready[0]
         if not _claim(cell, out, index):
             continue
+        if cell.group == "main":
+            # this worker scores the run's generation protocol itself once the run is done: hold
+            # the re-scoring cell, or an idle worker would claim it the moment result.json appears
+            # and score the same edit a second time beside this one (the eighth lease did, 9 times)
+            _claim(Cell("gen", cell.task, cell.method, cell.seed), out, index)
         t0 = time.perf_counter()
         log(f"start {cell.key}")
         try:

@@ -472,6 +472,41 @@ def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
     assert "error.txt" in log
 
 
+def test_a_main_cell_holds_its_rescoring_cell_while_it_runs(tmp_path, monkeypatch):
+    """An idle worker must not score a run's generation protocol while the run's own worker does."""
+    import argparse
+
+    import jolalens
+    import jolalens.compare
+
+    main = grid.Cell("main", "arc_easy", "jola", 1)
+    gen = grid.Cell("gen", "arc_easy", "jola", 1)
+    seen = []
+
+    def finishing_run(model, config, out, log):
+        run = out / "runs" / "arc_easy" / "jola" / "seed1"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text("{}")
+        ready = [c for c in [gen] if grid._ready(c, tmp_path) and not (tmp_path / "claims" / c.key).exists()]
+        seen.append(ready)  # what another worker would find claimable now
+
+    def rescore(model, cell, out, config):
+        (main.run_dir(out) / "gen_result.json").write_text("{}")
+        return {"accuracy": 0.5}
+
+    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
+    monkeypatch.setattr(jolalens.compare, "run_compare", finishing_run)
+    monkeypatch.setattr(grid, "rescore_generation", rescore)
+    (tmp_path / "claims").mkdir()
+    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main", "gen"}, tasks={"arc_easy"},
+                              skip=("main__*__seed0", "main__*__seed2", "gen__*__seed2"), out=tmp_path, smoke=True,
+                              stop_claiming_at=None, tf32=False, threads=1, log_dir=tmp_path / "logs")
+    assert grid.worker(args, 0) == 0
+    assert seen == [[]], "the re-scoring cell was claimable while its main run's worker was still busy"
+    log = (tmp_path / "logs" / "worker0.log").read_text()
+    assert f"done {main.key}" in log and f"start {gen.key}" not in log
+
+
 def test_jola_head_sets_across_tasks_and_seeds(tmp_path):
     """Open heads read back from saved edits (either gate open); runs with every gate open or none are left
     out; pairs are labelled by what they share, with overlap and chance from the set sizes."""
