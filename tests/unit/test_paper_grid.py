@@ -165,25 +165,6 @@ def test_a_soft_deadline_stops_claims_at_the_deadline_and_kills_nothing():
     assert wrong.returncode == 2 and "give --deadline SECONDS too" in wrong.stderr
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_grid_results_are_committed_but_lora_and_bitfit_weights_are_not():
-    """A fresh clone (and a lent GPU, which gets the tracked tree) must see the finished cells."""
-    root = Path(__file__).parents[2]
-    if subprocess.run(["git", "-C", str(root), "rev-parse"], capture_output=True).returncode != 0:
-        pytest.skip("not a git checkout")
-    run = "benchmarks/results/paper_grid/main/runs/arc_easy/{}/seed0/"
-    paths = [run.format("red") + name for name in ("result.json", "gen_result.json", "test_items.csv.gz", "search.csv",
-                                                   "edit/jola_config.json", "edit/jola_weights.safetensors")]
-    paths += [run.format("jola") + "points/point0/" + name for name in ("point.json", "edit/jola_weights.safetensors")]
-    kept = len(paths)
-    paths += [run.format(m) + "edit/jola_weights.safetensors" for m in ("lora", "bitfit")]
-    paths += [run.format(m) + "points/point0/point.json" for m in ("lora", "bitfit")]
-    paths += ["benchmarks/results/paper_grid/claims/x"]
-    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths],
-                             capture_output=True, text=True).stdout.split()
-    assert ignored == paths[kept:]
-
-
 def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
     model = tiny_model(seed=0)
