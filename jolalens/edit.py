@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +30,9 @@ from torch import nn
 
 from .errors import EditLoadError
 from .models import model_identity
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 __all__ = [
     "CONFIG_FILE",
@@ -170,14 +173,37 @@ class Edit(nn.Module, ABC):
         """Number of parameters the trainer optimises."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; JoLA gives its gates a larger learning rate."""
+    # The trainer (jolalens.train.train_edit) asks the edit for everything method-specific
+    # through the hooks below; their defaults are neutral (one group, no penalty, no report).
+    def param_groups(self, lr: float, config: TrainConfig | None = None) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: all trainable parameters at ``lr`` (JoLA: gates faster)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def penalty(self, step: int) -> tuple[torch.Tensor, float]:
         """A regulariser added to the task loss at optimiser step ``step`` and its weight (none)."""
         device = next((p.device for p in self.parameters()), torch.device("cpu"))
         return torch.zeros((), device=device), 0.0
+
+    @property
+    def penalty_counts_eval_steps(self) -> bool:
+        """Whether :meth:`penalty`'s ``step`` also advances on validation batches (no)."""
+        return False
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra columns of the training history, read after each epoch (none)."""
+        return {}
+
+    def epoch_maps(self) -> dict[str, torch.Tensor]:
+        """Tensors to keep per epoch in ``TrainResult.gate_history`` (none: nothing kept)."""
+        return {}
+
+    def summary_extras(self) -> dict[str, Any]:
+        """Extra JSON-ready entries of a training run's ``summary.json`` (none)."""
+        return {}
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """Extra objects a saved run directory holds, by file name, for ``torch.save`` (none)."""
+        return {}
 
     def parameter_summary(self) -> Any:
         """One row per trainable parameter tensor: name, shape, count; a total row last."""
