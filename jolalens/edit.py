@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -126,7 +126,8 @@ class EditHandle:
 
 
 def _add_tl_hook(model: nn.Module, name: str, fn: HookFn) -> Callable[[], None]:
-    hook_point = model.hook_dict.get(name) if hasattr(model, "hook_dict") else None
+    hook_dict = getattr(model, "hook_dict", None)
+    hook_point = hook_dict.get(name) if hook_dict is not None else None
     if hook_point is None:
         raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
     before = list(getattr(hook_point, "fwd_hooks", []))
@@ -150,6 +151,7 @@ class Edit(nn.Module, ABC):
     """Base class of every edit method (JoLA and the baselines)."""
 
     method: ClassVar[str]
+    model_identity: dict[str, Any] | None  # set by for_model/load; None: attach to any model
 
     @abstractmethod
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
@@ -310,7 +312,7 @@ class Edit(nn.Module, ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> Edit:
+    def load(cls, path: str | Path, model: nn.Module) -> Self:
         """Load a saved edit strictly onto ``model`` (in eval mode); refuses another method or model."""
         meta, tensors = read_edit_dir(path)
         if meta.get("method") != cls.method:
@@ -318,7 +320,7 @@ class Edit(nn.Module, ABC):
                 f"{path} holds a {meta.get('method')!r} edit, not {cls.method!r}; "
                 "load it with jolalens.load_edit(path, model)"
             )
-        edit = cls.from_config_dict(model, meta.get("config") or {})
+        edit = cast(Self, cls.from_config_dict(model, meta.get("config") or {}))
         saved_identity = meta.get("model")
         if saved_identity:
             edit.model_identity = saved_identity

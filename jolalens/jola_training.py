@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -71,7 +71,7 @@ def sparsity_penalty(edit: JolaEdit, config: SparsityConfig, t: int) -> tuple[Te
     if not probs:
         return torch.zeros((), device=device), 0.0
     if config.mode is PenaltyMode.PAPER:
-        total = sum(p.sum() for p in probs.values())
+        total = cast(Tensor, sum(p.sum() for p in probs.values()))
         n_gates = sum(p.numel() for p in probs.values())
         return config.lam * total / n_gates, config.lam
     lam_t = config.released_lambda0 * math.exp(-config.released_decay * t)

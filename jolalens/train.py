@@ -10,6 +10,7 @@ comes from the edit's training hooks (:class:`jolalens.edit.Edit`), never from a
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -32,6 +33,8 @@ from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 from .jola_training import PenaltyMode, SparsityConfig, sparsity_penalty
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PenaltyMode",
@@ -166,7 +169,7 @@ def answer_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return F.cross_entropy(picked.float(), targets[mask]), n
 
 
-def _logits_at_answers(net: nn.Module, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
+def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
     """Logits and targets at the positions that predict answer tokens only.
 
     On the HF view the unembedding runs only where a loss is taken, which for a short answer
@@ -337,8 +340,12 @@ def train_edit(
             if maps:
                 gate_history.append(maps)
             history.append(row)
+            logger.info(
+                "%s epoch %d/%d: train CE %.4f, penalty %.4f, validation CE %.4f",
+                desc or edit.method, epoch, cfg.epochs, row["train_ce"], row["train_penalty"], val_ce,
+            )
             bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}")
-            metric = row[cfg.selection.value]
+            metric = float(row[cfg.selection.value])
             if metric < best[0]:
                 best = (metric, epoch, copy.deepcopy(edit.state_dict()))
                 bad_epochs = 0
@@ -346,8 +353,11 @@ def train_edit(
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stopped_early = epoch < cfg.epochs
+                    logger.info("%s: no better %s for %d epochs; stopping", desc or edit.method,
+                                cfg.selection.value, bad_epochs)
                     break
     bar.close()
+    logger.info("%s: best epoch %d (%s %.4f) restored", desc or edit.method, best[1], cfg.selection.value, best[0])
     edit.load_state_dict(best[2])
     edit.eval()
     return TrainResult(

@@ -26,6 +26,7 @@ patching), validated against :func:`ablation_scores` in the tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -60,6 +61,8 @@ __all__ = [
     "model_fingerprint",
 ]
 
+logger = logging.getLogger(__name__)
+
 ScoreBackend = Backend  # the former duplicate enum; same values ("hook_points", "hf_view")
 
 
@@ -71,17 +74,23 @@ class Ablation(StrEnum):
     RESAMPLE = "resample"
 
 
-def _parse(ablation: Ablation | str, backend: Backend | str, batch_size: int) -> tuple[Ablation, Backend]:
+def _parse(
+    ablation: Ablation | str, backend: Backend | str, batch_size: int
+) -> tuple[Ablation, Backend]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     try:
         abl = Ablation(ablation)
     except ValueError:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {[a.value for a in Ablation]}") from None
+        raise ValueError(
+            f"unknown ablation {ablation!r}; choose one of {[a.value for a in Ablation]}"
+        ) from None
     try:
         back = Backend(backend)
     except ValueError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {[b.value for b in Backend]}") from None
+        raise ValueError(
+            f"unknown backend {backend!r}; choose one of {[b.value for b in Backend]}"
+        ) from None
     return abl, back
 
 
@@ -117,18 +126,24 @@ def ablation_scores(
     scored, ref = resolve_scoring_data(model, data, reference, style, max_length)
     path = scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed)
     if path is not None and path.is_file():
+        logger.debug("head scores from the cache: %s", path)
         return HeadScores.load(path)
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
-        mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
+        mu = (
+            head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
+        )
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
 
     n_layers, n_heads = dims.n_layers, dims.n_heads
     head_groups = [list(range(s, min(n_heads, s + group))) for s in range(0, n_heads, group)]
     chunks = list(scored.chunks(batch_size))
-    bar = tqdm(total=len(chunks) * n_layers * len(head_groups), desc=f"{ablation.value} ablation",
-               disable=not progress)
+    bar = tqdm(
+        total=len(chunks) * n_layers * len(head_groups),
+        desc=f"{ablation.value} ablation",
+        disable=not progress,
+    )
     clean_lp = clean_acc = 0.0
     abl_lp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     abl_acc = torch.zeros(n_layers, n_heads, dtype=torch.float64)
@@ -158,7 +173,9 @@ def ablation_scores(
                     mask = chunk.attention_mask.repeat(reps, 1)
                     labels = chunk.labels.repeat(reps, 1)
 
-                    def patch(z: Tensor, heads: list[int] = heads, source: Tensor = source) -> Tensor:
+                    def patch(
+                        z: Tensor, heads: list[int] = heads, source: Tensor = source
+                    ) -> Tensor:
                         return replace_heads(z, heads, source)
 
                     out = runner.logits(ids, mask, keep, {layer: patch})
@@ -210,26 +227,38 @@ def attribution_scores(
     scored, ref = resolve_scoring_data(model, data, reference, style, max_length)
     path = scores_cache_path(cache_dir, "attribution", ablation.value, model, scored, ref, seed)
     if path is not None and path.is_file():
+        logger.debug("head scores from the cache: %s", path)
         return HeadScores.load(path)
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
-        mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
+        mu = (
+            head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
+        )
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
     estimate = torch.zeros(dims.n_layers, dims.n_heads, dtype=torch.float64)
     clean_lp = 0.0
     start = 0
-    for chunk in tqdm(list(scored.chunks(batch_size)), desc=f"{ablation.value} attribution", disable=not progress):
+    for chunk in tqdm(
+        list(scored.chunks(batch_size)), desc=f"{ablation.value} attribution", disable=not progress
+    ):
         chunk = chunk.to(runner.device)
         keep = chunk.first_predicting_position
         leaves: dict[int, Tensor] = {}
         with torch.enable_grad():
-            logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, leaf_patches(dims.n_layers, leaves))
+            logits = runner.logits(
+                chunk.input_ids, chunk.attention_mask, keep, leaf_patches(dims.n_layers, leaves)
+            )
             gold, _ = example_metrics(row_logprob(logits, chunk.labels, keep), chunk)
             layers = list(range(dims.n_layers))
             grads = torch.autograd.grad(gold.sum(), [leaves[layer] for layer in layers])
         clean_lp += float(gold.detach().sum())
-        donors = donor_z(runner, scored, chunk, partner, start, mu) if partner is not None else None
+        donors = None
+        if partner is not None:
+            assert (
+                mu is not None
+            )  # resample ablation takes the mean for positions past a donor's end
+            donors = donor_z(runner, scored, chunk, partner, start, mu)
         for layer, grad in zip(layers, grads, strict=True):
             clean_z = leaves[layer].detach()
             if ablation is Ablation.ZERO:
@@ -257,4 +286,3 @@ def attribution_scores(
     if path is not None:
         result.save(path)
     return result
-

@@ -44,17 +44,24 @@ class HeadScores:
         return tuple(self.logprob_drop.shape)  # type: ignore[return-value]
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per head: layer, head, label, logprob_drop, accuracy_drop, rank (1 = most important)."""
+        """One row per head: layer, head, label, logprob_drop, accuracy_drop, rank (1 = top)."""
         n_layers, n_heads = self.shape
         layer, head = torch.meshgrid(torch.arange(n_layers), torch.arange(n_heads), indexing="ij")
         frame = pd.DataFrame(
             {
                 "layer": layer.flatten().numpy(),
                 "head": head.flatten().numpy(),
-                "label": [f"L{lay}H{hd}" for lay, hd in zip(layer.flatten().tolist(), head.flatten().tolist(), strict=True)],
+                "label": [
+                    f"L{lay}H{hd}"
+                    for lay, hd in zip(
+                        layer.flatten().tolist(), head.flatten().tolist(), strict=True
+                    )
+                ],
                 "logprob_drop": self.logprob_drop.flatten().numpy(),
                 "accuracy_drop": (
-                    self.accuracy_drop.flatten().numpy() if self.accuracy_drop is not None else float("nan")
+                    self.accuracy_drop.flatten().numpy()
+                    if self.accuracy_drop is not None
+                    else float("nan")
                 ),
             }
         )
@@ -66,7 +73,9 @@ class HeadScores:
     def to_dict(self) -> dict[str, Any]:
         return {
             "logprob_drop": self.logprob_drop.detach().cpu(),
-            "accuracy_drop": None if self.accuracy_drop is None else self.accuracy_drop.detach().cpu(),
+            "accuracy_drop": None
+            if self.accuracy_drop is None
+            else self.accuracy_drop.detach().cpu(),
             "clean_logprob": self.clean_logprob,
             "clean_accuracy": self.clean_accuracy,
             "method": self.method,
@@ -79,7 +88,7 @@ class HeadScores:
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
-        """Save to one ``.pt`` file (tensors and plain numbers; loads with ``weights_only=True``)."""
+        """Save to one ``.pt`` file (tensors and numbers; loads with ``weights_only=True``)."""
         path = Path(path)
         with atomic_path(path) as tmp:
             torch.save({"version": CACHE_VERSION, **self.to_dict()}, tmp)
@@ -109,7 +118,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-
 def _cache_path(cache_dir: str | Path | None, key: dict[str, Any]) -> Path | None:
     if cache_dir is None:
         return None
@@ -118,8 +126,13 @@ def _cache_path(cache_dir: str | Path | None, key: dict[str, Any]) -> Path | Non
 
 
 def scores_cache_path(
-    cache_dir: str | Path | None, method: str, ablation: str, model: nn.Module,
-    scored: ScoringData, ref: ScoringData, seed: int,
+    cache_dir: str | Path | None,
+    method: str,
+    ablation: str,
+    model: nn.Module,
+    scored: ScoringData,
+    ref: ScoringData,
+    seed: int,
 ) -> Path | None:
     """Where scores for these inputs are cached (None without a cache directory)."""
     if cache_dir is None:

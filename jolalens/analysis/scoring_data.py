@@ -34,8 +34,13 @@ class ScoringData:
 
     def __post_init__(self) -> None:
         rows, _ = self.input_ids.shape
-        if self.labels.shape != self.input_ids.shape or self.attention_mask.shape != self.input_ids.shape:
-            raise DataError("ScoringData: input_ids, labels and attention_mask must share one shape")
+        if (
+            self.labels.shape != self.input_ids.shape
+            or self.attention_mask.shape != self.input_ids.shape
+        ):
+            raise DataError(
+                "ScoringData: input_ids, labels and attention_mask must share one shape"
+            )
         if self.example_index.shape != (rows,) or self.is_gold.shape != (rows,):
             raise DataError("ScoringData: example_index and is_gold need one entry per row")
         n = self.n_examples
@@ -49,7 +54,9 @@ class ScoringData:
         if bool(((self.labels[:, 1:] != -100).sum(1) == 0).any()):
             raise DataError("ScoringData: a row has no answer tokens (labels are all -100)")
         if bool((self.labels[:, 0] != -100).any()):
-            raise DataError("ScoringData: position 0 cannot be an answer token (nothing predicts it)")
+            raise DataError(
+                "ScoringData: position 0 cannot be an answer token (nothing predicts it)"
+            )
 
     @property
     def n_examples(self) -> int:
@@ -71,7 +78,9 @@ class ScoringData:
         """Tokenize examples as in training; an MC example gives one row per choice."""
         if not examples:
             raise DataError("no examples to score")
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         if pad_id is None:
             raise DataError("the tokenizer has neither a pad nor an eos token to pad with")
         rows: list[tuple[list[int], list[int]]] = []
@@ -82,7 +91,9 @@ class ScoringData:
             answers = list(ex.choices) if ex.choices else [ex.answer]
             has_choices.append(bool(ex.choices) and len(answers) > 1)
             for ans in answers:
-                rows.append(tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=ans))
+                rows.append(
+                    tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=ans)
+                )
                 ex_idx.append(i)
                 gold.append(ans == ex.answer)
         width = max(len(ids) for ids, _ in rows)
@@ -107,7 +118,9 @@ class ScoringData:
         """One row per example from a right-padded :class:`jolalens.data.Batch` (no choices)."""
         mask = batch.attention_mask
         if bool((mask[:, 0] == 0).any()):
-            raise DataError("ScoringData.from_batch needs a right-padded batch (collate(padding_side='right'))")
+            raise DataError(
+                "ScoringData.from_batch needs a right-padded batch (collate(padding_side='right'))"
+            )
         n = batch.input_ids.shape[0]
         return cls(
             batch.input_ids.long(),
@@ -121,7 +134,14 @@ class ScoringData:
     def fingerprint(self) -> str:
         """A hash of the token rows, labels and choice structure (the cache key's data part)."""
         h = hashlib.sha256()
-        for t in (self.input_ids, self.labels, self.attention_mask, self.example_index, self.is_gold, self.has_choices):
+        for t in (
+            self.input_ids,
+            self.labels,
+            self.attention_mask,
+            self.example_index,
+            self.is_gold,
+            self.has_choices,
+        ):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -131,7 +151,9 @@ class ScoringData:
         n = self.n_examples
         for start in range(0, n, examples_per_chunk):
             stop = min(n, start + examples_per_chunk)
-            rows = ((self.example_index >= start) & (self.example_index < stop)).nonzero().squeeze(-1)
+            rows = (
+                ((self.example_index >= start) & (self.example_index < stop)).nonzero().squeeze(-1)
+            )
             width = int(self.attention_mask[rows].sum(1).max())
             yield ScoringChunk(
                 input_ids=self.input_ids[rows, :width],
@@ -162,16 +184,25 @@ class ScoringChunk:
 
     @property
     def first_predicting_position(self) -> int:
-        """The earliest position whose logits predict an answer token; logits before it are unused."""
+        """The earliest position whose logits predict an answer token (earlier ones are unused)."""
         answer = (self.labels != -100).float().argmax(1)
         return int(answer.min()) - 1
 
     def to(self, device: torch.device) -> ScoringChunk:
-        return ScoringChunk(*(t.to(device) for t in (
-            self.input_ids, self.labels, self.attention_mask, self.example_index, self.is_gold,
-            self.has_choices, self.global_rows,
-        )))
-
+        return ScoringChunk(
+            *(
+                t.to(device)
+                for t in (
+                    self.input_ids,
+                    self.labels,
+                    self.attention_mask,
+                    self.example_index,
+                    self.is_gold,
+                    self.has_choices,
+                    self.global_rows,
+                )
+            )
+        )
 
 
 def resolve_scoring_data(
@@ -181,13 +212,16 @@ def resolve_scoring_data(
     style: PromptStyle,
     max_length: int,
 ) -> tuple[ScoringData, ScoringData]:
-    """``data`` and ``reference`` (default: ``data``) as ScoringData, tokenized with the model's tokenizer."""
+    """``data`` and ``reference`` (default: ``data``) as ScoringData (the model's tokenizer)."""
+
     def prep(d: ScoringData | Sequence[Example]) -> ScoringData:
         if isinstance(d, ScoringData):
             return d
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
-            raise DataError("the model has no tokenizer; pass ScoringData built with your tokenizer")
+            raise DataError(
+                "the model has no tokenizer; pass ScoringData built with your tokenizer"
+            )
         return ScoringData.from_examples(tokenizer, list(d), style=style, max_length=max_length)
 
     scored = prep(data)

@@ -1,6 +1,7 @@
 """Methods own their training behaviour: the generic trainer trains JoLA exactly as train_jola."""
 
 import inspect
+import logging
 
 import torch
 
@@ -36,8 +37,10 @@ def _assert_same_run(a: TrainResult, b: TrainResult) -> None:
         assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
-def test_train_edit_on_a_jola_edit_equals_train_jola(tiny):
-    wrapped = train_jola(tiny, _data(), _data(8), config=FAST)
+def test_train_edit_on_a_jola_edit_equals_train_jola(tiny, caplog):
+    with caplog.at_level(logging.INFO, logger="jolalens.train"):
+        wrapped = train_jola(tiny, _data(), _data(8), config=FAST)
+    assert any("JoLA epoch 1/3" in r.getMessage() for r in caplog.records), "epochs are logged"
     edit = JolaEdit.for_model(tiny, JolaConfig(seed=FAST.seed))
     generic = train_edit(tiny, edit, _data(), _data(8), config=FAST)
     _assert_same_run(wrapped, generic)
