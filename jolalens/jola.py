@@ -23,7 +23,13 @@ from .edit import Edit, HookFn, ModuleHook, register_method
 from .errors import EditLoadError
 from .gates import HardConcrete
 from .hf_view import o_proj_modules
-from .jola_training import SparsityConfig, gate_param_groups, gate_report, sparsity_penalty
+from .jola_training import (
+    DEFAULT_GATE_LR_SCALE,
+    SparsityConfig,
+    gate_param_groups,
+    gate_report,
+    sparsity_penalty,
+)
 from .models import ModelDims, hook_z_name, model_dims, model_identity
 
 if TYPE_CHECKING:
@@ -110,7 +116,10 @@ class JolaEdit(Edit):
     method = "jola"
 
     def __init__(
-        self, dims: ModelDims, config: JolaConfig | None = None, sparsity: SparsityConfig | None = None
+        self,
+        dims: ModelDims,
+        config: JolaConfig | None = None,
+        sparsity: SparsityConfig | None = None,
     ) -> None:
         super().__init__()
         config = config or JolaConfig()
@@ -137,7 +146,10 @@ class JolaEdit(Edit):
 
     @classmethod
     def for_model(
-        cls, model: nn.Module, config: JolaConfig | None = None, sparsity: SparsityConfig | None = None
+        cls,
+        model: nn.Module,
+        config: JolaConfig | None = None,
+        sparsity: SparsityConfig | None = None,
     ) -> JolaEdit:
         """A freshly initialised edit shaped for ``model``'s attention heads, in eval mode."""
         edit = cls(model_dims(model), config, sparsity)
@@ -260,7 +272,7 @@ class JolaEdit(Edit):
 
     # ---- training hooks (the trainer's interface; the maths is in jola_training) ---------
     def penalty(self, step: int) -> tuple[Tensor, float]:
-        """The expected-L0 gate penalty of :attr:`sparsity` at loss call ``step``, and its lambda."""
+        """The expected-L0 gate penalty of :attr:`sparsity` at loss call ``step``, and its lam."""
         return sparsity_penalty(self, self.sparsity, step)
 
     @property
@@ -269,11 +281,8 @@ class JolaEdit(Edit):
 
     def param_groups(self, lr: float, config: TrainConfig | None = None) -> list[dict[str, Any]]:
         """Vectors at ``lr``, gates at ``lr * config.gate_lr_scale`` (10x by default)."""
-        if config is None:
-            from .train import TrainConfig
-
-            config = TrainConfig(lr=lr)
-        return gate_param_groups(self, lr, config.gate_lr_scale)
+        scale = DEFAULT_GATE_LR_SCALE if config is None else config.gate_lr_scale
+        return gate_param_groups(self, lr, scale)
 
     def epoch_metrics(self) -> dict[str, float]:
         return gate_report(self)

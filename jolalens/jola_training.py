@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from .jola import JolaEdit
 
 __all__ = [
+    "DEFAULT_GATE_LR_SCALE",
     "PenaltyMode",
     "SparsityConfig",
     "gate_param_groups",
     "gate_report",
     "sparsity_penalty",
 ]
+
+
+DEFAULT_GATE_LR_SCALE = 10.0  # the paper's gates learn 10x faster than the edit vectors
 
 
 class PenaltyMode(StrEnum):

@@ -78,7 +78,8 @@ def tiny_model(
         pad_token_id=3,
     )
     torch.manual_seed(seed)
-    hf = LlamaForCausalLM(config).to(dtype).eval()  # type: ignore[arg-type]  # transformers' .to stub
+    # transformers types .to() wrongly (a decorated method expecting the model as argument)
+    hf = LlamaForCausalLM(config).to(dtype).eval()  # type: ignore[arg-type]
     if device is not None:
         hf.to(device)
     bridge = TransformerBridge.boot_transformers(

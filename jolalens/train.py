@@ -32,7 +32,7 @@ from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_ex
 from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
-from .jola_training import PenaltyMode, SparsityConfig, sparsity_penalty
+from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TrainConfig:
     """The optimisation recipe; defaults are the paper's (AdamW 5e-3, cosine, 50 warm-up steps)."""
 
     lr: float = 5e-3
-    gate_lr_scale: float = 10.0
+    gate_lr_scale: float = DEFAULT_GATE_LR_SCALE
     epochs: int = 20
     batch_size: int = 8
     eval_batch_size: int = 8
@@ -123,7 +123,7 @@ class TrainResult:
         return run_dir
 
     def summary(self) -> dict[str, Any]:
-        """Best epoch, its validation CE, the time taken, and the edit's extras (JoLA: closed gates)."""
+        """Best epoch, its validation CE, time taken, and the edit's extras (JoLA: closed gates)."""
         best = self.history.loc[self.history["epoch"] == self.best_epoch].iloc[0]
         out: dict[str, Any] = {
             "method": self.edit.method,
@@ -342,7 +342,12 @@ def train_edit(
             history.append(row)
             logger.info(
                 "%s epoch %d/%d: train CE %.4f, penalty %.4f, validation CE %.4f",
-                desc or edit.method, epoch, cfg.epochs, row["train_ce"], row["train_penalty"], val_ce,
+                desc or edit.method,
+                epoch,
+                cfg.epochs,
+                row["train_ce"],
+                row["train_penalty"],
+                val_ce,
             )
             bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}")
             metric = float(row[cfg.selection.value])
@@ -357,7 +362,8 @@ def train_edit(
                                 cfg.selection.value, bad_epochs)
                     break
     bar.close()
-    logger.info("%s: best epoch %d (%s %.4f) restored", desc or edit.method, best[1], cfg.selection.value, best[0])
+    name = desc or edit.method
+    logger.info("%s: best epoch %d (%s %.4f) restored", name, best[1], cfg.selection.value, best[0])
     edit.load_state_dict(best[2])
     edit.eval()
     return TrainResult(
