@@ -12,7 +12,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 DATA_STAMP := $(VENV)/.jolalens-data
 
-.PHONY: setup data demo test lint clean-venv
+.PHONY: setup data demo test test-fast lint typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -48,8 +48,15 @@ demo: setup data
 test: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Unit tests only (tiny random models, no embedded-model integration tests): for development.
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit -m "not integration"
+
 lint: setup
 	$(PY) -m ruff check jolalens tests benchmarks notebooks
+
+typecheck: setup
+	$(PY) -m mypy
 
 clean-venv:
 	rm -rf $(VENV)

@@ -34,6 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from jolalens.analysis.stats import (
+    label_prior_accuracy,
+    mcnemar_exact_p,
+    paired_bootstrap,
+    paired_mcnemar_p,
+    sign_test_p,
+)
 from jolalens.compare import collect, markdown_table, summarise
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,23 +50,6 @@ OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
 ORDER = ("zeroshot", "jola", "iti", "red", "lofit", "lora", "bitfit",
          "jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
-
-
-def mcnemar_p(a_only: int, b_only: int) -> float:
-    """Exact two-sided McNemar test: binomial(a_only + b_only, 1/2) on the discordant items."""
-    n = a_only + b_only
-    if n == 0:
-        return 1.0
-    k = min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def label_prior_accuracy(items: pd.DataFrame) -> float:
-    """Accuracy of an item-blind guesser with the method's predicted-label frequencies."""
-    pred = items["prediction"].astype(str).value_counts(normalize=True)
-    gold = items["answer"].astype(str).value_counts(normalize=True)
-    return float(sum(p * gold.get(label, 0.0) for label, p in pred.items()))
 
 
 def read_items(run: Path, name: str = "test_items") -> pd.DataFrame | None:
@@ -107,8 +97,7 @@ def items_p(a: pd.DataFrame | None, b: pd.DataFrame | None) -> float:
     """Exact McNemar p between two per-item results; NaN unless both cover the same items."""
     if a is None or b is None or not same_items(a, b):
         return float("nan")
-    ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
-    return mcnemar_p(int((ca & ~cb).sum()), int((~ca & cb).sum()))
+    return paired_mcnemar_p(a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy())
 
 
 def changed_answers(a: pd.DataFrame, b: pd.DataFrame) -> int:
@@ -132,7 +121,7 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
             shares = items["prediction"].astype(str).value_counts(normalize=True)
             row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
                    "accuracy": float(items["correct"].mean()), "n_test": len(items),
-                   "label_prior_accuracy": label_prior_accuracy(items),
+                   "label_prior_accuracy": label_prior_accuracy(items["prediction"], items["answer"]),
                    "top_label": str(shares.index[0]), "top_label_share": float(shares.iloc[0]),
                    "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
                    "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {})),
@@ -602,7 +591,7 @@ def datasize_curve(out: Path) -> pd.DataFrame:
     def prior(row) -> float:
         group = "main" if row.n_train in (0, 200) else f"datasize_n{row.n_train}"
         items = read_items(out / group / "runs" / row.task / row.method / "seed0")
-        return math.nan if items is None else label_prior_accuracy(items)
+        return math.nan if items is None else label_prior_accuracy(items["prediction"], items["answer"])
 
     curve["label_prior"] = [prior(row) for row in curve.itertuples()]
     return curve.sort_values(["task", "method", "n_train"], ignore_index=True)
@@ -687,7 +676,7 @@ def pooled_vs_zeroshot(out: Path, group: str = "nlu") -> pd.DataFrame:
         better, worse = int((ca & ~cz).sum()), int((~ca & cz).sum())
         rows.append({"method": method, "tasks": len(tasks), "items": len(ca), "accuracy": float(ca.mean()),
                      "zeroshot_accuracy": float(cz.mean()), "better": better, "worse": worse,
-                     "mcnemar_p": mcnemar_p(better, worse)})
+                     "mcnemar_p": mcnemar_exact_p(better, worse)})
     return pd.DataFrame(rows)
 
 
@@ -726,8 +715,8 @@ def paired_score_differences(out: Path, group: str = "nlg", against: str = "jola
             if not same_items(ours, theirs):
                 raise ValueError(f"{task_dir.name}: {against} and {other_dir.name} were scored on different test items")
             diff = ours[metric].to_numpy(float) - theirs[metric].to_numpy(float)
-            means = diff[np.random.default_rng(0).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
-            low, high = np.percentile(means, [2.5, 97.5])
+            interval = paired_bootstrap(diff, resamples=resamples, confidence=0.95, seed=0)
+            low, high = interval.low, interval.high
             rows.append({"task": task_dir.name, "method": other_dir.name, "items": len(diff), "difference": float(diff.mean()),
                          "ci_low": float(low), "ci_high": float(high),
                          "items_higher": int((diff > 0).sum()), "items_lower": int((diff < 0).sum())})
@@ -822,8 +811,8 @@ def jola_against_every_seed(cells: pd.DataFrame, ablations: bool = False) -> pd.
                      "jola_accuracy": float(np.mean([a for *_, a, _ in pairs])),
                      "method_accuracy": float(np.mean([b for *_, b in pairs])), "mean_difference": float(diff.mean()),
                      "higher": higher, "tie": len(pairs) - higher - lower, "lower": lower,
-                     "sign_p": mcnemar_p(higher, lower), "tasks_higher": tasks_higher, "tasks_lower": tasks_lower,
-                     "task_sign_p": mcnemar_p(tasks_higher, tasks_lower)})
+                     "sign_p": sign_test_p(higher, lower), "tasks_higher": tasks_higher, "tasks_lower": tasks_lower,
+                     "task_sign_p": sign_test_p(tasks_higher, tasks_lower)})
     return pd.DataFrame(rows)
 
 

@@ -193,6 +193,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jolalens", description=__doc__)
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0, help="debug log messages")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_figures(sub)
@@ -207,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .log_setup import configure_logging
+
+    configure_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
     except (JolaError, FileExistsError) as exc:

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +30,9 @@ from torch import nn
 
 from .errors import EditLoadError
 from .models import model_identity
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 __all__ = [
     "CONFIG_FILE",
@@ -123,7 +126,8 @@ class EditHandle:
 
 
 def _add_tl_hook(model: nn.Module, name: str, fn: HookFn) -> Callable[[], None]:
-    hook_point = model.hook_dict.get(name) if hasattr(model, "hook_dict") else None
+    hook_dict = getattr(model, "hook_dict", None)
+    hook_point = hook_dict.get(name) if hook_dict is not None else None
     if hook_point is None:
         raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
     before = list(getattr(hook_point, "fwd_hooks", []))
@@ -147,6 +151,7 @@ class Edit(nn.Module, ABC):
     """Base class of every edit method (JoLA and the baselines)."""
 
     method: ClassVar[str]
+    model_identity: dict[str, Any] | None  # set by for_model/load; None: attach to any model
 
     @abstractmethod
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
@@ -170,14 +175,37 @@ class Edit(nn.Module, ABC):
         """Number of parameters the trainer optimises."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; JoLA gives its gates a larger learning rate."""
+    # The trainer (jolalens.train.train_edit) asks the edit for everything method-specific
+    # through the hooks below; their defaults are neutral (one group, no penalty, no report).
+    def param_groups(self, lr: float, config: TrainConfig | None = None) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: all trainable parameters at ``lr`` (JoLA: gates faster)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def penalty(self, step: int) -> tuple[torch.Tensor, float]:
         """A regulariser added to the task loss at optimiser step ``step`` and its weight (none)."""
         device = next((p.device for p in self.parameters()), torch.device("cpu"))
         return torch.zeros((), device=device), 0.0
+
+    @property
+    def penalty_counts_eval_steps(self) -> bool:
+        """Whether :meth:`penalty`'s ``step`` also advances on validation batches (no)."""
+        return False
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra columns of the training history, read after each epoch (none)."""
+        return {}
+
+    def epoch_maps(self) -> dict[str, torch.Tensor]:
+        """Tensors to keep per epoch in ``TrainResult.gate_history`` (none: nothing kept)."""
+        return {}
+
+    def summary_extras(self) -> dict[str, Any]:
+        """Extra JSON-ready entries of a training run's ``summary.json`` (none)."""
+        return {}
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """Extra objects a saved run directory holds, by file name, for ``torch.save`` (none)."""
+        return {}
 
     def parameter_summary(self) -> Any:
         """One row per trainable parameter tensor: name, shape, count; a total row last."""
@@ -284,7 +312,7 @@ class Edit(nn.Module, ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> Edit:
+    def load(cls, path: str | Path, model: nn.Module) -> Self:
         """Load a saved edit strictly onto ``model`` (in eval mode); refuses another method or model."""
         meta, tensors = read_edit_dir(path)
         if meta.get("method") != cls.method:
@@ -292,7 +320,7 @@ class Edit(nn.Module, ABC):
                 f"{path} holds a {meta.get('method')!r} edit, not {cls.method!r}; "
                 "load it with jolalens.load_edit(path, model)"
             )
-        edit = cls.from_config_dict(model, meta.get("config") or {})
+        edit = cast(Self, cls.from_config_dict(model, meta.get("config") or {}))
         saved_identity = meta.get("model")
         if saved_identity:
             edit.model_identity = saved_identity

@@ -42,7 +42,8 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
             f"{type(model).__name__} wraps no Hugging Face model (no .original_model); the fast "
             "o_proj path needs a TransformerBridge. Use site='hook_z' for other TransformerLens models."
         )
-    config = wrapped.config.__class__.from_dict(wrapped.config.to_dict())
+    hf_config: Any = wrapped.config  # a transformers PretrainedConfig
+    config = hf_config.__class__.from_dict(hf_config.to_dict())
     config._attn_implementation = attn_implementation
     with torch.device("meta"):
         view = type(wrapped)(config)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -23,7 +23,17 @@ from .edit import Edit, HookFn, ModuleHook, register_method
 from .errors import EditLoadError
 from .gates import HardConcrete
 from .hf_view import o_proj_modules
+from .jola_training import (
+    DEFAULT_GATE_LR_SCALE,
+    SparsityConfig,
+    gate_param_groups,
+    gate_report,
+    sparsity_penalty,
+)
 from .models import ModelDims, hook_z_name, model_dims, model_identity
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 __all__ = ["EditType", "GateMode", "JolaConfig", "JolaEdit", "selected_heads"]
 
@@ -97,13 +107,23 @@ class JolaConfig:
 
 @register_method
 class JolaEdit(Edit):
-    """Gated per-head edits on ``hook_z`` (or, equivalently, on the input of ``o_proj``)."""
+    """Gated per-head edits on ``hook_z`` (or, equivalently, on the input of ``o_proj``).
+
+    ``sparsity`` is the gate penalty the trainer adds (a training setting, not saved with the
+    edit): any trainer that calls :meth:`penalty` and :meth:`param_groups` trains JoLA.
+    """
 
     method = "jola"
 
-    def __init__(self, dims: ModelDims, config: JolaConfig | None = None) -> None:
+    def __init__(
+        self,
+        dims: ModelDims,
+        config: JolaConfig | None = None,
+        sparsity: SparsityConfig | None = None,
+    ) -> None:
         super().__init__()
         config = config or JolaConfig()
+        self.sparsity = sparsity or SparsityConfig()
         layers = config.layers if config.layers is not None else tuple(range(dims.n_layers))
         if max(layers) >= dims.n_layers:
             raise ValueError(f"layer {max(layers)} out of range: the model has {dims.n_layers} layers")
@@ -125,9 +145,14 @@ class JolaEdit(Edit):
             setattr(self, f"log_alpha_{name}", nn.Parameter((torch.rand(n, h, generator=gen) * 2 - 1) * bound))
 
     @classmethod
-    def for_model(cls, model: nn.Module, config: JolaConfig | None = None) -> JolaEdit:
+    def for_model(
+        cls,
+        model: nn.Module,
+        config: JolaConfig | None = None,
+        sparsity: SparsityConfig | None = None,
+    ) -> JolaEdit:
         """A freshly initialised edit shaped for ``model``'s attention heads, in eval mode."""
-        edit = cls(model_dims(model), config)
+        edit = cls(model_dims(model), config, sparsity)
         edit.model_identity = model_identity(model)
         return edit.eval()  # deterministic gates unless a trainer switches to training mode
 
@@ -244,6 +269,32 @@ class JolaEdit(Edit):
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
         projections = o_proj_modules(view)
         return [ModuleHook(projections[layer], self._o_proj_fn(i)) for i, layer in enumerate(self.layers)]
+
+    # ---- training hooks (the trainer's interface; the maths is in jola_training) ---------
+    def penalty(self, step: int) -> tuple[Tensor, float]:
+        """The expected-L0 gate penalty of :attr:`sparsity` at loss call ``step``, and its lam."""
+        return sparsity_penalty(self, self.sparsity, step)
+
+    @property
+    def penalty_counts_eval_steps(self) -> bool:
+        return self.sparsity.counts_eval_steps
+
+    def param_groups(self, lr: float, config: TrainConfig | None = None) -> list[dict[str, Any]]:
+        """Vectors at ``lr``, gates at ``lr * config.gate_lr_scale`` (10x by default)."""
+        scale = DEFAULT_GATE_LR_SCALE if config is None else config.gate_lr_scale
+        return gate_param_groups(self, lr, scale)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return gate_report(self)
+
+    def epoch_maps(self) -> dict[str, Tensor]:
+        return self.head_maps()
+
+    def summary_extras(self) -> dict[str, Any]:
+        return {"closed_fraction": {k: 1.0 - v for k, v in self.open_fractions().items()}}
+
+    def run_artifacts(self) -> dict[str, Any]:
+        return {"head_maps.pt": self.head_maps()}
 
     # ---- inspection ---------------------------------------------------------------------
     def _full(self, per_layer: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -73,9 +74,10 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
 
 def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
     """The ``nn.Linear`` that computes each layer's ``o_proj`` inside the bridge."""
+    bridge: Any = model
     out = []
-    for layer in range(model.cfg.n_layers):
-        o = model.blocks[layer].attn.o
+    for layer in range(bridge.cfg.n_layers):
+        o = bridge.blocks[layer].attn.o
         linear = getattr(o, "original_component", o)
         if not isinstance(linear, nn.Linear):
             raise ModelError(f"blocks.{layer}.attn.o wraps {type(linear).__name__}, not nn.Linear; cannot fold")
@@ -94,7 +96,7 @@ def export_hf_checkpoint(
     switched on and the other attention biases are saved as zeros.
     """
     edit._check_model(model)
-    view = hf_view(model)
+    view: Any = hf_view(model)
     config = copy.deepcopy(view.config)
     config._attn_implementation = "sdpa"
     if getattr(config, "quantization_config", None) is not None:

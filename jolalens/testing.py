@@ -62,7 +62,7 @@ def tiny_model(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = char_tokenizer()
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes rope_theta via kwargs
         vocab_size=len(tokenizer),
         hidden_size=n_heads * d_head,
         intermediate_size=d_mlp,
@@ -78,7 +78,8 @@ def tiny_model(
         pad_token_id=3,
     )
     torch.manual_seed(seed)
-    hf = LlamaForCausalLM(config).to(dtype).eval()
+    # transformers types .to() wrongly (a decorated method expecting the model as argument)
+    hf = LlamaForCausalLM(config).to(dtype).eval()  # type: ignore[arg-type]
     if device is not None:
         hf.to(device)
     bridge = TransformerBridge.boot_transformers(

@@ -1,13 +1,16 @@
-"""Training a JoLA edit: answer-only cross-entropy plus an expected-L0 penalty on the gates.
+"""Training an edit: answer-only cross-entropy plus the edit's own penalty.
 
 The base model is frozen for the whole run (its ``requires_grad`` flags are restored after),
 only the edit's parameters reach the optimizer, and by default the forward pass runs on
 ``hf_view(model)`` with SDPA attention (``Backend.HF_VIEW``), the same edit as ``hook_z``.
+Everything method-specific (JoLA's expected-L0 penalty, its faster gates, its gate report)
+comes from the edit's training hooks (:class:`jolalens.edit.Edit`), never from a type check.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -29,6 +32,9 @@ from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_ex
 from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
+from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PenaltyMode",
@@ -45,13 +51,6 @@ __all__ = [
 ]
 
 
-class PenaltyMode(StrEnum):
-    """``paper``: lam x mean P(gate open); ``released``: the released code's decaying schedule."""
-
-    PAPER = "paper"
-    RELEASED = "released"
-
-
 class SelectionMetric(StrEnum):
     """What early stopping and best-epoch selection watch on the validation set."""
 
@@ -60,34 +59,11 @@ class SelectionMetric(StrEnum):
 
 
 @dataclass(frozen=True)
-class SparsityConfig:
-    """The gate penalty.
-
-    ``paper`` mode adds ``lam * sum_{l,h,type} P(g != 0) / n_gates``: lam times the expected
-    fraction of open gates. ``released`` mode reproduces the released code exactly:
-    ``lam_t * S_a / (L*H) + (1 - lam_t) * S_m / (L*H)`` with ``S_x = sum_l mean_h P(g_x != 0)``
-    and ``lam_t = lambda0 * exp(-decay * t)``, ``t`` counting loss calls (evaluation batches
-    too when ``released_count_eval``).
-    """
-
-    mode: PenaltyMode = PenaltyMode.PAPER
-    lam: float = 2.0
-    released_lambda0: float = 0.1
-    released_decay: float = 0.01
-    released_count_eval: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", PenaltyMode(self.mode))
-        if self.lam < 0 or self.released_lambda0 < 0 or self.released_decay < 0:
-            raise ValueError("sparsity weights must be >= 0")
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """The optimisation recipe; defaults are the paper's (AdamW 5e-3, cosine, 50 warm-up steps)."""
 
     lr: float = 5e-3
-    gate_lr_scale: float = 10.0
+    gate_lr_scale: float = DEFAULT_GATE_LR_SCALE
     epochs: int = 20
     batch_size: int = 8
     eval_batch_size: int = 8
@@ -139,14 +115,15 @@ class TrainResult:
         run_dir = prepare_output_dir(run_dir, overwrite=overwrite)
         self.edit.save(run_dir / "edit", overwrite=overwrite)
         self.history.to_csv(run_dir / "history.csv", index=False)
-        if isinstance(self.edit, JolaEdit):
+        if self.gate_history:
             torch.save(self.gate_history, run_dir / "gate_history.pt")
-            torch.save(self.edit.head_maps(), run_dir / "head_maps.pt")
+        for name, artifact in self.edit.run_artifacts().items():
+            torch.save(artifact, run_dir / name)
         (run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return run_dir
 
     def summary(self) -> dict[str, Any]:
-        """Best epoch, its validation CE, JoLA's closed-gate fraction per type, and the time taken."""
+        """Best epoch, its validation CE, time taken, and the edit's extras (JoLA: closed gates)."""
         best = self.history.loc[self.history["epoch"] == self.best_epoch].iloc[0]
         out: dict[str, Any] = {
             "method": self.edit.method,
@@ -158,8 +135,7 @@ class TrainResult:
             "trainable_parameters": self.edit.n_trainable(),
             "seconds": round(self.seconds, 2),
         }
-        if isinstance(self.edit, JolaEdit):
-            out["closed_fraction"] = {k: 1.0 - v for k, v in self.edit.open_fractions().items()}
+        out.update(self.edit.summary_extras())
         return out
 
 
@@ -193,30 +169,7 @@ def answer_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return F.cross_entropy(picked.float(), targets[mask]), n
 
 
-def sparsity_penalty(edit: JolaEdit, config: SparsityConfig, t: int) -> tuple[Tensor, float]:
-    """The penalty term and the lambda used (``lam`` or the released schedule's ``lam_t``)."""
-    hc = edit.config.gate
-    probs = {name: hc.prob_open(getattr(edit, f"log_alpha_{name}")) for name in edit.gate_names}
-    device = next(edit.parameters()).device
-    if not probs:
-        return torch.zeros((), device=device), 0.0
-    if config.mode is PenaltyMode.PAPER:
-        total = sum(p.sum() for p in probs.values())
-        n_gates = sum(p.numel() for p in probs.values())
-        return config.lam * total / n_gates, config.lam
-    lam_t = config.released_lambda0 * math.exp(-config.released_decay * t)
-    n_layers, n_heads = next(iter(probs.values())).shape
-    norm = n_layers * n_heads
-
-    def term(name: str) -> Tensor:
-        p = probs.get(name, probs.get("shared"))
-        return p.mean(dim=1).sum() / norm if p is not None else torch.zeros((), device=device)
-
-    penalty = lam_t * term("additive") * edit.has_additive + (1 - lam_t) * term("multiplicative") * edit.has_multiplicative
-    return penalty, lam_t
-
-
-def _logits_at_answers(net: nn.Module, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
+def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
     """Logits and targets at the positions that predict answer tokens only.
 
     On the HF view the unembedding runs only where a loss is taken, which for a short answer
@@ -275,30 +228,13 @@ def train_jola(
 ) -> TrainResult:
     """Learn a JoLA edit for ``model`` on ``train``, early-stopping on ``valid``.
 
-    Seeds are set before anything random happens; the edit of the best validation epoch is
-    returned. A non-finite loss stops training with :class:`TrainingError`.
+    A thin wrapper: ``train_edit(model, JolaEdit.for_model(model, jola, sparsity), ...)``
+    (the edit carries its penalty and gate learning rate). ``jola`` defaults to
+    ``JolaConfig(seed=config.seed)``. A non-finite loss stops training with :class:`TrainingError`.
     """
     cfg = config or TrainConfig()
-    sparsity = sparsity or SparsityConfig()
-    seed_everything(cfg.seed)
-    jola = jola or JolaConfig(seed=cfg.seed)
-    edit = JolaEdit.for_model(model, jola)
-    gate_params = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
-    vector_params = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
-    groups = [{"params": vector_params, "lr": cfg.lr}]
-    if gate_params:
-        groups.append({"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale})
-    return train_edit(
-        model,
-        edit,
-        train,
-        valid,
-        config=cfg,
-        param_groups=groups,
-        regularizer=lambda t: sparsity_penalty(edit, sparsity, t),
-        count_eval_steps=sparsity.mode is PenaltyMode.RELEASED and sparsity.released_count_eval,
-        desc="JoLA",
-    )
+    edit = JolaEdit.for_model(model, jola or JolaConfig(seed=cfg.seed), sparsity)
+    return train_edit(model, edit, train, valid, config=cfg, desc="JoLA")
 
 
 def train_edit(
@@ -310,17 +246,19 @@ def train_edit(
     config: TrainConfig | None = None,
     param_groups: list[dict[str, Any]] | None = None,
     regularizer: Callable[[int], tuple[Tensor, float]] | None = None,
-    count_eval_steps: bool = False,
+    count_eval_steps: bool | None = None,
     desc: str | None = None,
 ) -> TrainResult:
     """Train any edit's parameters on answer-only cross-entropy (+ its regulariser).
 
-    The one loop every trainable method shares: frozen base model, AdamW on the edit's
-    ``param_groups`` (default: all its trainable parameters at ``config.lr``), warm-up then
-    cosine decay, gradient clipping, validation CE each epoch, early stopping with
-    ``patience``, and the best epoch's state restored. ``regularizer(t)`` defaults to
-    ``edit.penalty``; ``t`` counts optimiser steps (and validation batches with
-    ``count_eval_steps``, as the released JoLA code's schedule does).
+    The one loop every trainable method shares: frozen base model, AdamW on
+    ``edit.param_groups(config.lr, config)``, warm-up then cosine decay, gradient clipping,
+    validation CE each epoch, early stopping with ``patience``, and the best epoch's state
+    restored. ``regularizer(t)`` defaults to ``edit.penalty``; ``t`` counts optimiser steps (and
+    validation batches when ``count_eval_steps``, default ``edit.penalty_counts_eval_steps``, as
+    the released JoLA code's schedule does). After each epoch the history row gains
+    ``edit.epoch_metrics()`` and ``gate_history`` gains ``edit.epoch_maps()`` (if not empty).
+    ``param_groups``, ``regularizer`` and ``count_eval_steps`` override the edit's own.
     """
     cfg = config or TrainConfig()
     seed_everything(cfg.seed)
@@ -332,10 +270,12 @@ def train_edit(
     valid_rows = _tokenize_all(tokenizer, valid, cfg, "validation")
     device = next(model.parameters()).device
     edit.to(device)
-    groups = param_groups if param_groups is not None else edit.param_groups(cfg.lr)
+    groups = param_groups if param_groups is not None else edit.param_groups(cfg.lr, cfg)
     if not any(p.requires_grad for g in groups for p in g["params"]):
         raise TrainingError(f"the {edit.method} edit has no trainable parameters to train")
     regularizer = regularizer or edit.penalty
+    if count_eval_steps is None:
+        count_eval_steps = edit.penalty_counts_eval_steps
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -343,7 +283,6 @@ def train_edit(
     valid_batches = _batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
     order_gen = torch.Generator().manual_seed(cfg.seed)
     trainable = [p for g in groups for p in g["params"]]
-    is_jola = isinstance(edit, JolaEdit)
 
     history: list[dict[str, Any]] = []
     gate_history: list[dict[str, Tensor]] = []
@@ -396,14 +335,22 @@ def train_edit(
                 "lam": lam,
                 "lr": scheduler.get_last_lr()[0],
             }
-            if is_jola:
-                opened = edit.open_fractions()
-                row["open_frac_additive"] = opened.get("additive", float("nan"))
-                row["open_frac_multiplicative"] = opened.get("multiplicative", float("nan"))
-                gate_history.append(edit.head_maps())
+            row.update(edit.epoch_metrics())
+            maps = edit.epoch_maps()
+            if maps:
+                gate_history.append(maps)
             history.append(row)
+            logger.info(
+                "%s epoch %d/%d: train CE %.4f, penalty %.4f, validation CE %.4f",
+                desc or edit.method,
+                epoch,
+                cfg.epochs,
+                row["train_ce"],
+                row["train_penalty"],
+                val_ce,
+            )
             bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}")
-            metric = row[cfg.selection.value]
+            metric = float(row[cfg.selection.value])
             if metric < best[0]:
                 best = (metric, epoch, copy.deepcopy(edit.state_dict()))
                 bad_epochs = 0
@@ -411,8 +358,12 @@ def train_edit(
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stopped_early = epoch < cfg.epochs
+                    logger.info("%s: no better %s for %d epochs; stopping", desc or edit.method,
+                                cfg.selection.value, bad_epochs)
                     break
     bar.close()
+    name = desc or edit.method
+    logger.info("%s: best epoch %d (%s %.4f) restored", name, best[1], cfg.selection.value, best[0])
     edit.load_state_dict(best[2])
     edit.eval()
     return TrainResult(

@@ -39,6 +39,17 @@ from .figures import (
     training_curves,
 )
 from .report import head_maps_from_run, make_figures, make_similarity_figure
+from .stats import (
+    BootstrapInterval,
+    label_prior_accuracy,
+    length_prior_accuracy,
+    majority_label_share,
+    mcnemar_exact_p,
+    paired_bootstrap,
+    paired_mcnemar_p,
+    sign_test_from_differences,
+    sign_test_p,
+)
 
 __all__ = [
     "head_level_maps",
@@ -78,4 +89,14 @@ __all__ = [
     "spearman",
     "top_k",
     "training_curves",
+    # statistics (stats.py)
+    "BootstrapInterval",
+    "label_prior_accuracy",
+    "length_prior_accuracy",
+    "majority_label_share",
+    "mcnemar_exact_p",
+    "paired_bootstrap",
+    "paired_mcnemar_p",
+    "sign_test_from_differences",
+    "sign_test_p",
 ]

@@ -218,7 +218,10 @@ def compare_selection(
         )
     important = top_k(imp, k)
     overlap = len(selected & important)
-    p_perm, null = permutation_p_value(selected, important, tuple(imp.shape), n_permutations=n_permutations, seed=seed)
+    shape = (int(imp.shape[0]), int(imp.shape[1]))
+    p_perm, null = permutation_p_value(
+        selected, important, shape, n_permutations=n_permutations, seed=seed
+    )
     return pd.DataFrame(
         [
             {

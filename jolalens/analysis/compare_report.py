@@ -9,6 +9,7 @@ ablation or attribution head-score map.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,12 +31,14 @@ def head_level_maps(compare_dir: str | Path, task: str, model: nn.Module, seed: 
     maps: dict[str, Tensor] = {}
     edit_dir = lambda method: runs / method / f"seed{seed}" / "edit"  # noqa: E731
     if (edit_dir("jola") / "jola_config.json").is_file():
-        m = load_edit(edit_dir("jola"), model).head_maps()
+        jola: Any = load_edit(edit_dir("jola"), model)  # a JolaEdit (the method is in its config)
+        m = jola.head_maps()
         maps["JoLA |edit|"] = m["gate_additive"] * m["norm_additive"] + m["gate_multiplicative"] * m["norm_multiplicative"]
     if (edit_dir("iti") / "jola_config.json").is_file():
-        maps["ITI probe accuracy"] = load_edit(edit_dir("iti"), model).probe_accuracy.detach().cpu()
+        iti: Any = load_edit(edit_dir("iti"), model)
+        maps["ITI probe accuracy"] = iti.probe_accuracy.detach().cpu()
     if (edit_dir("lofit") / "jola_config.json").is_file():
-        lofit = load_edit(edit_dir("lofit"), model)
+        lofit: Any = load_edit(edit_dir("lofit"), model)
         chosen = torch.zeros(lofit.dims.n_layers, lofit.dims.n_heads)
         for layer, head in lofit.config.heads or ():
             chosen[layer, head] = 1.0

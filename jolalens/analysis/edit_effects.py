@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import pandas as pd
 import torch
@@ -34,7 +35,7 @@ def answer_logprobs(
     """Mean log-probability of each example's answer tokens, ``[n_examples]`` (edit attached if given)."""
     from ..hf_view import hf_view
 
-    tok = model.tokenizer
+    tok: Any = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = [tokenize_example(tok, ex, style=style, max_length=max_length) for ex in examples]
     out = []

@@ -143,7 +143,7 @@ def test_results_are_cached_on_disk(tiny, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the cached result should have been used")
 
-    monkeypatch.setattr(ablation_module, "_Runner", refuse)
+    monkeypatch.setattr(ablation_module, "HeadPatchRunner", refuse)
     second = ablation_scores(tiny, data, ablation="mean", cache_dir=tmp_path)
     torch.testing.assert_close(first.logprob_drop, second.logprob_drop)
     assert second.clean_accuracy == first.clean_accuracy

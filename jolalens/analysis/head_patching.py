@@ -1,0 +1,236 @@
+"""Running the frozen model with a patch on chosen heads' ``hook_z``, on either backend.
+
+One patch function per layer maps ``z`` ``[rows, pos, n_heads, d_head]`` to its replacement;
+:class:`HeadPatchRunner` applies it at ``blocks.{l}.attn.hook_z`` (TransformerLens) or at the
+input of ``o_proj`` in :func:`jolalens.hf_view.hf_view` (the same tensor flattened over heads).
+Also here: the per-row answer metrics and the mean/resample sources the ablations patch in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..edit import Backend
+from ..errors import DataError
+from ..models import hook_z_name, model_dims
+from .scoring_data import ScoringChunk, ScoringData
+
+__all__ = [
+    "HeadPatchRunner",
+    "Patch",
+    "capture_z",
+    "derangement",
+    "donor_z",
+    "example_metrics",
+    "head_means",
+    "leaf_patches",
+    "replace_heads",
+    "row_logprob",
+]
+
+
+# A patch maps the layer's z, shaped [rows, pos, n_heads, d_head], to its replacement.
+Patch = Callable[[Tensor], Tensor]
+
+
+class HeadPatchRunner:
+    """Runs the model with per-layer patches on ``hook_z`` (TL) or the ``o_proj`` input (HF)."""
+
+    def __init__(self, model: nn.Module, backend: Backend) -> None:
+        self.model: Any = model  # a TransformerLens model (run_with_hooks)
+        self.backend = backend
+        self.dims = model_dims(model)
+        if backend is Backend.HF_VIEW:
+            from ..hf_view import hf_view, o_proj_modules
+
+            self.view = hf_view(model)
+            self.o_proj = o_proj_modules(self.view)
+        self.device = next(model.parameters()).device
+
+    def _as_z(self, x: Tensor) -> Tensor:
+        return x.reshape(*x.shape[:2], self.dims.n_heads, self.dims.d_head)
+
+    def logits(
+        self, input_ids: Tensor, attention_mask: Tensor, keep_from: int, patches: dict[int, Patch]
+    ) -> Float[Tensor, "rows kept vocab"]:
+        """Logits at positions ``keep_from..end``, ``patches[layer]`` applied to that layer's z."""
+        n_keep = input_ids.shape[1] - keep_from
+        if self.backend is Backend.HF_VIEW:
+            handles = []
+
+            def make(layer: int) -> Callable[..., Any]:
+                def pre_hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+                    x = args[0]
+                    z = patches[layer](self._as_z(x))
+                    return (z.reshape(x.shape), *args[1:])
+
+                return pre_hook
+
+            try:
+                for layer in patches:
+                    handles.append(self.o_proj[layer].register_forward_pre_hook(make(layer)))
+                out = self.view(
+                    input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep
+                )
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return out.logits[:, -n_keep:]
+
+        def make_tl(layer: int) -> Callable[..., Any]:
+            def hook(z: Tensor, hook: Any) -> Tensor:
+                return patches[layer](z)
+
+            return hook
+
+        # Right padding: pads follow every real token, so causal attention never sees them.
+        fwd_hooks = [(hook_z_name(layer), make_tl(layer)) for layer in patches]
+        logits = self.model.run_with_hooks(input_ids, fwd_hooks=fwd_hooks)
+        return logits[:, keep_from:]
+
+
+def row_logprob(
+    logits: Float[Tensor, "rows kept vocab"], labels: Int[Tensor, "rows pos"], keep_from: int
+) -> Float[Tensor, " rows"]:
+    """Mean log-prob of each row's answer tokens; ``logits[:, i]`` is position ``keep_from + i``."""
+    targets = labels[:, keep_from + 1 :]
+    scored = logits[:, :-1]
+    mask = targets != -100
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
+    logp = scored[mask].float().log_softmax(-1).gather(-1, targets[mask][:, None]).squeeze(-1)
+    total = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add_(
+        0, rows, logp
+    )
+    return total / mask.sum(1)
+
+
+def example_metrics(
+    row_lp: Float[Tensor, "*g rows"], chunk: ScoringChunk
+) -> tuple[Float[Tensor, "*g examples"], Float[Tensor, "*g examples"]]:
+    """Gold-row log-prob and choice correctness (gold beats every other choice) per example."""
+    lead = row_lp.shape[:-1]
+    n_ex = chunk.n_examples
+    idx = chunk.example_index.expand(*lead, -1)
+    gold_lp = torch.zeros(*lead, n_ex, dtype=row_lp.dtype, device=row_lp.device).scatter_add_(
+        -1, idx, torch.where(chunk.is_gold, row_lp, torch.zeros_like(row_lp))
+    )
+    others = torch.where(chunk.is_gold, torch.full_like(row_lp, -math.inf), row_lp)
+    best_other = torch.full(
+        (*lead, n_ex), -math.inf, dtype=row_lp.dtype, device=row_lp.device
+    ).scatter_reduce_(-1, idx, others, reduce="amax")
+    correct = (gold_lp > best_other).to(row_lp.dtype)
+    return gold_lp, correct
+
+
+def replace_heads(z: Tensor, heads: Sequence[int], source: Tensor) -> Tensor:
+    """Of the ``len(heads)`` stacked copies of a batch in ``z``, copy ``g`` swaps ``heads[g]``.
+
+    ``source`` broadcasts to one copy, ``[rows, pos, n_heads, d_head]``.
+    """
+    n_copies = len(heads)
+    rows = z.shape[0] // n_copies
+    zg = z.reshape(n_copies, rows, *z.shape[1:])
+    mask = torch.zeros(n_copies, 1, 1, z.shape[2], 1, dtype=torch.bool, device=z.device)
+    mask[torch.arange(n_copies), 0, 0, torch.tensor(list(heads)), 0] = True
+    out = torch.where(mask, source.to(z.dtype).unsqueeze(0), zg)
+    return out.reshape(z.shape)
+
+
+def capture_z(
+    runner: HeadPatchRunner, input_ids: Tensor, attention_mask: Tensor, keep_from: int
+) -> tuple[Tensor, list[Tensor]]:
+    """Clean logits and every layer's z, ``[rows, pos, n_heads, d_head]``, in one forward."""
+    zs: dict[int, Tensor] = {}
+
+    def grab(layer: int) -> Patch:
+        def patch(z: Tensor) -> Tensor:
+            zs[layer] = z.detach()
+            return z
+
+        return patch
+
+    patches = {layer: grab(layer) for layer in range(runner.dims.n_layers)}
+    logits = runner.logits(input_ids, attention_mask, keep_from, patches)
+    return logits, [zs[layer] for layer in range(runner.dims.n_layers)]
+
+
+@torch.no_grad()
+def head_means(
+    runner: HeadPatchRunner, data: ScoringData, batch_size: int, progress: bool
+) -> Tensor:
+    """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``."""
+    dims = runner.dims
+    total = torch.zeros(
+        dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device
+    )
+    count = 0
+    for chunk in tqdm(
+        list(data.chunks(batch_size)), desc="head means", disable=not progress, leave=False
+    ):
+        chunk = chunk.to(runner.device)
+        _, zs = capture_z(
+            runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1
+        )
+        weight = (chunk.attention_mask * chunk.is_gold[:, None]).to(torch.float64)
+        for layer, z in enumerate(zs):
+            total[layer] += torch.einsum("rp,rphd->hd", weight, z.to(torch.float64))
+        count += int(weight.sum())
+    return (total / count).to(torch.float32)
+
+
+def leaf_patches(n_layers: int, leaves: dict[int, Tensor]) -> dict[int, Patch]:
+    """Patches that make every layer's z a grad-requiring leaf, stored in ``leaves``."""
+
+    def leaf(layer: int) -> Patch:
+        def patch(z: Tensor) -> Tensor:
+            leaves[layer] = z.detach().requires_grad_(True)
+            return leaves[layer]
+
+        return patch
+
+    return {layer: leaf(layer) for layer in range(n_layers)}
+
+
+def derangement(n: int, seed: int) -> Tensor:
+    """partner[i] != i for every i: a random cycle through all examples."""
+    if n < 2:
+        raise DataError(
+            "resample ablation needs at least 2 examples to draw other examples' z from"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    partner = torch.empty(n, dtype=torch.long)
+    partner[order] = order.roll(-1)
+    return partner
+
+
+@torch.no_grad()
+def donor_z(
+    runner: HeadPatchRunner,
+    data: ScoringData,
+    chunk: ScoringChunk,
+    partner: Tensor,
+    start: int,
+    mu: Tensor,
+) -> list[Tensor]:
+    """For every row of ``chunk``, the z of its partner example's gold row, padded with ``mu``."""
+    gold_row = torch.empty(data.n_examples, dtype=torch.long)
+    gold_row[data.example_index[data.is_gold]] = data.is_gold.nonzero().squeeze(-1)
+    donors = gold_row[partner[chunk.example_index.cpu() + start]]
+    width = chunk.input_ids.shape[1]
+    ids = data.input_ids[donors, :width].to(runner.device)
+    mask = data.attention_mask[donors, :width].to(runner.device)
+    if ids.shape[1] < width:  # the donor rows are narrower than this chunk
+        pad = width - ids.shape[1]
+        ids = torch.nn.functional.pad(ids, (0, pad), value=0)
+        mask = torch.nn.functional.pad(mask, (0, pad), value=0)
+    _, zs = capture_z(runner, ids, mask, width - 1)
+    valid = mask.bool()[:, :, None, None]
+    return [torch.where(valid, z, mu[layer].to(z.dtype)) for layer, z in enumerate(zs)]

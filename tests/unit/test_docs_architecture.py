@@ -1,0 +1,31 @@
+"""The examples of docs/architecture.md run as written (tiny random model)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from jolalens import edit as edit_module
+
+DOC = Path(__file__).parents[2] / "docs" / "architecture.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_the_doc_has_its_examples():
+    assert len(BLOCKS) == 3
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_doc_example_runs(index, capsys):
+    before = dict(edit_module._METHODS)
+    try:
+        exec(compile(BLOCKS[index], f"{DOC.name}[{index}]", "exec"), {"__name__": "doc_example"})
+    finally:
+        edit_module._METHODS.clear()
+        edit_module._METHODS.update(before)
+    out = capsys.readouterr().out
+    assert out.strip(), "each example prints its result"
+    if index == 1:
+        assert "bias_norm" in out and "train_penalty" in out
+    if index == 2:
+        assert out.split() == ["0.25", "0.5"]
