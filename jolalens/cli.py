@@ -196,6 +196,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer-eos", action="store_true",
                    help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
     p.add_argument("--no-progress", action="store_true")
+    ray = p.add_argument_group("engine (docs/scale-out.md)")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: one cell after another in this process; ray: one Ray task per cell")
+    ray.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto); default: start a local one")
+    ray.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: all)")
+    ray.add_argument("--cpus-per-cell", type=float, default=1.0, help="ray: CPUs each cell reserves")
+    ray.add_argument("--gpus-per-cell", type=float, default=0.0,
+                     help="ray: GPU share each cell reserves, e.g. 0.25 puts four cells on one GPU (0: CPU)")
+    ray.add_argument("--max-retries", type=int, default=2, help="ray: reruns of a cell whose worker died")
     p.set_defaults(func=_cmd_compare)
 
 
@@ -215,9 +224,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
         n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
     )
-    print(f"Loading {args.model} ...")
-    model = load_model(args.model)
-    results = run_compare(model, config, args.out)
+    if args.engine == "ray":
+        from functools import partial
+
+        from .engines.ray_engine import RayEngineConfig, run_compare_ray
+
+        engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                                 gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, progress=not args.no_progress)
+        factory = partial(load_model, args.model, device="cuda" if args.gpus_per_cell > 0 else None)
+        results = run_compare_ray(factory, config, args.out, engine)
+    else:
+        print(f"Loading {args.model} ...")
+        model = load_model(args.model)
+        results = run_compare(model, config, args.out)
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0
     print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))
