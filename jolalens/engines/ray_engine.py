@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..compare import RESULT_FILE, CompareConfig, cell_dir, cells, run_cell, write_tables
 from ..errors import JolaError
 
-__all__ = ["KILL_ONCE_ENV", "RayEngineConfig", "run_compare_ray"]
+__all__ = ["KILL_ONCE_ENV", "RayEngineConfig", "run_compare_ray", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _runtime_env(engine: RayEngineConfig) -> dict[str, Any]:
     return runtime
 
 
-def _start_ray(engine: RayEngineConfig) -> bool:
+def start_ray(engine: RayEngineConfig) -> bool:
     """Connect to ``engine.address`` or start a local cluster; ``True`` if this call started Ray."""
     import ray
 
@@ -134,12 +134,14 @@ def run_compare_ray(
     out: str | Path,
     engine: RayEngineConfig | None = None,
     *,
+    only: Collection[tuple[str, str, int]] | None = None,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run (or resume) the comparison into ``out`` on Ray; returns the per-run results table.
 
     ``model_factory`` (picklable, e.g. ``functools.partial(load_model, name, device="cuda")``)
-    loads the model inside a worker.
+    loads the model inside a worker. ``only``: run just these (task, method, seed) cells of ``config``.
+    A Ray cluster already connected to (:func:`start_ray`) is used and left running.
     """
     _check_ray_installed()
     import ray
@@ -150,7 +152,7 @@ def run_compare_ray(
     out = Path(out).resolve()
     worker_config = replace(config, train=replace(config.train, progress=False))  # one bar: the driver's
     key = repr(model_factory)
-    started = _start_ray(engine)
+    started = start_ray(engine)
     try:
         share = {"num_cpus": engine.cpus_per_cell, "num_gpus": engine.gpus_per_cell}
         identity = ray.get(ray.remote(_identity_cell).options(**share, max_retries=engine.max_retries)
@@ -158,6 +160,8 @@ def run_compare_ray(
         _check_out_dir(out, config, identity)
         todo = []
         for task, name, seed in cells(config):
+            if only is not None and (task, name, seed) not in only:
+                continue
             if (cell_dir(out, task, name, seed) / RESULT_FILE).is_file():
                 log(f"skip {task}/{name}/seed{seed}: done")
             else:

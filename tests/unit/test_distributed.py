@@ -48,6 +48,7 @@ def test_cli_refuses_a_multi_process_launch_without_distributed(tmp_path, monkey
 
 
 def _launch(out: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    pytest.importorskip("accelerate")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

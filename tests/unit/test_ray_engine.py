@@ -12,7 +12,7 @@ import pytest
 
 import jolalens.tasks
 from jolalens.compare import CompareConfig, run_compare
-from jolalens.engines.ray_engine import KILL_ONCE_ENV, RayEngineConfig, _start_ray, run_compare_ray
+from jolalens.engines.ray_engine import KILL_ONCE_ENV, RayEngineConfig, run_compare_ray, start_ray
 from jolalens.testing import choice_splits, tiny_model
 from jolalens.train import TrainConfig
 
@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
     marker = tmp_path_factory.mktemp("kill") / "killed"
     os.environ[KILL_ONCE_ENV] = str(marker)
     try:
-        _start_ray(RayEngineConfig(num_cpus=2, worker_setup=SETUP))
+        start_ray(RayEngineConfig(num_cpus=2, worker_setup=SETUP))
     finally:
         del os.environ[KILL_ONCE_ENV]
     yield marker
