@@ -90,3 +90,23 @@ def test_a_cell_whose_worker_dies_without_retries_is_recorded_as_failed(cluster,
     assert list(results["status"]) == ["failed"]
     error = (tmp_path / "cmp" / "runs" / "arc_easy" / "zeroshot" / "seed0" / "error.txt").read_text()
     assert "failed after 0 retries" in error
+
+
+def test_cli_dispatches_to_the_ray_engine_with_the_cell_shares(tmp_path, monkeypatch):
+    import jolalens.engines.ray_engine as engine_module
+    from jolalens.cli import main
+
+    seen = {}
+
+    def fake(factory, config, out, engine, **kw):
+        seen.update(factory=factory, config=config, engine=engine)
+        out.mkdir(parents=True)
+        (out / "summary.md").write_text("table\n")
+        return pd.DataFrame({"status": ["done"]})
+
+    monkeypatch.setattr(engine_module, "run_compare_ray", fake)
+    code = main(["compare", "--engine", "ray", "--tasks", "piqa", "--methods", "jola", "--out", str(tmp_path / "cmp"),
+                 "--gpus-per-cell", "0.25", "--cpus-per-cell", "2", "--max-retries", "1", "--no-progress"])
+    assert code == 0
+    assert seen["engine"] == RayEngineConfig(cpus_per_cell=2.0, gpus_per_cell=0.25, max_retries=1, progress=False)
+    assert seen["factory"].keywords == {"device": "cuda"} and seen["config"].methods == ("jola",)
