@@ -40,14 +40,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FAULT_ENV = "JOLALENS_FAULT_RANK_STEP"  # "RANK:STEP": that rank raises at that optimiser step (tests)
+FAULT_ENV = (
+    "JOLALENS_FAULT_RANK_STEP"  # "RANK:STEP": that rank raises at that optimiser step (tests)
+)
 T = TypeVar("T")
 
 _CURRENT: ContextVar[DataParallel | None] = ContextVar("jolalens_data_parallel", default=None)
 
 
 def launched_with_several_processes() -> bool:
-    """Whether a launcher (``accelerate launch``, ``torchrun``) started this process as one of several."""
+    """Whether a launcher (``accelerate launch``, ``torchrun``) started several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -61,7 +63,9 @@ class DataParallel:
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, world_size), got {self.rank} of {self.world_size}")
+            raise ValueError(
+                f"rank must be in [0, world_size), got {self.rank} of {self.world_size}"
+            )
 
     @classmethod
     def from_accelerate(cls, *, timeout_s: float = 600.0) -> DataParallel:
@@ -71,11 +75,19 @@ class DataParallel:
         """
         from accelerate import PartialState
 
-        state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
+        state = PartialState(
+            cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s)
+        )
         if state.num_processes < 2:
-            raise TrainingError("data-parallel training needs several processes; start it with "
-                                "`accelerate launch --num_processes N -m jolalens.cli train --distributed ...`")
-        return cls(rank=state.process_index, world_size=state.num_processes, device=torch.device(state.device))
+            raise TrainingError(
+                "data-parallel training needs several processes; start it with "
+                "`accelerate launch --num_processes N -m jolalens.cli train --distributed ...`"
+            )
+        return cls(
+            rank=state.process_index,
+            world_size=state.num_processes,
+            device=torch.device(state.device),
+        )
 
     @property
     def is_main(self) -> bool:
@@ -102,8 +114,10 @@ class DataParallel:
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except (RuntimeError, OSError) as exc:  # a peer died or went silent
-            raise TrainingError(f"rank {self.rank}: a peer process stopped answering ({exc}); "
-                                "see the other ranks' output for the cause, then rerun") from exc
+            raise TrainingError(
+                f"rank {self.rank}: a peer process stopped answering ({exc}); "
+                "see the other ranks' output for the cause, then rerun"
+            ) from exc
         return tensor
 
     def broadcast_parameters(self, params: Sequence[Tensor]) -> None:
@@ -144,23 +158,39 @@ class DataParallel:
             failure = exc
         status = torch.zeros(self.world_size, device=self.device)
         status[self.rank] = 1.0 if failure is not None else 0.0
-        grads = [torch.zeros(p.numel(), device=self.device) if (failure is not None or p.grad is None)
-                 else p.grad.detach().reshape(-1).float().to(self.device) for p in trainable]
-        packet = torch.cat([status, torch.tensor([float(n_local)], device=self.device),
-                            ce_local.reshape(1).to(self.device), *grads])
+        grads = [
+            torch.zeros(p.numel(), device=self.device)
+            if (failure is not None or p.grad is None)
+            else p.grad.detach().reshape(-1).float().to(self.device)
+            for p in trainable
+        ]
+        packet = torch.cat(
+            [
+                status,
+                torch.tensor([float(n_local)], device=self.device),
+                ce_local.reshape(1).to(self.device),
+                *grads,
+            ]
+        )
         self.all_reduce_sum(packet)
         failed = [r for r in range(self.world_size) if packet[r] > 0]
         if failed:
-            why = f": {type(failure).__name__}: {failure}" if failure is not None else "; see its output"
-            raise TrainingError(f"training step {step} failed on rank(s) {failed}{why}. "
-                                "Nothing was saved; fix the cause and rerun") from failure
+            why = (
+                f": {type(failure).__name__}: {failure}"
+                if failure is not None
+                else "; see its output"
+            )
+            raise TrainingError(
+                f"training step {step} failed on rank(s) {failed}{why}. "
+                "Nothing was saved; fix the cause and rerun"
+            ) from failure
         offset = self.world_size
         n_global = int(packet[offset].item())
         ce_global = packet[offset + 1] / max(n_global, 1)
-        flat = packet[offset + 2:] / max(n_global, 1)
+        flat = packet[offset + 2 :] / max(n_global, 1)
         start = 0
         for p in trainable:
-            piece = flat[start:start + p.numel()].view_as(p).to(device=p.device, dtype=p.dtype)
+            piece = flat[start : start + p.numel()].view_as(p).to(device=p.device, dtype=p.dtype)
             start += p.numel()
             if p.grad is None:
                 p.grad = piece.clone()
@@ -180,7 +210,8 @@ def _maybe_inject_fault(rank: int, step: int) -> None:
 
 @contextmanager
 def data_parallel(dp: DataParallel | None) -> Iterator[DataParallel | None]:
-    """Inside the block, :func:`jolalens.train.train_edit` (every trainable method) trains across ``dp``'s group."""
+    """Inside the block, :func:`jolalens.train.train_edit` (every trainable method) trains
+    across ``dp``'s group."""
     token = _CURRENT.set(dp)
     try:
         yield dp

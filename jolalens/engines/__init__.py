@@ -1,5 +1,6 @@
-"""Where a comparison's cells run: ``local`` (one after another, :func:`jolalens.compare.run_compare`)
-or ``ray`` (one Ray task per cell, :func:`jolalens.engines.ray_engine.run_compare_ray`)."""
+"""Where a comparison's cells run: ``local`` (one after another,
+:func:`jolalens.compare.run_compare`) or ``ray`` (one Ray task per cell,
+:func:`jolalens.engines.ray_engine.run_compare_ray`)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ __all__ = ["KILL_ONCE_ENV", "RayEngineConfig", "run_compare_ray", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
-KILL_ONCE_ENV = "JOLALENS_RAY_KILL_ONCE"  # a marker path: the first cell to create it kills its worker (tests)
+KILL_ONCE_ENV = (
+    "JOLALENS_RAY_KILL_ONCE"  # a marker path: the first cell to create it kills its worker (tests)
+)
 ModelFactory = Callable[[], nn.Module]
 
 
@@ -56,7 +58,9 @@ class RayEngineConfig:
 
     def __post_init__(self) -> None:
         if self.cpus_per_cell <= 0 or self.gpus_per_cell < 0:
-            raise ValueError("cpus_per_cell must be > 0 and gpus_per_cell >= 0 (e.g. --gpus-per-cell 0.25)")
+            raise ValueError(
+                "cpus_per_cell must be > 0 and gpus_per_cell >= 0 (e.g. --gpus-per-cell 0.25)"
+            )
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.num_cpus is not None and self.num_cpus < 1:
@@ -95,7 +99,15 @@ def _kill_once_if_asked(cell: str) -> None:
     os._exit(1)  # the worker process dies as if killed; Ray retries the cell
 
 
-def _run_cell_task(factory: ModelFactory, key: str, config: CompareConfig, out: str, task: str, name: str, seed: int) -> str:
+def _run_cell_task(
+    factory: ModelFactory,
+    key: str,
+    config: CompareConfig,
+    out: str,
+    task: str,
+    name: str,
+    seed: int,
+) -> str:
     model = _model(factory, key)
     _kill_once_if_asked(f"{task}/{name}/seed{seed}")
     return run_cell(model, config, Path(out), task, name, seed, log=logger.info)
@@ -104,10 +116,14 @@ def _run_cell_task(factory: ModelFactory, key: str, config: CompareConfig, out: 
 def _runtime_env(engine: RayEngineConfig) -> dict[str, Any]:
     """jolalens' own environment variables for every worker; on a local cluster also the
     ``PYTHONPATH`` that makes the workers import the jolalens this driver runs."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("JOLALENS_") or k == "HF_HUB_OFFLINE"}
+    env = {
+        k: v for k, v in os.environ.items() if k.startswith("JOLALENS_") or k == "HF_HUB_OFFLINE"
+    }
     if engine.address is None:
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p
+        )
     runtime: dict[str, Any] = {"env_vars": env}
     if engine.worker_setup:
         runtime["worker_process_setup_hook"] = engine.worker_setup
@@ -123,8 +139,13 @@ def start_ray(engine: RayEngineConfig) -> bool:
     if engine.address is not None:
         ray.init(address=engine.address, runtime_env=_runtime_env(engine), log_to_driver=False)
     else:
-        ray.init(num_cpus=engine.num_cpus, include_dashboard=False, runtime_env=_runtime_env(engine),
-                 _temp_dir=tempfile.mkdtemp(prefix="jolalens-ray-"), log_to_driver=False)
+        ray.init(
+            num_cpus=engine.num_cpus,
+            include_dashboard=False,
+            runtime_env=_runtime_env(engine),
+            _temp_dir=tempfile.mkdtemp(prefix="jolalens-ray-"),
+            log_to_driver=False,
+        )
     return True
 
 
@@ -140,7 +161,8 @@ def run_compare_ray(
     """Run (or resume) the comparison into ``out`` on Ray; returns the per-run results table.
 
     ``model_factory`` (picklable, e.g. ``functools.partial(load_model, name, device="cuda")``)
-    loads the model inside a worker. ``only``: run just these (task, method, seed) cells of ``config``.
+    loads the model inside a worker. ``only``: run just these (task, method, seed) cells of
+    ``config``.
     A Ray cluster already connected to (:func:`start_ray`) is used and left running.
     """
     _check_ray_installed()
@@ -150,13 +172,18 @@ def run_compare_ray(
 
     engine = engine or RayEngineConfig()
     out = Path(out).resolve()
-    worker_config = replace(config, train=replace(config.train, progress=False))  # one bar: the driver's
+    worker_config = replace(
+        config, train=replace(config.train, progress=False)
+    )  # one bar: the driver's
     key = repr(model_factory)
     started = start_ray(engine)
     try:
         share = {"num_cpus": engine.cpus_per_cell, "num_gpus": engine.gpus_per_cell}
-        identity = ray.get(ray.remote(_identity_cell).options(**share, max_retries=engine.max_retries)
-                           .remote(model_factory, key))
+        identity = ray.get(
+            ray.remote(_identity_cell)
+            .options(**share, max_retries=engine.max_retries)
+            .remote(model_factory, key)
+        )
         _check_out_dir(out, config, identity)
         todo = []
         for task, name, seed in cells(config):
@@ -166,11 +193,24 @@ def run_compare_ray(
                 log(f"skip {task}/{name}/seed{seed}: done")
             else:
                 todo.append((task, name, seed))
-        remote = ray.remote(_run_cell_task).options(**share, max_retries=engine.max_retries, retry_exceptions=False)
-        pending = {remote.remote(model_factory, key, worker_config, str(out), *cell): cell for cell in todo}
-        log(f"{len(pending)} cell(s) submitted to Ray ({engine.cpus_per_cell} CPU, {engine.gpus_per_cell} GPU each)")
+        remote = ray.remote(_run_cell_task).options(
+            **share, max_retries=engine.max_retries, retry_exceptions=False
+        )
+        pending = {
+            remote.remote(model_factory, key, worker_config, str(out), *cell): cell for cell in todo
+        }
+        log(
+            f"{len(pending)} cell(s) submitted to Ray "
+            f"({engine.cpus_per_cell} CPU, {engine.gpus_per_cell} GPU each)"
+        )
         start = time.perf_counter()
-        with tqdm(total=len(pending), desc="cells", unit="cell", disable=not engine.progress, file=sys.stderr) as bar:
+        with tqdm(
+            total=len(pending),
+            desc="cells",
+            unit="cell",
+            disable=not engine.progress,
+            file=sys.stderr,
+        ) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
@@ -189,14 +229,17 @@ def run_compare_ray(
 
 
 def _outcome(ref: Any, run_dir: Path, retries: int) -> str:
-    """The cell's status; a task Ray gave up on (its worker died ``retries + 1`` times) is recorded as failed."""
+    """The cell's status; a task Ray gave up on (its worker died ``retries + 1`` times) is
+    recorded as failed."""
     import ray
 
     try:
         return str(ray.get(ref))
     except ray.exceptions.RayError as exc:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(f"the Ray task of this cell failed after {retries} retries:\n{exc}\n")
+        (run_dir / "error.txt").write_text(
+            f"the Ray task of this cell failed after {retries} retries:\n{exc}\n"
+        )
         return "failed"
 
 

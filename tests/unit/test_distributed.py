@@ -1,4 +1,5 @@
-"""Data-parallel training: sharding rules, and two gloo ranks under ``accelerate launch`` against one process."""
+"""Data-parallel training: sharding rules, and two gloo ranks under ``accelerate launch``
+against one process."""
 
 from __future__ import annotations
 
@@ -51,8 +52,22 @@ def _launch(out: Path, extra_env: dict[str, str] | None = None) -> subprocess.Co
     pytest.importorskip("accelerate")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(WORKER),
+        str(out),
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -71,7 +86,9 @@ def test_two_ranks_train_the_same_edits_as_one_process(tmp_path):
         assert parallel[method]["train_ce"] == pytest.approx(single[method]["train_ce"], abs=1e-5)
         for name, value in single[method]["state"].items():
             torch.testing.assert_close(parallel[method]["state"][name], value, atol=2e-5, rtol=1e-4)
-    assert max(float(v.abs().max()) for v in single["bitfit"]["state"].values()) > 1e-3  # zero-initialised: it trained
+    assert (
+        max(float(v.abs().max()) for v in single["bitfit"]["state"].values()) > 1e-3
+    )  # zero-initialised: it trained
 
 
 def test_a_failing_rank_stops_every_rank_and_saves_nothing(tmp_path):
