@@ -1,4 +1,4 @@
-"""The paper's comparison grid (issue #7) as one prioritised, resumable work queue.
+"""The paper's comparison grid (issue #7): its cells, run as ``jolalens compare --engine ray`` calls.
 
 Every cell is one ``jolalens compare`` run (task, method, seed) in one of five groups that share a
 protocol: ``main`` (8 commonsense tasks, the 7 methods and the 4 JoLA ablations), ``nlu`` (MMLU
@@ -8,25 +8,23 @@ throughout: 200 train / 200 valid examples, up to 20 epochs with early stopping,
 test items per task (or the whole split if smaller), 2 hyper-parameter points per method chosen
 on validation cross-entropy only.
 
-Several worker processes share the queue (a cell is claimed by creating its lock file), so the
-cells of a small model run side by side on one GPU. Results go to ``OUT/{group}/runs/...`` exactly
-as ``jolalens compare`` writes them; rerunning the command resumes (done cells are skipped, lost
-claims are retried). A claim whose worker still runs on this machine is kept, so a second
-coordinator with other ``--tasks`` or ``--methods`` can run beside the first. Usage::
+Each group is one comparison directory, ``OUT/{group}/runs/...``, run by the Ray engine of
+``jolalens compare`` (``jolalens.engines.ray_engine``): one Ray task per cell with a declared CPU
+or GPU share, so that the cells of a small model run side by side on one GPU, and rerunning the
+command resumes (done cells are skipped). The ``gen`` cells re-score finished main runs in this
+process afterwards. Usage::
 
     python benchmarks/paper_grid.py --plan                          # list the cells, in order
-    python benchmarks/paper_grid.py --device cuda --workers 12 --deadline 500
-    python benchmarks/paper_grid.py --device cpu --workers 1        # resume here, slowly
+    python benchmarks/paper_grid.py --gpus-per-cell 0.08 --eval-batch-size 32 --tf32   # 12 cells per GPU
+    python benchmarks/paper_grid.py --num-cpus 2                    # resume here, slowly, on 2 CPUs
+    python benchmarks/paper_grid.py --address auto --gpus-per-cell 0.25   # an existing Ray cluster
     python benchmarks/paper_grid.py --tables                        # rewrite every summary
-    python benchmarks/paper_grid.py --device cpu --workers 2 --only main --skip 'main__piqa__*'
+    python benchmarks/paper_grid.py --only main --skip 'main__piqa__*'
 
 ``--skip`` leaves out the cells whose keys match (shell wildcards), e.g. those too long to finish
-before a session ends; unlike a claim file written by hand, it holds for this invocation only and
-no worker waits on it.
-
-``--deadline S`` is for a machine lent by the minute: claims stop at 85% of S and the workers are
-killed at S, whatever they run. ``--let-running-finish`` turns it into a soft deadline for a
-machine of one's own: claims stop at S and running cells are left to finish.
+before a session ends. On a machine lent by the minute, bound the call with ``timeout``: a cell
+counts as done only once its ``result.json`` is written, so a cut-off cell is simply run again
+next time.
 
 ``--snapshot DIR`` packs what the run finished (edits over 300 kB left out) into tarballs of at most
 14 MiB under DIR every 30 s, so that a run cut off by a time limit still returns what it finished.
@@ -41,13 +39,10 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tarfile
+import threading
 import time
-import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -151,76 +146,12 @@ def _ready(cell: Cell, out: Path) -> bool:
     return cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
 
 
-def waits_on_a_running_run(todo: list[Cell], out: Path) -> bool:
-    """Whether a re-scoring cell left to do needs a main run that a worker is running now; a
-    worker with nothing else to claim waits for it and exits otherwise."""
-    for cell in todo:
-        main = Cell("main", cell.task, cell.method, cell.seed)
-        if (cell.group == "gen" and not _ready(cell, out) and (out / "claims" / main.key).exists()
-                and not (main.run_dir(out) / "error.txt").exists()):
-            return True
-    return False
-
-
-def _claim(cell: Cell, out: Path, worker: int) -> bool:
-    path = out / "claims" / cell.key
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, f"worker {worker} pid {os.getpid()} start {_process_start(os.getpid())} host {socket.gethostname()} "
-                 f"at {time.time():.0f}\n".encode())
-    os.close(fd)
-    return True
-
-
-def _process_start(pid: int) -> str:
-    """When a process started (clock ticks since boot, from /proc; "?" where there is no /proc):
-    a pid reused by another process after a worker died must not keep the worker's claim alive."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
-
-
-def _claim_is_live(path: Path) -> bool:
-    """Whether a claim's process still runs on this machine: a second coordinator started beside a
-    first must not take back the cells the first one's workers are running."""
-    words = path.read_text().split()
-    try:
-        pid, host = int(words[words.index("pid") + 1]), words[words.index("host") + 1]
-    except (ValueError, IndexError):
-        return False  # an older or hand-made claim: nothing says who holds it
-    if host != socket.gethostname():
-        return False  # claimed on another machine (a lent GPU) whose run has ended
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, under another user
-    started = words[words.index("start") + 1] if "start" in words else "?"
-    return started == "?" or started == _process_start(pid)  # "?": an older claim, or no /proc
-
-
 def uncached_tasks(cells: list[Cell]) -> list[str]:
     """The cells' tasks that are not in this machine's task cache. A lent GPU machine has no
     network and gets only the cache, so a task missing here fails there at once."""
     from jolalens.tasks.sources import cached_split_sizes
 
     return sorted(t for t in {c.task for c in cells} if not cached_split_sizes(t))
-
-
-def release_stale_claims(out: Path) -> list[str]:
-    """Remove the claims of cells that never finished and whose process is gone, so they run again."""
-    released = []
-    for claim in sorted((out / "claims").iterdir()):
-        key = claim.name.split("__")
-        if len(key) == 4 and not _done(Cell(key[0], key[1], key[2], int(key[3][4:])), out) and not _claim_is_live(claim):
-            claim.unlink()
-            released.append(claim.name)
-    return released
 
 
 def compress_items(run_dir: Path) -> None:
@@ -324,83 +255,6 @@ def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
     return rescore_generation(model, cell, out, config, edit_dir=again.run_dir(out) / "edit", provenance=provenance)
 
 
-def deadline_times(t0: float, deadline: float | None, *, let_running_finish: bool = False) -> tuple[float | None, float | None]:
-    """When to stop claiming cells and when to kill the workers (``None``: never).
-
-    A lent machine stops claiming at 85% of the deadline and kills at 100%, so that the lease ends
-    with its results packed; with ``let_running_finish`` claims stop at the deadline and nothing is
-    killed, so that no cell's hours are thrown away on a machine that is not lent by the minute.
-    """
-    if deadline is None:
-        return None, None
-    if let_running_finish:
-        return t0 + deadline, None
-    return t0 + 0.85 * deadline, t0 + deadline
-
-
-def worker(args: argparse.Namespace, index: int) -> int:
-    """Claim and run cells until none is left or the claim deadline passes."""
-    import torch
-
-    from jolalens import load_model
-    from jolalens.compare import run_compare
-
-    torch.set_num_threads(max(1, args.threads))
-    if args.tf32:  # fp32 weights, TF32 matrix products: ~4x the fp32 rate of an H100
-        torch.set_float32_matmul_precision("high")
-    out: Path = args.out
-    stop_at = float(args.stop_claiming_at) if args.stop_claiming_at else float("inf")
-    model = load_model(device=args.device)
-    log_dir: Path = args.log_dir or out / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"worker{index}.log"
-
-    def log(msg: str) -> None:
-        with open(log_path, "a") as fh:
-            fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-
-    log(f"worker {index} ready on {args.device}")
-    cells = selected(args.only, args.methods, args.tasks, args.skip)
-    while time.time() < stop_at:
-        todo = [c for c in cells if not _done(c, out)]
-        ready = [c for c in todo if _ready(c, out) and not (out / "claims" / c.key).exists()]
-        if not ready:
-            if not waits_on_a_running_run(todo, out):
-                break  # done, claimed by another worker, or waiting on a main run that failed
-            time.sleep(5)  # re-scoring cells wait for their main run
-            continue
-        cell = ready[0]
-        if not _claim(cell, out, index):
-            continue
-        if cell.group == "main":
-            # this worker scores the run's generation protocol itself once the run is done: hold
-            # the re-scoring cell, or an idle worker would claim it the moment result.json appears
-            # and score the same edit a second time beside this one (the eighth lease did, 9 times)
-            _claim(Cell("gen", cell.task, cell.method, cell.seed), out, index)
-        t0 = time.perf_counter()
-        log(f"start {cell.key}")
-        try:
-            config = group_config("main" if cell.group == "gen" else cell.group, smoke=args.smoke, eval_batch_size=args.eval_batch_size)
-            one = replace(config, methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
-            if cell.group == "gen":
-                row = score_generation(model, cell, out, one, log)
-                log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f} in {time.perf_counter() - t0:.0f} s")
-                continue
-            run_compare(model, one, out / cell.group, log=log)
-            compress_items(cell.run_dir(out))
-            if cell.group == "main" and (cell.run_dir(out) / "result.json").is_file():
-                # both protocols while the edit is on disk here (LoRA weights are too large to keep)
-                row = rescore_generation(model, Cell("gen", cell.task, cell.method, cell.seed), out, one)
-                log(f"  gen-protocol accuracy {row['accuracy']:.3f}")
-            finished = (cell.run_dir(out) / "result.json").is_file()
-            log(f"{'done' if finished else 'FAILED'} {cell.key} in {time.perf_counter() - t0:.0f} s"
-                + ("" if finished else f" (see {cell.run_dir(out) / 'error.txt'})"))
-        except Exception:  # noqa: BLE001 - a broken cell is logged and left for the next invocation
-            log(f"FAILED {cell.key}\n{traceback.format_exc()}")
-    log(f"worker {index} exits")
-    return 0
-
-
 def _keep(path: Path) -> bool:
     """Results, logs and edits under 300 kB travel: JoLA's, ITI's, LoFiT's and RED's, not BitFit's
     (620 kB) or LoRA's (1.8 MB), which are scored with both protocols where they were trained."""
@@ -488,13 +342,12 @@ def tables(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto); default: start a local one")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    parser.add_argument("--cpus-per-cell", type=float, default=1.0)
+    parser.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPU share of a cell, e.g. 0.08: 12 cells per GPU (0: CPU)")
+    parser.add_argument("--max-retries", type=int, default=2, help="reruns of a cell whose worker died")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="speed only; not part of the protocol")
-    parser.add_argument("--deadline", type=float, default=None, help="seconds: stop claiming cells at 85%%, stop workers at 100%%")
-    parser.add_argument("--let-running-finish", action="store_true",
-                        help="with --deadline: stop claiming at the deadline and let running cells finish (no kill)")
     parser.add_argument("--snapshot", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
     parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
@@ -509,16 +362,11 @@ def main() -> int:
                         help="exit 2, naming them, if the selected cells' tasks are not all cached here")
     parser.add_argument("--reextract", action="store_true",
                         help="read the stored generations' answers again with the current extractor (no model needed)")
-    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--log-dir", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.only = None if args.only is None else set(args.only.split(","))
     args.methods = None if args.methods is None else set(args.methods.split(","))
     args.tasks = None if args.tasks is None else set(args.tasks.split(","))
     args.skip = () if not args.skip else tuple(args.skip.split(","))
-    if args.let_running_finish and args.deadline is None:
-        parser.error("--let-running-finish softens --deadline; give --deadline SECONDS too")
     keys = [c.key for c in plan()]
     unmatched = [pat for pat in args.skip if not any(fnmatch.fnmatchcase(k, pat) for k in keys)]
     if unmatched:
@@ -562,82 +410,106 @@ def main() -> int:
             if change is not None:
                 print(f"{run_dir.relative_to(args.out)}: {100 * change[0]:.1f} -> {100 * change[1]:.1f}")
         return 0
-    if args.worker_index is not None:
-        return worker(args, args.worker_index)
-    return coordinate(args)
+    return run_grid(args)
 
 
-def coordinate(args: argparse.Namespace) -> int:
-    """Stamp every group's directory, start the workers, snapshot, stop them at the deadline."""
+def group_runs(cells: list[Cell], *, smoke: bool = False, eval_batch_size: int = 8) -> list[tuple[str, object, set[tuple[str, str, int]]]]:
+    """The ``jolalens compare --engine ray`` call of each group the cells touch: (group, its
+    CompareConfig, the (task, method, seed) cells of it to run), groups in plan order; ``gen``
+    cells are not compare runs and are left out."""
+    groups = list(dict.fromkeys(c.group for c in cells if c.group != "gen"))
+    return [(g, group_config(g, smoke=smoke, eval_batch_size=eval_batch_size),
+             {(c.task, c.method, c.seed) for c in cells if c.group == g}) for g in groups]
+
+
+def use_tf32() -> None:
+    """Ray worker set-up of ``--tf32``: fp32 weights, TF32 matrix products (~4x the fp32 rate of an H100)."""
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+
+
+def _snapshots(out: Path, dest: Path, since: dict, stop: threading.Event) -> None:
+    while not stop.wait(30):
+        snapshot(out, dest, since)
+
+
+def _run_groups_then_gen(args: argparse.Namespace, cells: list[Cell], engine, device: str, log) -> None:
+    """Each group's cells through ``jolalens compare --engine ray``, then the ``gen`` re-scoring here."""
+    from functools import partial
+
     from jolalens import load_model
-    from jolalens.compare import _check_out_dir
-    from jolalens.models import model_identity
+    from jolalens.engines.ray_engine import run_compare_ray, start_ray
+
+    out: Path = args.out
+    started = start_ray(engine)
+    try:
+        factory = partial(load_model, device=device)
+        for group, config, todo in group_runs(cells, smoke=args.smoke, eval_batch_size=args.eval_batch_size):
+            print(f"{group}: {len(todo)} cell(s)")
+            run_compare_ray(factory, config, out / group, engine, only=todo, log=log)
+            for task, method, seed in todo:
+                compress_items(Cell(group, task, method, seed).run_dir(out))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    gen = [c for c in cells if c.group == "gen" and _ready(c, out) and not _done(c, out)]
+    if gen:  # the main runs' edits with the generation protocol, one after another in this process
+        model = load_model(device=device)
+        for cell in gen:
+            config = replace(group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size),
+                             methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
+            try:
+                row = score_generation(model, cell, out, config, log)
+                log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f}")
+            except Exception as exc:  # noqa: BLE001 - a broken cell is logged and left for the next invocation
+                log(f"FAILED {cell.key}: {type(exc).__name__}: {exc}")
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """The selected cells (:func:`_run_groups_then_gen`), snapshots while they run, then the tables."""
+    import torch
+
+    from jolalens import load_model
+    from jolalens.engines.ray_engine import RayEngineConfig
 
     out: Path = args.out
     t0 = time.time()
-    model = load_model()  # converts the embedded GGUF once, before the workers race for it
-    identity = model_identity(model)
-    del model
-    groups = sorted({c.group for c in selected(args.only, args.methods, args.tasks, args.skip)} - {"gen"} | {"main", "rerun"})
-    for group in groups:
-        _check_out_dir(out / group, group_config(group, smoke=args.smoke, eval_batch_size=args.eval_batch_size), identity)
-    (out / "claims").mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    release_stale_claims(out)
-    import torch
-
-    machine = {"command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
-               "cpus": os.cpu_count(), "device": args.device, "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    import transformers
-
-    machine["transformers"] = transformers.__version__
-    machine["tf32"] = bool(args.tf32)
-    machine["workers"] = args.workers
-    # each invocation logs into a folder of its own, so that two coordinators (or a lent GPU's
-    # results unpacked beside this machine's) never write to the same files
-    already_there = file_stamps(out) if args.snapshot else {}  # the snapshots send back only what is new
-    log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{socket.gethostname()}-{os.getpid()}"
-    log_dir.mkdir(parents=True)
-    (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
-    stop_claiming, kill_at = deadline_times(t0, args.deadline, let_running_finish=args.let_running_finish)
-    base = [sys.executable, __file__, "--out", str(out), "--device", args.device, "--threads", str(args.threads),
-            "--eval-batch-size", str(args.eval_batch_size), "--log-dir", str(log_dir)]
-    if args.smoke:
-        base.append("--smoke")
-    if args.tf32:
-        base.append("--tf32")
-    if args.only:
-        base += ["--only", ",".join(sorted(args.only))]
-    if args.methods:
-        base += ["--methods", ",".join(sorted(args.methods))]
-    if args.tasks:
-        base += ["--tasks", ",".join(sorted(args.tasks))]
-    if args.skip:
-        base += ["--skip", ",".join(args.skip)]
-    if stop_claiming is not None:
-        base += ["--stop-claiming-at", str(stop_claiming)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    procs = [subprocess.Popen([*base, "--worker-index", str(i)], env=env, start_new_session=True) for i in range(args.workers)]
-    last_snap = 0.0
-    while any(p.poll() is None for p in procs):
-        if kill_at is not None and time.time() > kill_at:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-            break
-        if args.snapshot and time.time() - last_snap > 30:
-            snapshot(out, args.snapshot, already_there)
-            last_snap = time.time()
-        time.sleep(2)
-    for p in procs:
-        p.wait()
-    tables(out)
-    if args.snapshot:
-        snapshot(out, args.snapshot, already_there)
     cells = selected(args.only, args.methods, args.tasks, args.skip)
+    device = "cuda" if args.gpus_per_cell > 0 else "cpu"
+    engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                             gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries,
+                             worker_setup="benchmarks.paper_grid.use_tf32" if args.tf32 else None)
+    load_model()  # converts the embedded GGUF once, before the workers race for it
+    log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-ray-{os.getpid()}"
+    log_dir.mkdir(parents=True)
+    machine = {"command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
+               "cpus": os.cpu_count(), "device": device, "torch": torch.__version__, "engine": "ray",
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tf32": bool(args.tf32),
+               "cpus_per_cell": args.cpus_per_cell, "gpus_per_cell": args.gpus_per_cell}
+    (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
+    since = file_stamps(out) if args.snapshot else {}  # the snapshots send back only what is new
+    stop = threading.Event()
+    if args.snapshot:
+        threading.Thread(target=_snapshots, args=(out, args.snapshot, since, stop), daemon=True).start()
+    with open(log_dir / "grid.log", "a") as log_file:
+
+        def log(msg: str) -> None:
+            log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+            log_file.flush()
+
+        try:  # a deadline's SIGINT (timeout -s INT) still leaves the tables and a last snapshot
+            _run_groups_then_gen(args, cells, engine, device, log)
+        finally:
+            stop.set()
+            tables(out)
+            if args.snapshot:
+                snapshot(out, args.snapshot, since)
     done = sum(_done(c, out) for c in cells)
-    print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s")
+    print(f"{done}/{len(cells)} cells done after {time.time() - t0:.0f} s (log: {log_dir / 'grid.log'})")
     return 0
 
 

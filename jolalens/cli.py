@@ -37,6 +37,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer-eos", action="store_true",
                    help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--distributed", action="store_true",
+                   help="one rank of `accelerate launch --num_processes N -m jolalens.cli train --distributed ...`: "
+                        "each process trains on a shard of every batch; rank 0 writes --out (docs/scale-out.md)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -63,7 +66,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .models import load_model
     from .train import SparsityConfig, TrainConfig, train_jola
 
-    prepare_output_dir(args.out, overwrite=args.overwrite)  # fail before the long work, not after
+    dp = _data_parallel_group(args)
+    if dp is None or dp.is_main:
+        prepare_output_dir(args.out, overwrite=args.overwrite)  # fail before the long work, not after
+    else:
+        _quiet_rank()
     train, valid = _load_training_data(args)
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
@@ -73,9 +80,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     print(f"Loading {args.model} ...")
-    model = load_model(args.model)
+    model = load_model(args.model, device=dp.device if dp is not None else None)
     print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
-    result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
+    from .distributed import data_parallel
+
+    with data_parallel(dp):
+        result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
+    if dp is not None and not dp.is_main:
+        return 0  # rank 0 alone writes the run directory and reports
     result.save(args.out, overwrite=True)
     s = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in s["closed_fraction"].items())
@@ -88,6 +100,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(heads.head(10).to_string(index=False))
     print(f"saved to {args.out}")
     return 0
+
+
+def _data_parallel_group(args: argparse.Namespace):
+    """The data-parallel group of ``--distributed`` (``None`` without it); refuses a silent duplicate run."""
+    from .distributed import DataParallel, launched_with_several_processes
+
+    if not args.distributed:
+        if launched_with_several_processes():
+            raise JolaError("this process is one of several (WORLD_SIZE > 1): add --distributed, "
+                            "or every process would train the whole run and write --out")
+        return None
+    return DataParallel.from_accelerate()
+
+
+def _quiet_rank() -> None:
+    """Ranks other than 0 print nothing (rank 0 reports for all of them); their errors still reach stderr."""
+    import logging
+    import os
+
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+    logging.getLogger("jolalens").setLevel(logging.WARNING)
 
 
 def _add_figures(sub: argparse._SubParsersAction) -> None:
@@ -163,6 +196,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer-eos", action="store_true",
                    help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
     p.add_argument("--no-progress", action="store_true")
+    ray = p.add_argument_group("engine (docs/scale-out.md)")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: one cell after another in this process; ray: one Ray task per cell")
+    ray.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto); default: start a local one")
+    ray.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: all)")
+    ray.add_argument("--cpus-per-cell", type=float, default=1.0, help="ray: CPUs each cell reserves")
+    ray.add_argument("--gpus-per-cell", type=float, default=0.0,
+                     help="ray: GPU share each cell reserves, e.g. 0.25 puts four cells on one GPU (0: CPU)")
+    ray.add_argument("--max-retries", type=int, default=2, help="ray: reruns of a cell whose worker died")
     p.set_defaults(func=_cmd_compare)
 
 
@@ -182,9 +224,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
         n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
     )
-    print(f"Loading {args.model} ...")
-    model = load_model(args.model)
-    results = run_compare(model, config, args.out)
+    if args.engine == "ray":
+        from functools import partial
+
+        from .engines.ray_engine import RayEngineConfig, run_compare_ray
+
+        engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
+                                 gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, progress=not args.no_progress)
+        factory = partial(load_model, args.model, device="cuda" if args.gpus_per_cell > 0 else None)
+        results = run_compare_ray(factory, config, args.out, engine)
+    else:
+        print(f"Loading {args.model} ...")
+        model = load_model(args.model)
+        results = run_compare(model, config, args.out)
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0
     print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))

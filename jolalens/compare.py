@@ -47,7 +47,7 @@ from .models import ModelDims, model_dims, model_identity
 from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
 
-__all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "run_compare", "summarise"]
+__all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "cell_dir", "cells", "run_cell", "run_compare", "summarise"]
 
 
 @dataclass
@@ -318,42 +318,61 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
 
 
 def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) the comparison into ``out``; returns the per-run results table."""
+    """Run (or resume) the comparison into ``out``, one cell after another; returns the per-run results table.
+
+    ``jolalens.engines.ray_engine.run_compare_ray`` runs the same cells (:func:`run_cell`) on a Ray cluster.
+    """
     out = Path(out)
     _check_out_dir(out, config, model_identity(model))
-    for task in config.tasks:
-        for seed in config.seeds:
-            for name in config.methods:
-                run_dir = out / "runs" / task / name / f"seed{seed}"
-                if (run_dir / RESULT_FILE).is_file():
-                    log(f"skip {task}/{name}/seed{seed}: done")
-                    continue
-                if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
-                    for stale in run_dir.iterdir():
-                        if stale.is_dir() and stale.name != POINTS_DIR:
-                            shutil.rmtree(stale)
-                        elif not stale.is_dir():
-                            stale.unlink()
-                run_dir.mkdir(parents=True, exist_ok=True)
-                if METHODS[name].needs_choices and not get_task(task).multiple_choice:
-                    _write_json_atomic(run_dir / RESULT_FILE, {
-                        "task": task, "method": name, "seed": seed, "status": "not_applicable",
-                        "reason": f"{name} needs answer options; {task} is a generation task"})
-                    log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
-                    continue
-                log(f"run {task}/{name}/seed{seed}")
-                try:
-                    row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # one failed run must not cost the others
-                    (run_dir / "error.txt").write_text(traceback.format_exc())
-                    log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
-                    continue
-                _write_json_atomic(run_dir / RESULT_FILE, row)
-                log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
-                write_tables(out)
+    for task, name, seed in cells(config):
+        if run_cell(model, config, out, task, name, seed, log=log) == "done":
+            write_tables(out)
     return write_tables(out)
+
+
+def cells(config: CompareConfig) -> list[tuple[str, str, int]]:
+    """Every (task, method, seed) of ``config`` in the order the local engine runs them."""
+    return [(task, name, seed) for task in config.tasks for seed in config.seeds for name in config.methods]
+
+
+def cell_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
+    """The run directory of one cell: ``OUT/runs/{task}/{method}/seed{seed}``."""
+    return Path(out) / "runs" / task / method / f"seed{seed}"
+
+
+def run_cell(model: nn.Module, config: CompareConfig, out: Path, task: str, name: str, seed: int,
+             *, log: Callable[[str], None] = print) -> str:
+    """Run one cell into its run directory, ``result.json`` last; ``'skipped'`` (already done),
+    ``'done'``, ``'not_applicable'`` or ``'failed'`` (traceback in ``error.txt``; nothing raised)."""
+    run_dir = cell_dir(out, task, name, seed)
+    if (run_dir / RESULT_FILE).is_file():
+        log(f"skip {task}/{name}/seed{seed}: done")
+        return "skipped"
+    if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
+        for stale in run_dir.iterdir():
+            if stale.is_dir() and stale.name != POINTS_DIR:
+                shutil.rmtree(stale)
+            elif not stale.is_dir():
+                stale.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if METHODS[name].needs_choices and not get_task(task).multiple_choice:
+        _write_json_atomic(run_dir / RESULT_FILE, {
+            "task": task, "method": name, "seed": seed, "status": "not_applicable",
+            "reason": f"{name} needs answer options; {task} is a generation task"})
+        log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
+        return "not_applicable"
+    log(f"run {task}/{name}/seed{seed}")
+    try:
+        row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failed run must not cost the others
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
+        return "failed"
+    _write_json_atomic(run_dir / RESULT_FILE, row)
+    log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
+    return "done"
 
 
 def collect(out: str | Path) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_example
+from .distributed import DataParallel, current_data_parallel
 from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
@@ -283,13 +284,16 @@ def train_edit(
     valid_batches = _batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
     order_gen = torch.Generator().manual_seed(cfg.seed)
     trainable = [p for g in groups for p in g["params"]]
+    dp = current_data_parallel()  # set by jolalens.distributed.data_parallel: shard every global batch
+    if dp is not None:
+        dp.broadcast_parameters(trainable)
 
     history: list[dict[str, Any]] = []
     gate_history: list[dict[str, Tensor]] = []
     best = (math.inf, -1, copy.deepcopy(edit.state_dict()))
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress or (dp is not None and not dp.is_main))
     with freeze(model), edit.attached(model, cfg.backend) as net:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
@@ -297,12 +301,18 @@ def train_edit(
             ce_sum = pen_sum = 0.0
             n_batches = 0
             lam = 0.0
-            for batch in _batches(train_rows, cfg.batch_size, pad_id, cfg.padding_side, order):
-                batch = batch.to(device)
-                picked, targets = _logits_at_answers(net, batch, cfg.backend)
-                ce = F.cross_entropy(picked.float(), targets)
-                penalty, lam = regularizer(t)
-                loss = ce + penalty
+            for i in range(0, len(order), cfg.batch_size):
+                global_rows = [train_rows[j] for j in order[i : i + cfg.batch_size]]
+                if dp is None:
+                    batch = collate(global_rows, pad_id, cfg.padding_side).to(device)
+                    picked, targets = _logits_at_answers(net, batch, cfg.backend)
+                    ce = F.cross_entropy(picked.float(), targets)
+                    penalty, lam = regularizer(t)
+                    loss = ce + penalty
+                else:
+                    ce, penalty, lam = _data_parallel_backward(dp, net, global_rows, pad_id, cfg, device, trainable,
+                                                               optimizer, regularizer, t, step + 1)
+                    loss = ce + penalty.detach()
                 if not torch.isfinite(loss):
                     bar.close()
                     raise TrainingError(
@@ -310,8 +320,9 @@ def train_edit(
                         f"penalty={float(penalty.detach())}); lower the learning rate, use float32 or "
                         "bfloat16 instead of float16, and check the data for empty answers"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if dp is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
@@ -322,7 +333,7 @@ def train_edit(
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, ce=f"{ce.item():.3f}")
-            val_ce, t_after = _validate(net, edit, valid_batches, device, cfg.backend, t if count_eval_steps else None)
+            val_ce, t_after = _validate(net, edit, valid_batches, device, cfg.backend, t if count_eval_steps else None, dp)
             t = t_after if t_after is not None else t
             val_pen, _ = regularizer(t)
             row = {
@@ -376,21 +387,48 @@ def train_edit(
     )
 
 
+def _data_parallel_backward(
+    dp: DataParallel, net: nn.Module, global_rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: TrainConfig,
+    device: torch.device, trainable: list[Tensor], optimizer: torch.optim.Optimizer,
+    regularizer: Callable[[int], tuple[Tensor, float]], t: int, step: int,
+) -> tuple[Tensor, Tensor, float]:
+    """One data-parallel step's gradients (this rank's shard, all-reduced, plus the regulariser's).
+
+    Returns the global batch's token-mean CE, the penalty and its lambda, as the one-process step has them.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    rows, weight = dp.shard_for_step(global_rows)
+
+    def shard_ce_sum() -> tuple[Tensor, int]:
+        picked, targets = _logits_at_answers(net, collate(rows, pad_id, cfg.padding_side).to(device), cfg.backend)
+        return F.cross_entropy(picked.float(), targets, reduction="sum") * weight, targets.numel() if weight else 0
+
+    ce, _ = dp.backward_step(step, shard_ce_sum, trainable)
+    penalty, lam = regularizer(t)
+    if penalty.requires_grad:  # the same on every rank: added once, after the reduction
+        penalty.backward()
+    return ce, penalty, lam
+
+
 @torch.no_grad()
 def _validate(
-    net: nn.Module, edit: nn.Module | None, batches: list[Batch], device: torch.device, backend: Backend, t: int | None
+    net: nn.Module, edit: nn.Module | None, batches: list[Batch], device: torch.device, backend: Backend, t: int | None,
+    dp: DataParallel | None = None,
 ) -> tuple[float, int | None]:
-    """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given."""
+    """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given.
+
+    With ``dp`` each rank scores every ``world_size``-th batch and the sums are all-reduced.
+    """
     if edit is not None:
         edit.eval()
     total, count = 0.0, 0
-    for batch in batches:
+    for batch in batches if dp is None else batches[dp.rank :: dp.world_size]:
         picked, targets = _logits_at_answers(net, batch.to(device), backend)
         total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
         count += targets.numel()
-        if t is not None:
-            t += 1
-    return total / count, t
+    if dp is not None:
+        total, count = dp.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64, device=dp.device)).tolist()
+    return total / count, (t + len(batches) if t is not None else None)
 
 
 def validation_ce(

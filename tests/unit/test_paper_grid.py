@@ -1,4 +1,4 @@
-"""The #7 grid's queue: every cell once, the main table's seed 0 first, exclusive claims,
+"""The #7 grid: every cell once, the main table's seed 0 first, one Ray compare call per group,
 snapshots and commits that keep results but leave LoRA's large weights behind, and re-scoring of
 a run whose weights were not kept."""
 
@@ -6,7 +6,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -52,10 +51,8 @@ def test_group_configs_follow_the_paper_sizes(group):
     assert cfg.protocol.value == ("gen" if group == "nlg" else "loglik")
 
 
-def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
-    (tmp_path / "claims").mkdir()
+def test_rescoring_waits_for_its_run(tmp_path):
     cell = grid.Cell("main", "arc_easy", "jola", 0)
-    assert grid._claim(cell, tmp_path, 0) and not grid._claim(cell, tmp_path, 1)
     gen = grid.Cell("gen", "arc_easy", "jola", 0)
     assert not grid._ready(gen, tmp_path)
     cell.run_dir(tmp_path).mkdir(parents=True)
@@ -63,15 +60,15 @@ def test_claims_are_exclusive_and_rescoring_waits_for_its_run(tmp_path):
     assert grid._ready(gen, tmp_path) and grid._done(cell, tmp_path) and not grid._done(gen, tmp_path)
 
 
-def test_a_worker_waits_only_for_a_running_run_that_a_rescoring_cell_needs(tmp_path):
-    (tmp_path / "claims").mkdir()
-    main, other, gen = grid.Cell("main", "piqa", "lora", 2), grid.Cell("main", "siqa", "lora", 2), grid.Cell("gen", "piqa", "lora", 2)
-    assert grid._claim(main, tmp_path, 0) and grid._claim(other, tmp_path, 1)
-    assert not grid.waits_on_a_running_run([main, other], tmp_path), "no re-scoring cell: nothing to wait for"
-    assert grid.waits_on_a_running_run([main, other, gen], tmp_path)
-    main.run_dir(tmp_path).mkdir(parents=True)
-    (main.run_dir(tmp_path) / "error.txt").write_text("failed\n")
-    assert not grid.waits_on_a_running_run([main, other, gen], tmp_path), "its main run failed: waiting is futile"
+def test_each_group_is_one_ray_compare_call_over_its_selected_cells():
+    cells = grid.selected({"main", "gen", "nlu"}, {"jola", "zeroshot"}, skip=("main__piqa__*",))
+    runs = grid.group_runs(cells)
+    assert [g for g, _, _ in runs] == ["main", "nlu"], "groups in plan order; gen cells are re-scored, not compare runs"
+    for group, config, todo in runs:
+        mine = {(c.task, c.method, c.seed) for c in cells if c.group == group}
+        assert todo == mine and config == grid.group_config(group)
+        assert all(t in config.tasks and m in config.methods and s in config.seeds for t, m, s in todo)
+    assert not any(t == "piqa" for t, _, _ in runs[0][2])
 
 
 def _names(parts):
@@ -157,13 +154,6 @@ def test_skip_leaves_out_matching_cells_and_names_a_pattern_that_matches_none(tm
     assert wrong.returncode == 2 and "--skip: ['piqa_bitfit'] match no cell" in wrong.stderr
 
 
-def test_a_soft_deadline_stops_claims_at_the_deadline_and_kills_nothing():
-    assert grid.deadline_times(100.0, None) == (None, None)
-    assert grid.deadline_times(100.0, 1000.0) == (950.0, 1100.0), "lent machine: claims stop at 85%, kill at 100%"
-    assert grid.deadline_times(100.0, 1000.0, let_running_finish=True) == (1100.0, None)
-    script = Path(__file__).parents[2] / "benchmarks" / "paper_grid.py"
-    wrong = subprocess.run([sys.executable, str(script), "--plan", "--let-running-finish"], capture_output=True, text=True)
-    assert wrong.returncode == 2 and "give --deadline SECONDS too" in wrong.stderr
 
 
 def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypatch):
@@ -429,66 +419,6 @@ def test_paired_score_differences_with_a_bootstrap_interval(tmp_path):
     assert "| xsum | zeroshot | 4 | +7.5 |" in "\n".join(report._paired_score_section(paired.reset_index()))
 
 
-def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
-    """A run that left only an ``error.txt`` is logged as FAILED, not done, and the worker moves on."""
-    import argparse
-
-    import jolalens
-    import jolalens.compare
-
-    def failing_run(model, config, out, log):
-        run = out / "runs" / config.tasks[0] / config.methods[0] / f"seed{config.seeds[0]}"
-        run.mkdir(parents=True)
-        (run / "error.txt").write_text("torch.OutOfMemoryError: CUDA out of memory\n")
-
-    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
-    monkeypatch.setattr(jolalens.compare, "run_compare", failing_run)
-    (tmp_path / "claims").mkdir()
-    (tmp_path / "logs").mkdir()
-    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main"}, tasks={"arc_easy"}, skip=(),
-                              out=tmp_path, smoke=True, stop_claiming_at=None, tf32=False, threads=1,
-                              log_dir=tmp_path / "logs" / "this-run")
-    assert grid.worker(args, 0) == 0
-    log = (tmp_path / "logs" / "this-run" / "worker0.log").read_text()
-    assert log.count("FAILED main__arc_easy__jola__seed") == 3 and " done " not in log
-    assert "error.txt" in log
-
-
-def test_a_main_cell_holds_its_rescoring_cell_while_it_runs(tmp_path, monkeypatch):
-    """An idle worker must not score a run's generation protocol while the run's own worker does."""
-    import argparse
-
-    import jolalens
-    import jolalens.compare
-
-    main = grid.Cell("main", "arc_easy", "jola", 1)
-    gen = grid.Cell("gen", "arc_easy", "jola", 1)
-    seen = []
-
-    def finishing_run(model, config, out, log):
-        run = out / "runs" / "arc_easy" / "jola" / "seed1"
-        run.mkdir(parents=True)
-        (run / "result.json").write_text("{}")
-        ready = [c for c in [gen] if grid._ready(c, tmp_path) and not (tmp_path / "claims" / c.key).exists()]
-        seen.append(ready)  # what another worker would find claimable now
-
-    def rescore(model, cell, out, config):
-        (main.run_dir(out) / "gen_result.json").write_text("{}")
-        return {"accuracy": 0.5}
-
-    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
-    monkeypatch.setattr(jolalens.compare, "run_compare", finishing_run)
-    monkeypatch.setattr(grid, "rescore_generation", rescore)
-    (tmp_path / "claims").mkdir()
-    args = argparse.Namespace(device="cpu", eval_batch_size=8, methods={"jola"}, only={"main", "gen"}, tasks={"arc_easy"},
-                              skip=("main__*__seed0", "main__*__seed2", "gen__*__seed2"), out=tmp_path, smoke=True,
-                              stop_claiming_at=None, tf32=False, threads=1, log_dir=tmp_path / "logs")
-    assert grid.worker(args, 0) == 0
-    assert seen == [[]], "the re-scoring cell was claimable while its main run's worker was still busy"
-    log = (tmp_path / "logs" / "worker0.log").read_text()
-    assert f"done {main.key}" in log and f"start {gen.key}" not in log
-
-
 def test_jola_head_sets_across_tasks_and_seeds(tmp_path):
     """Open heads read back from saved edits (either gate open); runs with every gate open or none are left
     out; pairs are labelled by what they share, with overlap and chance from the set sizes."""
@@ -574,42 +504,6 @@ def test_changed_answers_counts_differing_predictions_on_the_same_items():
     assert report.changed_answers(a, a) == 0
     with pytest.raises(ValueError, match="different test items"):
         report.changed_answers(a, b.iloc[:3])
-
-
-def test_a_second_coordinator_keeps_the_claims_of_running_workers(tmp_path):
-    """Only claims whose process is gone (or that name no process) are released."""
-
-    (tmp_path / "claims").mkdir()
-    running, finished, dead, handmade = (grid.Cell("main", t, "iti", 1) for t in ("siqa", "piqa", "boolq", "hellaswag"))
-    assert grid._claim(running, tmp_path, 0)  # this test's own process: alive
-    assert grid._claim(finished, tmp_path, 0)
-    finished.run_dir(tmp_path).mkdir(parents=True)
-    (finished.run_dir(tmp_path) / "result.json").write_text("{}")
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = (tmp_path / "claims" / running.key).read_text().split("host ")[1].split()[0]
-    (tmp_path / "claims" / dead.key).write_text(f"worker 1 pid {gone.stdout.strip()} host {host} at 0\n")
-    (tmp_path / "claims" / handmade.key).write_text("")
-    assert grid.release_stale_claims(tmp_path) == [dead.key, handmade.key]
-    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == sorted([running.key, finished.key])
-    (tmp_path / "claims" / running.key).write_text(f"worker 0 pid {os.getpid()} host another-machine at 0\n")
-    assert grid.release_stale_claims(tmp_path) == [running.key], "a claim made on another machine is not live here"
-
-
-def test_a_claim_whose_pid_was_reused_is_released(tmp_path):
-    """A dead worker's pid taken by another process must not keep the cell claimed for ever."""
-    (tmp_path / "claims").mkdir()
-    cell = grid.Cell("main", "siqa", "red", 2)
-    assert grid._claim(cell, tmp_path, 0)
-    claim = tmp_path / "claims" / cell.key
-    words = claim.read_text().split()
-    started = words[words.index("start") + 1]
-    if started == "?":
-        pytest.skip("no /proc here: process start times are not available")
-    assert grid._process_start(os.getpid()) == started
-    assert grid.release_stale_claims(tmp_path) == [], "this process holds the claim"
-    claim.write_text(claim.read_text().replace(f"start {started}", f"start {int(started) - 1}"))
-    assert grid.release_stale_claims(tmp_path) == [cell.key], "same pid, other start time: another process"
-
 
 
 def test_check_data_names_the_tasks_a_lent_machine_would_lack(tmp_path, monkeypatch):
