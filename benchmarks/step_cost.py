@@ -104,8 +104,7 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
     view = hf_view(model)
     edit = JolaEdit.for_model(model, JolaConfig()).to(device)
     edit.train()
-    # Match the edit's dtype to the model's, as a bf16 training run would hold it.
-    edit.to(next(model.parameters()).dtype)
+    # The edit stays float32 on a bf16 model (mixed precision), as train_jola holds it.
     embed = view.get_input_embeddings()
 
     def ce(logits):

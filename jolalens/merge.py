@@ -50,7 +50,8 @@ def _fold_linear(edit: JolaEdit, i: int, linear: nn.Linear) -> None:
             linear.bias = nn.Parameter(new_bias, requires_grad=False)
         else:
             linear.bias.copy_(new_bias)
-    linear.weight.mul_(scale.to(linear.weight.dtype)[None, :])
+    # Scale in float32 and round once: a bf16 ``1 + g_m m`` would round small edits to 1.
+    linear.weight.copy_((linear.weight.float() * scale[None, :]).to(linear.weight.dtype))
 
 
 @torch.no_grad()

@@ -99,7 +99,7 @@ class LoraEdit(BaselineEdit):
     def delta(self, x: Tensor, key: str) -> Tensor:
         """peft's LoRA update ``scaling * B(A(dropout(x)))`` for one adapted projection."""
         a, b = self.lora_A[key], self.lora_B[key]
-        return b(a(self.lora_dropout[key](x.to(a.weight.dtype)))) * self.scaling
+        return b(a(self.lora_dropout[key](x.to(device=a.weight.device, dtype=a.weight.dtype)))) * self.scaling
 
     # ---- attaching -------------------------------------------------------------------
     def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
@@ -136,7 +136,7 @@ class LoraEdit(BaselineEdit):
 
         def make(key: str):
             def add_lora(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
-                return out + self.delta(args[0], key).to(out.dtype)
+                return (out + self.delta(args[0], key).to(out.device)).to(out.dtype)  # one rounding, as peft
 
             return add_lora
 
@@ -159,7 +159,7 @@ class LoraEdit(BaselineEdit):
 
                 def write(out: Tensor, hook: Any = None, inputs: dict[str, Tensor] = inputs, key: str = key) -> Tensor:
                     x = inputs.pop("x")
-                    return out + self.delta(x, key).to(out.dtype).view(out.shape)
+                    return (out + self.delta(x, key).to(out.device).view(out.shape)).to(out.dtype)
 
                 hooks += [(proj.hook_name(layer, "in"), read), (proj.hook_name(layer, "out"), write)]
         return hooks
