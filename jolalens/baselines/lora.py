@@ -63,6 +63,7 @@ class LoraEdit(BaselineEdit):
         super().__init__(dims, config)
         if view is None:
             raise ModelError("LoraEdit wraps a model's linear maps; build it with LoraEdit.for_model(model, config)")
+        from accelerate.utils import align_module_device
         from peft import LoraConfig as PeftLoraConfig
         from peft.tuners.lora import Linear as PeftLoraLinear
 
@@ -75,7 +76,10 @@ class LoraEdit(BaselineEdit):
             for layer in self.layers:
                 for proj in config.targets:
                     base = proj.hf_module(view, layer)
-                    wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
+                    # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
+                    # it for the build so peft creates the adapters on its execution device.
+                    with align_module_device(base):
+                        wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
                     key = _key(proj, layer)

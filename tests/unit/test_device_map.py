@@ -102,3 +102,24 @@ def test_export_from_split_model_matches_unsplit(pair, tmp_path):
         assert torch.allclose(models[0](tokens), models[1](tokens), atol=1e-6)
     with pytest.raises(jolalens.ModelError, match="offloaded"):
         jolalens.merge_edit(split, edit)
+
+
+@pytest.mark.parametrize("method", ["lora", "lofit", "red", "bitfit"])
+def test_baselines_match_unsplit(pair, method):
+    from jolalens.baselines import BitFitEdit, LofitEdit, LoraEdit, RedEdit
+
+    cls = {"lora": LoraEdit, "lofit": LofitEdit, "red": RedEdit, "bitfit": BitFitEdit}[method]
+    results = []
+    for model in pair:
+        edit = cls.for_model(model)
+        with torch.no_grad():
+            for p in edit.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+        enc = _batch(model)
+        with edit.attached(model, Backend.HF_VIEW) as net:
+            logits = net(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+            logits.logsumexp(-1).mean().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in edit.parameters()]))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(ga, gb, strict=True))
