@@ -459,7 +459,7 @@ def test_worker_logs_a_failed_run_as_failed(tmp_path, monkeypatch):
         run.mkdir(parents=True)
         (run / "error.txt").write_text("torch.OutOfMemoryError: CUDA out of memory\n")
 
-    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
+    monkeypatch.setattr(jolalens, "load_model", lambda device, **_: None)
     monkeypatch.setattr(jolalens.compare, "run_compare", failing_run)
     (tmp_path / "claims").mkdir()
     (tmp_path / "logs").mkdir()
@@ -494,7 +494,7 @@ def test_a_main_cell_holds_its_rescoring_cell_while_it_runs(tmp_path, monkeypatc
         (main.run_dir(out) / "gen_result.json").write_text("{}")
         return {"accuracy": 0.5}
 
-    monkeypatch.setattr(jolalens, "load_model", lambda device: None)
+    monkeypatch.setattr(jolalens, "load_model", lambda device, **_: None)
     monkeypatch.setattr(jolalens.compare, "run_compare", finishing_run)
     monkeypatch.setattr(grid, "rescore_generation", rescore)
     (tmp_path / "claims").mkdir()
