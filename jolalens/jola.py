@@ -1,7 +1,7 @@
 """The JoLA edit: gated additive and multiplicative edits of every head's ``hook_z``.
 
-For layer ``l`` and head ``h``: ``z' = (1 + g_m * m) * z + g_a * a`` (computed as
-``z + (g_m * m * z + g_a * a)`` in float32, rounded once to the model's dtype), with ``m, a`` vectors of
+For layer ``l`` and head ``h``: ``z' = (1 + g_m * m) * z + g_a * a`` (computed in float32,
+rounded once to the model's dtype), with ``m, a`` vectors of
 size ``d_head`` and ``g_m, g_a`` Hard-Concrete gates. Parameters are stacked over the edited
 layers (``[layer, head_index, d_head]``), so the edit of a layer is one broadcast over heads.
 """
@@ -209,25 +209,31 @@ class JolaEdit(Edit):
     def apply(
         self, z: Float[Tensor, "batch pos head_index d_head"], i: int
     ) -> Float[Tensor, "batch pos head_index d_head"]:
-        """``z + (g_m * m * z + g_a * a)`` for edited layer index ``i``, all heads at once.
+        """``(1 + g_m * m) * z + g_a * a`` for edited layer index ``i``, all heads at once.
 
-        Equal to ``(1 + g_m * m) * z + g_a * a``, but the edit term is computed in (at least)
-        float32 from the float32 parameters and added to ``z`` with one rounding, so in bf16/fp16
-        a small ``m`` is not lost in ``1 + g_m * m`` (which rounds to 1 while ``|g_m m| < 2^-8``).
-        The layer's parameters follow ``z`` to its device (a model split over devices).
+        Computed in (at least) float32 from the float32 parameters, in one fused ``addcmul``,
+        and rounded to ``z``'s dtype once: in bf16/fp16 a small ``m`` is not lost in a
+        half-precision ``1 + g_m * m`` (which rounds to 1 while ``|g_m m| < 2^-8``), and no
+        float32 copy of ``z`` is kept for the backward pass. The layer's parameters follow
+        ``z`` to its device (a model split over devices).
         """
         g = self.gates(batch=z.shape[0], layer_index=i)
-        delta: Tensor | None = None
-        if self.has_multiplicative:
-            scale = (g["multiplicative"][..., None] * self.multiplicative[i]).float().to(z.device)
-            delta = (scale[:, None] if scale.dim() == 3 else scale) * z  # [h d] or [b 1 h d]; >= fp32
-        if self.has_additive:
-            shift = (g["additive"][..., None] * self.additive[i]).float().to(z.device)
-            shift = shift[:, None] if shift.dim() == 3 else shift
-            delta = shift if delta is None else delta + shift
-        if delta is None:
+
+        def per_head(t: Tensor) -> Tensor:  # [h d], or [b h d] -> [b 1 h d] with per-example gates
+            t = t.float().to(z.device)
+            return t[:, None] if t.dim() == 3 else t
+
+        scale = per_head(1 + g["multiplicative"][..., None] * self.multiplicative[i]) if self.has_multiplicative else None
+        shift = per_head(g["additive"][..., None] * self.additive[i]) if self.has_additive else None
+        if scale is not None and shift is not None:
+            out = torch.addcmul(shift, z, scale)
+        elif scale is not None:
+            out = z * scale
+        elif shift is not None:
+            out = z + shift
+        else:
             return z
-        return (z + delta).to(z.dtype)
+        return out.to(z.dtype)
 
     # ---- hooks --------------------------------------------------------------------------
     def _hook_z_fn(self, i: int) -> HookFn:
