@@ -146,3 +146,31 @@ def test_merge_folds_small_edit_in_bf16():
     after = merged.blocks[0].attn.o.original_component.weight
     assert after.dtype == BF16 and not torch.equal(after, before)
     assert torch.equal(after, (before.float() * (1 + 3e-3)).to(BF16))
+
+
+@torch.no_grad()
+def test_lora_float32_adapters_act_on_bf16_model():
+    from jolalens.baselines import LoraEdit
+
+    model = tiny_model(seed=0, dtype=BF16)
+    edit = LoraEdit.for_model(model)
+    for p in edit.parameters():
+        p.fill_(0.05)
+    assert {p.dtype for p in edit.parameters()} == {torch.float32}
+    assert not torch.equal(_logits(model, edit), _logits(model))
+
+
+@torch.no_grad()
+def test_export_folds_small_edit_in_bf16(tmp_path):
+    from safetensors.torch import load_file
+
+    from jolalens import export_hf_checkpoint
+
+    model = tiny_model(seed=0, dtype=BF16)
+    edit = _constant_multiplicative(model, 3e-3)
+    out = export_hf_checkpoint(model, edit, tmp_path / "ckpt")
+    state = load_file(str(out / "model.safetensors"))
+    before = model.blocks[1].attn.o.original_component.weight
+    after = state["model.layers.1.self_attn.o_proj.weight"]
+    assert after.dtype == BF16 and torch.equal(after, (before.float() * (1 + 3e-3)).to(BF16))
+    assert not torch.equal(after, before)

@@ -83,3 +83,20 @@ def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path, monkeypa
     assert code == 0, capsys.readouterr().err
     saved = jolalens.load_edit(tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu"))
     assert {p.dtype for p in saved.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--out", "x"], ["eval", "--task", "arc_easy"], ["compare", "--tasks", "arc_easy", "--out", "x"],
+    ["export", "--edit", "e", "--out", "x"], ["demo"],
+])
+def test_every_loading_command_has_the_flags(command):
+    from jolalens.cli import build_parser, loading_options
+
+    args = build_parser().parse_args([*command, "--dtype", "bfloat16", "--device-map", '{"model.layers.0": 0}',
+                                      "--max-memory", '{"0": "10GiB", "cpu": "20GiB"}'])
+    opts = loading_options(args)
+    assert opts["dtype"] == "bfloat16" and opts["device"] is None and opts["revision"] is None
+    assert opts["device_map"] == {"model.layers.0": 0}
+    assert opts["max_memory"] == {0: "10GiB", "cpu": "20GiB"}
+    plain = loading_options(build_parser().parse_args([*command, "--device-map", "auto"]))
+    assert plain["device_map"] == "auto" and plain["dtype"] == "auto"
