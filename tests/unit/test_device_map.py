@@ -123,3 +123,17 @@ def test_baselines_match_unsplit(pair, method):
     (a, ga), (b, gb) = results
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(ga, gb, strict=True))
+
+
+def test_wraps_a_model_the_user_split(checkpoint, pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=SPLIT, offload_folder=str(tmp_path / "off"))
+    wrapped = jolalens.load_model("user-split", hf_model=hf)  # tokenizer from the checkpoint directory
+    whole = pair[0]
+    enc = _batch(whole)
+    with torch.no_grad():
+        got = hf_view(wrapped)(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        ref = hf_view(whole)(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+    assert hf_view(wrapped).model.layers[1].mlp.down_proj.weight.is_meta
+    assert torch.allclose(got, ref, atol=1e-5)
