@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .placement import default_device, from_pretrained, resolve_dtype
 
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
-    "DTYPES",
     "EmbeddedModel",
     "ModelDims",
     "cache_dir",
@@ -33,7 +33,6 @@ __all__ = [
     "load_model",
     "model_dims",
     "model_identity",
-    "resolve_dtype",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -234,34 +233,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
-    """``dtype`` as a ``torch.dtype``; ``None``/``"auto"``: bf16 on a CUDA GPU that supports it, else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        return DTYPES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise ModelError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)} or 'auto'") from None
-
-
-def _default_device(device: str | torch.device | None, device_map: Any) -> str | torch.device | None:
-    if device_map is not None:
-        if device is not None:
-            raise ModelError("give either device or device_map, not both (device_map places every module itself)")
-        return None
-    return device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.device | None, dtype: torch.dtype) -> nn.Module:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -272,34 +243,6 @@ def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.de
     )
     bridge.eval()
     return bridge
-
-
-def _from_pretrained(
-    source: str | Path,
-    *,
-    dtype: torch.dtype,
-    device: str | torch.device | None,
-    device_map: Any,
-    revision: str | None,
-    max_memory: dict[Any, Any] | None,
-    offload_folder: str | Path | None,
-) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with jolalens' placement options."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if revision is not None:
-        kwargs["revision"] = revision
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-        if max_memory is not None:
-            kwargs["max_memory"] = max_memory
-        if offload_folder is not None:
-            kwargs["offload_folder"] = str(offload_folder)
-    hf = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
-    if device_map is None and device is not None:
-        hf.to(device)
-    return hf.eval()
 
 
 def _wrap_loaded(
@@ -373,7 +316,7 @@ def load_model(
         if device_map is not None:
             raise ModelError("hf_model is already loaded: apply device_map when loading it, not here")
         return _wrap_loaded(hf_model, name, tokenizer, device, dtype)
-    device = _default_device(device, device_map)
+    device = default_device(device, device_map)
     target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_dtype(dtype, target)
     placement = {"dtype": resolved, "device": device, "device_map": device_map, "max_memory": max_memory,
@@ -383,14 +326,14 @@ def load_model(
     spec = EMBEDDED_MODELS.get(name.lower())
     if spec is not None:
         ckpt = _converted_checkpoint(spec)
-        hf = _from_pretrained(ckpt, revision=None, **placement)
+        hf = from_pretrained(ckpt, revision=None, **placement)
         return _boot(spec.hf_name, hf, tokenizer or AutoTokenizer.from_pretrained(ckpt), device, resolved)
 
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelError(f"{local} is a directory but not a Hugging Face checkpoint (no config.json)")
-        hf = _from_pretrained(local, revision=None, **placement)
+        hf = from_pretrained(local, revision=None, **placement)
         return _boot(str(local.resolve()), hf, tokenizer or AutoTokenizer.from_pretrained(local), device, resolved)
     if name.startswith(("/", "./", "../", "~")):
         raise ModelError(f"no checkpoint directory at {name!r}: check the path")

@@ -10,7 +10,7 @@ import torch
 import jolalens
 from jolalens import JolaConfig, JolaEdit, export_hf_checkpoint
 from jolalens.cli import main
-from jolalens.models import resolve_dtype
+from jolalens.placement import resolve_dtype
 
 
 @pytest.fixture
