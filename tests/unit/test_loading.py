@@ -9,7 +9,6 @@ import torch
 
 import jolalens
 from jolalens import JolaConfig, JolaEdit, export_hf_checkpoint
-from jolalens.cli import main
 from jolalens.placement import resolve_dtype
 
 
@@ -69,18 +68,26 @@ def test_bad_paths_and_conflicting_options(tmp_path):
         jolalens.load_model(tmp_path, device="cpu", device_map="auto")
 
 
-def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path):
+    """``jolalens train --model <dir> --dtype bfloat16 --device cpu`` in a fresh process with the hub off."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     path, _ = exported
     rows = [{"instruction": f"repeat {c}", "answer": c * 3} for c in "abcdefgh"]
     for name in ("train", "valid"):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code = main([
-        "train", "--model", str(path), "--dtype", "bfloat16", "--device", "cpu",
-        "--train", str(tmp_path / "train.jsonl"), "--valid", str(tmp_path / "valid.jsonl"),
-        "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4", "--no-progress",
-    ])
-    assert code == 0, capsys.readouterr().err
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jolalens.cli", "train", "--model", str(path), "--dtype", "bfloat16", "--device", "cpu",
+         "--train", str(tmp_path / "train.jsonl"), "--valid", str(tmp_path / "valid.jsonl"),
+         "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4", "--no-progress"],
+        cwd=Path(jolalens.__file__).parents[1], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "saved to" in done.stdout
     saved = jolalens.load_edit(tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu"))
     assert {p.dtype for p in saved.parameters()} == {torch.float32}
 
