@@ -10,6 +10,7 @@ float32. Default targets are LLM-Adapters' q, k, v, up, down.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,15 @@ class LoraConfig:
         return n_layers * sum(self.r * sum(projection_shape(dims, t)) for t in self.targets)
 
 
+def _loaded(module: nn.Module) -> AbstractContextManager[Any]:
+    """accelerate's ``align_module_device`` (loads an offloaded module's weights), if available."""
+    try:
+        from accelerate.utils import align_module_device
+    except ImportError:  # an accelerate too old to have it cannot have offloaded the module either
+        return nullcontext()
+    return align_module_device(module)
+
+
 def _key(proj: Projection, layer: int) -> str:
     return f"L{layer}_{proj.value}"
 
@@ -63,7 +73,6 @@ class LoraEdit(BaselineEdit):
         super().__init__(dims, config)
         if view is None:
             raise ModelError("LoraEdit wraps a model's linear maps; build it with LoraEdit.for_model(model, config)")
-        from accelerate.utils import align_module_device
         from peft import LoraConfig as PeftLoraConfig
         from peft.tuners.lora import Linear as PeftLoraLinear
 
@@ -78,7 +87,7 @@ class LoraEdit(BaselineEdit):
                     base = proj.hf_module(view, layer)
                     # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
                     # it for the build so peft creates the adapters on its execution device.
-                    with align_module_device(base):
+                    with _loaded(base):
                         wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
