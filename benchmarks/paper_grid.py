@@ -350,7 +350,8 @@ def worker(args: argparse.Namespace, index: int) -> int:
         torch.set_float32_matmul_precision("high")
     out: Path = args.out
     stop_at = float(args.stop_claiming_at) if args.stop_claiming_at else float("inf")
-    model = load_model(device=args.device, dtype="float32")  # the grid is float32 (GPU default is bf16)
+    # the grid is float32 (load_model's GPU default is bf16)
+    model = load_model(device=args.device, dtype="float32")
     log_dir: Path = args.log_dir or out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker{index}.log"

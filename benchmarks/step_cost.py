@@ -65,7 +65,9 @@ def random_bridge(shape: str, dtype: torch.dtype, device: str):
             hf = LlamaForCausalLM(cfg).eval()
     finally:
         torch.set_default_dtype(default)
-    return TransformerBridge.boot_transformers(shape, hf_model=hf, tokenizer=char_tokenizer(), dtype=dtype, device=device)
+    return TransformerBridge.boot_transformers(
+        shape, hf_model=hf, tokenizer=char_tokenizer(), dtype=dtype, device=device
+    )
 
 
 def make_batch(vocab: int, batch: int, seq: int, answer_len: int, device: str) -> Batch:
@@ -193,7 +195,9 @@ def to_markdown(results: list[dict], device_name: str) -> str:
         "Ratios: jola and bridge against floor (full logits); jola_train against floor_answer "
         "(both unembed only answer positions, as train_jola does).",
         "",
-        "| model | dtype | batch x seq | floor | jola (o_proj, SDPA) | bridge hook_z (eager) | floor_answer | jola_train | merged fwd / base fwd | peak mem floor | peak mem jola / floor | peak mem jola_train / floor_answer |",
+        "| model | dtype | batch x seq | floor | jola (o_proj, SDPA) | bridge hook_z (eager) "
+        "| floor_answer | jola_train | merged fwd / base fwd | peak mem floor | peak mem jola / floor "
+        "| peak mem jola_train / floor_answer |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -205,7 +209,8 @@ def to_markdown(results: list[dict], device_name: str) -> str:
 
         peak = s["floor"]["peak_bytes"]
         lines.append(
-            f"| {r['model']} | {r.get('dtype', '?')} | {r['batch'][0]} x {r['batch'][1]} | {s['floor']['median_s'] * 1e3:.1f} ms "
+            f"| {r['model']} | {r.get('dtype', '?')} | {r['batch'][0]} x {r['batch'][1]} "
+            f"| {s['floor']['median_s'] * 1e3:.1f} ms "
             f"| {s['jola']['median_s'] * 1e3:.1f} ms ({q['jola']:.3f}x) "
             f"| {s['bridge']['median_s'] * 1e3:.1f} ms ({q['bridge']:.3f}x) "
             f"| {s['floor_answer']['median_s'] * 1e3:.1f} ms "
@@ -224,15 +229,18 @@ def main() -> None:
     parser.add_argument("--answer-len", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="auto: the embedded model in float32 (as RESULTS.md measured it), random shapes in bfloat16")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        help="auto: the embedded model in float32 (as RESULTS.md measured it), random shapes in bf16",
+    )
     parser.add_argument("--out", default="runs/step_cost")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for shape in args.shapes.split(","):
         if shape == "embedded":
-            model = jolalens.load_model(device=device, dtype="float32" if args.dtype == "auto" else args.dtype)
+            name = "float32" if args.dtype == "auto" else args.dtype
+            model = jolalens.load_model(device=device, dtype=name)
             batch = make_batch(model.cfg.d_vocab, args.batch, args.seq, args.answer_len, device)
         else:
             dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)

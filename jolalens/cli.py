@@ -14,15 +14,26 @@ __all__ = ["add_loading_args", "build_parser", "loading_options", "main"]
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--revision``: how a command loads its model."""
+    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--revision``.
+
+    How every command that loads a model loads it; :func:`loading_options` reads them back.
+    """
     g = p.add_argument_group("model loading")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="model weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32); "
-                        "edits stay float32")
-    g.add_argument("--device-map", help="split the model over devices with accelerate: auto, balanced, sequential, "
-                                        "a JSON object {module: device} or a .json file holding one")
-    g.add_argument("--max-memory", help='with --device-map: JSON per-device budget, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\'')
+    g.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        help="model weights' dtype (default auto: bfloat16 on a GPU that supports it, else "
+        "float32); edits stay float32",
+    )
+    g.add_argument(
+        "--device-map",
+        help="split the model over devices with accelerate: auto, balanced, sequential, "
+        "a JSON object {module: device} or a .json file holding one",
+    )
+    g.add_argument(
+        "--max-memory",
+        help='with --device-map: JSON per-device budget, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\'',
+    )
     g.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
 
 
@@ -36,7 +47,9 @@ def _json_option(text: str | None, flag: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JolaError(f"{flag}: invalid JSON ({exc.msg}); give a name like 'auto' or a JSON object") from exc
+        raise JolaError(
+            f"{flag}: invalid JSON ({exc.msg}); give a name like 'auto' or a JSON object"
+        ) from exc
 
 
 def loading_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,8 +57,13 @@ def loading_options(args: argparse.Namespace) -> dict[str, Any]:
     max_memory = _json_option(args.max_memory, "--max-memory")
     if isinstance(max_memory, dict):  # GPU indices arrive as JSON strings
         max_memory = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
-    return {"device": args.device, "dtype": args.dtype, "device_map": _json_option(args.device_map, "--device-map"),
-            "max_memory": max_memory, "revision": args.revision}
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_map": _json_option(args.device_map, "--device-map"),
+        "max_memory": max_memory,
+        "revision": args.revision,
+    }
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -91,7 +91,8 @@ def _share_accelerate_hooks(wrapped: nn.Module, view: nn.Module) -> int:
     targets = dict(view.named_modules())
     shared = 0
     for name, module in wrapped.named_modules():
-        hook = module.__dict__.get("_hf_hook")  # bridge wrappers forward attribute reads: own hooks only
+        # own hooks only: bridge wrappers forward attribute reads to the module they wrap
+        hook = module.__dict__.get("_hf_hook")
         target = targets.get(_plain_name(name))
         if hook is None or target is None or "_hf_hook" in target.__dict__:
             continue

@@ -223,8 +223,12 @@ class JolaEdit(Edit):
             t = t.float().to(z.device)
             return t[:, None] if t.dim() == 3 else t
 
-        scale = per_head(1 + g["multiplicative"][..., None] * self.multiplicative[i]) if self.has_multiplicative else None
-        shift = per_head(g["additive"][..., None] * self.additive[i]) if self.has_additive else None
+        scale: Tensor | None = None
+        shift: Tensor | None = None
+        if self.has_multiplicative:
+            scale = per_head(1 + g["multiplicative"][..., None] * self.multiplicative[i])
+        if self.has_additive:
+            shift = per_head(g["additive"][..., None] * self.additive[i])
         if scale is not None and shift is not None:
             out = torch.addcmul(shift, z, scale)
         elif scale is not None:

@@ -44,8 +44,9 @@ def fold_factors(
 def _fold_linear(edit: JolaEdit, i: int, linear: nn.Linear) -> None:
     if linear.weight.is_meta:
         raise ModelError(
-            "this o_proj's weights are offloaded (device_map to cpu/disk): merge_edit folds in place and "
-            "needs them resident; use export_hf_checkpoint, which loads offloaded weights one module at a time"
+            "this o_proj's weights are offloaded (device_map to cpu/disk): merge_edit folds in "
+            "place and needs them resident; use export_hf_checkpoint, which loads offloaded "
+            "weights one module at a time"
         )
     scale, bias = fold_factors(edit, i, linear.weight)
     if edit.has_additive:
@@ -90,7 +91,7 @@ def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
 
 
 def _cpu_state_dict(view: nn.Module) -> dict[str, Tensor]:
-    """A CPU copy of the view's weights, loading offloaded ones (``device_map`` cpu/disk) module by module."""
+    """A CPU copy of the view's weights; offloaded ones (cpu/disk ``device_map``) load per module."""
     if any(p.is_meta for p in view.parameters()):
         from accelerate.utils.modeling import get_state_dict_offloaded_model
 

@@ -237,7 +237,7 @@ def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.de
     from transformer_lens.model_bridge import TransformerBridge
 
     if getattr(hf_model, "hf_device_map", None):
-        device = None  # accelerate placed the modules; the bridge reads the placement from the model
+        device = None  # accelerate placed the modules; the bridge reads their placement
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
@@ -246,10 +246,16 @@ def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.de
 
 
 def _wrap_loaded(
-    hf_model: nn.Module, name: str, tokenizer: Any, device: str | torch.device | None, dtype: str | torch.dtype | None
+    hf_model: nn.Module,
+    name: str,
+    tokenizer: Any,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
 ) -> nn.Module:
     """A bridge around a Hugging Face model the caller already loaded (quantised or not)."""
-    quantised = getattr(hf_model, "hf_quantizer", None) is not None or getattr(hf_model, "is_quantized", False)
+    quantised = getattr(hf_model, "hf_quantizer", None) is not None or getattr(
+        hf_model, "is_quantized", False
+    )
     placed = bool(getattr(hf_model, "hf_device_map", None))
     if dtype is not None:
         wanted = resolve_dtype(dtype, device)
@@ -314,27 +320,34 @@ def load_model(
     name = name_or_path
     if hf_model is not None:
         if device_map is not None:
-            raise ModelError("hf_model is already loaded: apply device_map when loading it, not here")
+            raise ModelError("hf_model is already loaded: apply device_map when loading it")
         return _wrap_loaded(hf_model, name, tokenizer, device, dtype)
     device = default_device(device, device_map)
     target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_dtype(dtype, target)
-    placement = {"dtype": resolved, "device": device, "device_map": device_map, "max_memory": max_memory,
-                 "offload_folder": offload_folder}
+    placement = {
+        "dtype": resolved,
+        "device": device,
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "offload_folder": offload_folder,
+    }
     from transformers import AutoTokenizer
 
     spec = EMBEDDED_MODELS.get(name.lower())
     if spec is not None:
         ckpt = _converted_checkpoint(spec)
         hf = from_pretrained(ckpt, revision=None, **placement)
-        return _boot(spec.hf_name, hf, tokenizer or AutoTokenizer.from_pretrained(ckpt), device, resolved)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(ckpt)
+        return _boot(spec.hf_name, hf, tokenizer, device, resolved)
 
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelError(f"{local} is a directory but not a Hugging Face checkpoint (no config.json)")
+            raise ModelError(f"{local} is not a Hugging Face checkpoint directory (no config.json)")
         hf = from_pretrained(local, revision=None, **placement)
-        return _boot(str(local.resolve()), hf, tokenizer or AutoTokenizer.from_pretrained(local), device, resolved)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(local)
+        return _boot(str(local.resolve()), hf, tokenizer, device, resolved)
     if name.startswith(("/", "./", "../", "~")):
         raise ModelError(f"no checkpoint directory at {name!r}: check the path")
 
@@ -348,13 +361,15 @@ def load_model(
         )
     from transformer_lens.model_bridge import TransformerBridge
 
-    options: dict[str, Any] = {"revision": revision, "tokenizer": tokenizer, "device_map": device_map,
-                               "max_memory": max_memory if device_map is not None else None,
-                               "offload_folder": str(offload_folder) if offload_folder and device_map is not None else None}
+    options: dict[str, Any] = {
+        "revision": revision, "tokenizer": tokenizer, "device_map": device_map
+    }
+    if device_map is not None:
+        options["max_memory"] = max_memory
+        options["offload_folder"] = str(offload_folder) if offload_folder else None
+    given = {k: v for k, v in options.items() if v is not None}
     try:
-        bridge = TransformerBridge.boot_transformers(
-            name, device=device, dtype=resolved, **{k: v for k, v in options.items() if v is not None}
-        )
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=resolved, **given)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"Could not load '{name}' from the Hugging Face hub or its local cache: "

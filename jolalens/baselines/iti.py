@@ -172,7 +172,8 @@ def _last_token_z(
     def make(layer: int):
         def grab(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0]
-            captured[layer] = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)].float().cpu()
+            rows = torch.arange(x.shape[0], device=x.device)
+            captured[layer] = x[rows, last.to(x.device)].float().cpu()
 
         return grab
 

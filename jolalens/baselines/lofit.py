@@ -87,7 +87,7 @@ class LofitEdit(BaselineEdit):
         return dense.index_put((self.head_index[:, 0], self.head_index[:, 1]), self.bias)
 
     def apply(self, z: Float[Tensor, "batch pos head_index d_head"], layer: int) -> Tensor:
-        """``(1 + A) * z`` as ``z + A * z``, or ``z + v``: the edit term in float32, rounded once."""
+        """``(1 + A) * z`` as ``z + A * z``, or ``z + v``: edit term in float32, rounded once."""
         if self.config.heads is None:
             delta = self.scale[layer].float().to(z.device) * z
         else:

@@ -88,7 +88,9 @@ class LoraEdit(BaselineEdit):
                     # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
                     # it for the build so peft creates the adapters on its execution device.
                     with _loaded(base):
-                        wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
+                        wrapped = PeftLoraLinear(
+                            base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha
+                        )
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
                     key = _key(proj, layer)
@@ -112,7 +114,8 @@ class LoraEdit(BaselineEdit):
     def delta(self, x: Tensor, key: str) -> Tensor:
         """peft's LoRA update ``scaling * B(A(dropout(x)))`` for one adapted projection."""
         a, b = self.lora_A[key], self.lora_B[key]
-        return b(a(self.lora_dropout[key](x.to(device=a.weight.device, dtype=a.weight.dtype)))) * self.scaling
+        x = x.to(device=a.weight.device, dtype=a.weight.dtype)
+        return b(a(self.lora_dropout[key](x))) * self.scaling
 
     # ---- attaching -------------------------------------------------------------------
     def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
@@ -149,7 +152,8 @@ class LoraEdit(BaselineEdit):
 
         def make(key: str):
             def add_lora(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
-                return (out + self.delta(args[0], key).to(out.device)).to(out.dtype)  # one rounding, as peft
+                # added in float32 and rounded once, as peft does
+                return (out + self.delta(args[0], key).to(out.device)).to(out.dtype)
 
             return add_lora
 

@@ -58,7 +58,7 @@ class RedEdit(BaselineEdit):
             self.bias = nn.Parameter(torch.zeros(shape))
 
     def apply(self, m: Float[Tensor, "batch pos d_model"], i: int) -> Float[Tensor, "batch pos d_model"]:
-        """``(1 + delta) * m + b`` as ``m + (delta * m + b)``: the edit term in float32, rounded once."""
+        """``(1 + delta) * m + b`` as ``m + (delta * m + b)``, in float32, rounded once."""
         edit: Tensor | None = None
         if self.config.scaling:
             edit = self.scale_delta[i].float().to(m.device) * m

@@ -20,10 +20,17 @@ from jolalens.evaluate import evaluate
 from jolalens.hf_view import hf_view
 
 SPLIT = {
-    "model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
-    "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu",
+    "model.embed_tokens": "cpu",
+    "model.rotary_emb": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.norm": "cpu",
+    "lm_head": "cpu",
 }
-MC = [Example(f"pick {c} {i}", c, choices=("a", "b", "c")) for i, c in zip(range(12), "abc" * 4, strict=True)]
+MC = [
+    Example(f"pick {c} {i}", c, choices=("a", "b", "c"))
+    for i, c in zip(range(12), "abc" * 4, strict=True)
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +76,39 @@ def test_edited_logits_and_grads_match_unsplit(pair, backend):
             else:
                 logits = net(enc.input_ids, attention_mask=enc.attention_mask)
             logits.logsumexp(-1).mean().backward()
-        results.append((logits.detach(), edit.multiplicative.grad.clone(), edit.log_alpha_additive.grad.clone()))
+        results.append(
+            (
+                logits.detach(),
+                edit.multiplicative.grad.clone(),
+                edit.log_alpha_additive.grad.clone(),
+            )
+        )
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_training_evaluation_and_generation_match_unsplit(pair):
     config = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, progress=False, lr=5e-2)
-    runs = [train_jola(m, MC, MC[:6], config=config, sparsity=SparsityConfig(lam=0.1)) for m in pair]
+    runs = [
+        train_jola(m, MC, MC[:6], config=config, sparsity=SparsityConfig(lam=0.1)) for m in pair
+    ]
     h0, h1 = (r.history["val_ce"].to_numpy() for r in runs)
     assert abs(h0 - h1).max() < 1e-4
     assert torch.allclose(runs[0].edit.additive, runs[1].edit.additive, atol=1e-5)
     for protocol in ("loglik", "gen"):
-        got = [evaluate(m, MC[:4], "arc_easy", edit=r.edit, protocol=protocol, num_beams=1, max_new_tokens=3,
-                        progress=False) for m, r in zip(pair, runs, strict=True)]
+        got = [
+            evaluate(
+                m,
+                MC[:4],
+                "arc_easy",
+                edit=r.edit,
+                protocol=protocol,
+                num_beams=1,
+                max_new_tokens=3,
+                progress=False,
+            )
+            for m, r in zip(pair, runs, strict=True)
+        ]
         assert got[0].items["prediction"].tolist() == got[1].items["prediction"].tolist(), protocol
 
 
@@ -95,7 +121,10 @@ def test_iti_fit_matches_unsplit(pair):
 def test_export_from_split_model_matches_unsplit(pair, tmp_path):
     whole, split = pair
     edit = JolaEdit.for_model(whole, JolaConfig(init_std=0.05))
-    outs = [jolalens.export_hf_checkpoint(m, edit, tmp_path / name) for m, name in zip(pair, ("whole", "split"), strict=True)]
+    outs = [
+        jolalens.export_hf_checkpoint(m, edit, tmp_path / name)
+        for m, name in zip(pair, ("whole", "split"), strict=True)
+    ]
     models = [jolalens.load_model(out, device="cpu") for out in outs]
     tokens = _batch(whole).input_ids
     with torch.no_grad():
@@ -114,7 +143,9 @@ def test_baselines_match_unsplit(pair, method):
         edit = cls.for_model(model)
         with torch.no_grad():
             for p in edit.parameters():
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+                p.copy_(
+                    torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05
+                )
         enc = _batch(model)
         with edit.attached(model, Backend.HF_VIEW) as net:
             logits = net(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
@@ -128,8 +159,12 @@ def test_baselines_match_unsplit(pair, method):
 def test_wraps_a_model_the_user_split(checkpoint, pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=SPLIT, offload_folder=str(tmp_path / "off"))
-    wrapped = jolalens.load_model("user-split", hf_model=hf)  # tokenizer from the checkpoint directory
+    hf = AutoModelForCausalLM.from_pretrained(
+        checkpoint, device_map=SPLIT, offload_folder=str(tmp_path / "off")
+    )
+    wrapped = jolalens.load_model(
+        "user-split", hf_model=hf
+    )  # tokenizer from the checkpoint directory
     whole = pair[0]
     enc = _batch(whole)
     with torch.no_grad():

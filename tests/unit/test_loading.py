@@ -42,8 +42,12 @@ def test_local_checkpoint_loads_offline_in_bf16(exported, tiny, monkeypatch):
 def test_wraps_an_already_loaded_hf_model(tiny):
     from jolalens.testing import char_tokenizer
 
-    hf = type(tiny.original_model)(tiny.original_model.config)  # a fresh random model of the same shape
-    bridge = jolalens.load_model("my-tiny", hf_model=hf.eval(), tokenizer=char_tokenizer(), dtype="bf16")
+    hf = type(tiny.original_model)(
+        tiny.original_model.config
+    )  # a fresh random model of the same shape
+    bridge = jolalens.load_model(
+        "my-tiny", hf_model=hf.eval(), tokenizer=char_tokenizer(), dtype="bf16"
+    )
     assert bridge.cfg.model_name == "my-tiny"
     assert next(bridge.parameters()).dtype == torch.bfloat16
     assert jolalens.model_dims(bridge).n_heads == 4
@@ -69,7 +73,7 @@ def test_bad_paths_and_conflicting_options(tmp_path):
 
 
 def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path):
-    """``jolalens train --model <dir> --dtype bfloat16 --device cpu`` in a fresh process with the hub off."""
+    """``jolalens train --model <dir> --dtype bfloat16 --device cpu``: a fresh process, hub off."""
     import os
     import subprocess
     import sys
@@ -81,26 +85,67 @@ def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "jolalens.cli", "train", "--model", str(path), "--dtype", "bfloat16", "--device", "cpu",
-         "--train", str(tmp_path / "train.jsonl"), "--valid", str(tmp_path / "valid.jsonl"),
-         "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4", "--no-progress"],
-        cwd=Path(jolalens.__file__).parents[1], env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "jolalens.cli",
+            "train",
+            "--model",
+            str(path),
+            "--dtype",
+            "bfloat16",
+            "--device",
+            "cpu",
+            "--train",
+            str(tmp_path / "train.jsonl"),
+            "--valid",
+            str(tmp_path / "valid.jsonl"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ],
+        cwd=Path(jolalens.__file__).parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "saved to" in done.stdout
-    saved = jolalens.load_edit(tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu"))
+    saved = jolalens.load_edit(
+        tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu")
+    )
     assert {p.dtype for p in saved.parameters()} == {torch.float32}
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--out", "x"], ["eval", "--task", "arc_easy"], ["compare", "--tasks", "arc_easy", "--out", "x"],
-    ["export", "--edit", "e", "--out", "x"], ["demo"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--out", "x"],
+        ["eval", "--task", "arc_easy"],
+        ["compare", "--tasks", "arc_easy", "--out", "x"],
+        ["export", "--edit", "e", "--out", "x"],
+        ["demo"],
+    ],
+)
 def test_every_loading_command_has_the_flags(command):
     from jolalens.cli import build_parser, loading_options
 
-    args = build_parser().parse_args([*command, "--dtype", "bfloat16", "--device-map", '{"model.layers.0": 0}',
-                                      "--max-memory", '{"0": "10GiB", "cpu": "20GiB"}'])
+    args = build_parser().parse_args(
+        [
+            *command,
+            "--dtype",
+            "bfloat16",
+            "--device-map",
+            '{"model.layers.0": 0}',
+            "--max-memory",
+            '{"0": "10GiB", "cpu": "20GiB"}',
+        ]
+    )
     opts = loading_options(args)
     assert opts["dtype"] == "bfloat16" and opts["device"] is None and opts["revision"] is None
     assert opts["device_map"] == {"model.layers.0": 0}
