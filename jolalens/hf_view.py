@@ -100,11 +100,12 @@ def _share_accelerate_hooks(wrapped: nn.Module, view: nn.Module) -> int:
         shared += 1
     device_map = getattr(wrapped, "hf_device_map", None)
     if device_map:
-        view.hf_device_map = dict(device_map)
+        dynamic: Any = view  # a plain attribute transformers reads on dispatched models
+        dynamic.hf_device_map = dict(device_map)
     return shared
 
 
-def _attach_shared_hook(module: nn.Module, hook: Any) -> None:
+def _attach_shared_hook(module: Any, hook: Any) -> None:
     """``accelerate.hooks.add_hook_to_module`` without ``init_hook`` (see above)."""
     old_forward = module.forward
 

@@ -80,7 +80,7 @@ def from_pretrained(
             kwargs["max_memory"] = max_memory
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
-    hf = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
     if device_map is None and device is not None:
         hf.to(device)
     return hf.eval()
