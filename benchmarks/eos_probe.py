@@ -79,7 +79,7 @@ def main() -> int:
     base = group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size)
     config = replace(base, methods=("jola",), tasks=(args.task,), seeds=(0,), budget=args.budget,
                      train=replace(base.train, answer_eos=True))
-    model = load_model(device=args.device)
+    model = load_model(device=args.device, dtype="float32")
     t0 = time.perf_counter()
     run_compare(model, config, args.out / "main")
     run_dir = Cell("main", args.task, "jola", 0).run_dir(args.out)

@@ -444,7 +444,7 @@ def _run_groups_then_gen(args: argparse.Namespace, cells: list[Cell], engine, de
     out: Path = args.out
     started = start_ray(engine)
     try:
-        factory = partial(load_model, device=device)
+        factory = partial(load_model, device=device, dtype="float32")  # the grid is float32
         for group, config, todo in group_runs(cells, smoke=args.smoke, eval_batch_size=args.eval_batch_size):
             print(f"{group}: {len(todo)} cell(s)")
             run_compare_ray(factory, config, out / group, engine, only=todo, log=log)
@@ -457,7 +457,7 @@ def _run_groups_then_gen(args: argparse.Namespace, cells: list[Cell], engine, de
             ray.shutdown()
     gen = [c for c in cells if c.group == "gen" and _ready(c, out) and not _done(c, out)]
     if gen:  # the main runs' edits with the generation protocol, one after another in this process
-        model = load_model(device=device)
+        model = load_model(device=device, dtype="float32")
         for cell in gen:
             config = replace(group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size),
                              methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))

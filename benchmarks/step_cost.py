@@ -10,9 +10,12 @@ bridge     : the same edit at ``blocks.{l}.attn.hook_z`` on the TransformerBridg
 merged fwd : forward of the model with the edit folded into ``o_proj``, against the base forward.
 
 Variants run interleaved (ABCD ABCD ...) and each ratio uses the medians, so machine noise hits
-all of them alike. Writes ``benchmarks/results/step_cost_<device>.json`` and ``.md``.
+all of them alike. On CUDA each variant's peak memory (``max_memory_allocated`` over one step,
+weights included) is recorded too. The edit's parameters stay float32 on a bf16 model, as in
+``train_jola``. Writes ``step_cost_<device>.json`` and ``.md`` under ``--out`` (``runs/step_cost``).
 
-    python benchmarks/step_cost.py                       # CPU: the embedded SmolLM2-135M
+    python benchmarks/step_cost.py                       # CPU: the embedded SmolLM2-135M, float32
+    python benchmarks/step_cost.py --shapes tiny --repeats 3    # CPU check of the random-model path
     python benchmarks/step_cost.py --shapes llama-3.2-1b,llama-3.1-8b   # GPU: random bf16 models
 """
 
@@ -38,6 +41,7 @@ SHAPES = {
     # name: (layers, d_model, heads, kv_heads, d_mlp, vocab, batch, seq)
     "llama-3.2-1b": (16, 2048, 32, 8, 8192, 128256, 8, 512),
     "llama-3.1-8b": (32, 4096, 32, 8, 14336, 128256, 4, 512),
+    "tiny": (2, 64, 4, 2, 128, 1000, 2, 64),  # a CPU check of this path, not a measurement
 }
 
 
@@ -54,9 +58,16 @@ def random_bridge(shape: str, dtype: torch.dtype, device: str):
         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
         rope_theta=500000.0, tie_word_embeddings=False,
     )
-    with torch.device(device):
-        hf = LlamaForCausalLM(cfg).to(dtype).eval()
-    return TransformerBridge.boot_transformers(shape, hf_model=hf, tokenizer=char_tokenizer(), dtype=dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 directly: an 8B model never exists in float32
+    try:
+        with torch.device(device):
+            hf = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
+    return TransformerBridge.boot_transformers(
+        shape, hf_model=hf, tokenizer=char_tokenizer(), dtype=dtype, device=device
+    )
 
 
 def make_batch(vocab: int, batch: int, seq: int, answer_len: int, device: str) -> Batch:
@@ -104,8 +115,7 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
     view = hf_view(model)
     edit = JolaEdit.for_model(model, JolaConfig()).to(device)
     edit.train()
-    # Match the edit's dtype to the model's, as a bf16 training run would hold it.
-    edit.to(next(model.parameters()).dtype)
+    # The edit stays float32 on a bf16 model (mixed precision), as train_jola holds it.
     embed = view.get_input_embeddings()
 
     def ce(logits):
@@ -166,7 +176,9 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
     if steps["floor"]["peak_bytes"]:
         mem = {k: v["peak_bytes"] / steps["floor"]["peak_bytes"] for k, v in steps.items()}
         mem["jola_train"] = steps["jola_train"]["peak_bytes"] / steps["floor_answer"]["peak_bytes"]
-    return {"model": label, "batch": list(batch.input_ids.shape), "steps": steps, "forward": fwd,
+    return {"model": label, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "edit_dtype": str(edit.additive.dtype).removeprefix("torch."),
+            "batch": list(batch.input_ids.shape), "steps": steps, "forward": fwd,
             "time_ratio_vs_floor": ratios, "peak_memory_ratio_vs_floor": mem}
 
 
@@ -183,8 +195,10 @@ def to_markdown(results: list[dict], device_name: str) -> str:
         "Ratios: jola and bridge against floor (full logits); jola_train against floor_answer "
         "(both unembed only answer positions, as train_jola does).",
         "",
-        "| model | batch x seq | floor | jola (o_proj, SDPA) | bridge hook_z (eager) | floor_answer | jola_train | merged fwd / base fwd | peak mem jola / floor | peak mem jola_train / floor_answer |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dtype | batch x seq | floor | jola (o_proj, SDPA) | bridge hook_z (eager) "
+        "| floor_answer | jola_train | merged fwd / base fwd | peak mem floor | peak mem jola / floor "
+        "| peak mem jola_train / floor_answer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s, q = r["steps"], r["time_ratio_vs_floor"]
@@ -193,13 +207,16 @@ def to_markdown(results: list[dict], device_name: str) -> str:
         def fmt_mem(key, mem=mem):
             return f"{mem[key]:.3f}x" if key in mem else "n/a (CPU)"
 
+        peak = s["floor"]["peak_bytes"]
         lines.append(
-            f"| {r['model']} | {r['batch'][0]} x {r['batch'][1]} | {s['floor']['median_s'] * 1e3:.1f} ms "
+            f"| {r['model']} | {r.get('dtype', '?')} | {r['batch'][0]} x {r['batch'][1]} "
+            f"| {s['floor']['median_s'] * 1e3:.1f} ms "
             f"| {s['jola']['median_s'] * 1e3:.1f} ms ({q['jola']:.3f}x) "
             f"| {s['bridge']['median_s'] * 1e3:.1f} ms ({q['bridge']:.3f}x) "
             f"| {s['floor_answer']['median_s'] * 1e3:.1f} ms "
             f"| {s['jola_train']['median_s'] * 1e3:.1f} ms ({q['jola_train']:.3f}x) "
-            f"| {q['merged_forward']:.3f}x | {fmt_mem('jola')} | {fmt_mem('jola_train')} |"
+            f"| {q['merged_forward']:.3f}x | {f'{peak / 2**30:.2f} GiB' if peak else 'n/a (CPU)'} "
+            f"| {fmt_mem('jola')} | {fmt_mem('jola_train')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -212,16 +229,22 @@ def main() -> None:
     parser.add_argument("--answer-len", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        help="auto: the embedded model in float32 (as RESULTS.md measured it), random shapes in bf16",
+    )
+    parser.add_argument("--out", default="runs/step_cost")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for shape in args.shapes.split(","):
         if shape == "embedded":
-            model = jolalens.load_model(device=device)
+            name = "float32" if args.dtype == "auto" else args.dtype
+            model = jolalens.load_model(device=device, dtype=name)
             batch = make_batch(model.cfg.d_vocab, args.batch, args.seq, args.answer_len, device)
         else:
-            model = random_bridge(shape, torch.bfloat16, device)
+            dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)
+            model = random_bridge(shape, dtype, device)
             _, _, _, _, _, vocab, b, s = SHAPES[shape]
             batch = make_batch(vocab, b, s, args.answer_len, device)
         results.append(run(model, shape, batch, device, args.repeats, args.warmup))

@@ -3,12 +3,67 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import JolaError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_loading_args", "build_parser", "loading_options", "main"]
+
+
+def add_loading_args(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--revision``.
+
+    How every command that loads a model loads it; :func:`loading_options` reads them back.
+    """
+    g = p.add_argument_group("model loading")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        help="model weights' dtype (default auto: bfloat16 on a GPU that supports it, else "
+        "float32); edits stay float32",
+    )
+    g.add_argument(
+        "--device-map",
+        help="split the model over devices with accelerate: auto, balanced, sequential, "
+        "a JSON object {module: device} or a .json file holding one",
+    )
+    g.add_argument(
+        "--max-memory",
+        help='with --device-map: JSON per-device budget, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\'',
+    )
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
+
+
+def _json_option(text: str | None, flag: str) -> Any:
+    if text is None:
+        return None
+    if text.endswith(".json") and Path(text).is_file():
+        text = Path(text).read_text()
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JolaError(
+            f"{flag}: invalid JSON ({exc.msg}); give a name like 'auto' or a JSON object"
+        ) from exc
+
+
+def loading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`jolalens.load_model` from :func:`add_loading_args` flags."""
+    max_memory = _json_option(args.max_memory, "--max-memory")
+    if isinstance(max_memory, dict):  # GPU indices arrive as JSON strings
+        max_memory = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_map": _json_option(args.device_map, "--device-map"),
+        "max_memory": max_memory,
+        "revision": args.revision,
+    }
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +95,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="one rank of `accelerate launch --num_processes N -m jolalens.cli train --distributed ...`: "
                         "each process trains on a shard of every batch; rank 0 writes --out (docs/scale-out.md)")
+    add_loading_args(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -80,7 +136,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     print(f"Loading {args.model} ...")
-    model = load_model(args.model, device=dp.device if dp is not None else None)
+    options = loading_options(args)
+    if dp is not None:
+        options["device"] = dp.device
+    model = load_model(args.model, **options)
     print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
     from .distributed import data_parallel
 
@@ -146,6 +205,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edit", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
+    add_loading_args(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -154,7 +214,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .merge import export_hf_checkpoint
     from .models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, **loading_options(args))
     edit = load_edit(args.edit, model)
     out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
     print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
@@ -164,7 +224,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded model (what `make demo` runs)")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.set_defaults(func=lambda args: __import__("jolalens.demo", fromlist=["run_demo"]).run_demo(model_name=args.model))
+    add_loading_args(p)
+    p.set_defaults(func=lambda args: __import__("jolalens.demo", fromlist=["run_demo"]).run_demo(
+        model_name=args.model, load_options=loading_options(args)))
 
 
 def _csv(kind):
@@ -205,6 +267,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--gpus-per-cell", type=float, default=0.0,
                      help="ray: GPU share each cell reserves, e.g. 0.25 puts four cells on one GPU (0: CPU)")
     ray.add_argument("--max-retries", type=int, default=2, help="ray: reruns of a cell whose worker died")
+    add_loading_args(p)
     p.set_defaults(func=_cmd_compare)
 
 
@@ -231,11 +294,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
         engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
                                  gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, progress=not args.no_progress)
-        factory = partial(load_model, args.model, device="cuda" if args.gpus_per_cell > 0 else None)
+        options = loading_options(args)
+        if args.gpus_per_cell > 0 and options["device"] is None:
+            options["device"] = "cuda"
+        factory = partial(load_model, args.model, **options)
         results = run_compare_ray(factory, config, args.out, engine)
     else:
         print(f"Loading {args.model} ...")
-        model = load_model(args.model)
+        model = load_model(args.model, **loading_options(args))
         results = run_compare(model, config, args.out)
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .evaluate import Protocol, evaluate
 from .jola import JolaConfig, selected_heads
@@ -41,11 +42,12 @@ def run_demo(
     budget: DemoBudget | None = None,
     figures_dir: str | Path | None = "figures/demo",
     run_dir: str | Path | None = "runs/demo",
+    load_options: dict[str, Any] | None = None,
 ) -> int:
     budget = budget or DemoBudget()
     start = time.perf_counter()
     print(f"Loading {model_name} (offline) ...")
-    model = load_model(model_name)
+    model = load_model(model_name, **(load_options or {}))
     dims = model_dims(model)
     print(
         f"{model.cfg.model_name}: {dims.n_layers} layers x {dims.n_heads} query heads "

@@ -334,10 +334,16 @@ class Edit(nn.Module, ABC):
 
 
 def _first_device(module: nn.Module) -> torch.device | None:
-    """The device of a module's first parameter or buffer (``None`` if it has neither)."""
+    """The device of a module's first parameter or buffer (``None`` if it has neither).
+
+    Tensors on ``meta`` (offloaded by an accelerate ``device_map``) count only when all are.
+    """
+    found: torch.device | None = None
     for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return None
+        if not tensor.is_meta:
+            return tensor.device
+        found = found or tensor.device
+    return found
 
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:

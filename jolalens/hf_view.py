@@ -9,6 +9,7 @@ an edit attached to its ``o_proj`` inputs trains at the speed of the frozen mode
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -73,10 +74,54 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
             _set(view, name, buffers[name], buffer=True)
         elif buf.is_meta:
             raise ModelError(f"Cannot map buffer '{name}' of {type(wrapped).__name__} from the bridge")
+    _share_accelerate_hooks(wrapped, view)
     view.eval()
     view.requires_grad_(False)
     _VIEWS[model] = view
     return view
+
+
+def _share_accelerate_hooks(wrapped: nn.Module, view: nn.Module) -> int:
+    """Give each view module the accelerate hook of its twin (a model loaded with ``device_map``).
+
+    The hooks move inputs to each module's execution device and load offloaded weights for
+    the module's forward; without them a split or offloaded model fails in the view. The hook
+    objects are shared, not copied: their ``init_hook`` already ran on the twin, whose placement
+    (real tensors, or meta placeholders for offloaded ones) the view module shares.
+    """
+    targets = dict(view.named_modules())
+    shared = 0
+    for name, module in wrapped.named_modules():
+        # own hooks only: bridge wrappers forward attribute reads to the module they wrap
+        hook = module.__dict__.get("_hf_hook")
+        target = targets.get(_plain_name(name))
+        if hook is None or target is None or "_hf_hook" in target.__dict__:
+            continue
+        _attach_shared_hook(target, hook)
+        shared += 1
+    device_map = getattr(wrapped, "hf_device_map", None)
+    if device_map:
+        dynamic: Any = view  # a plain attribute transformers reads on dispatched models
+        dynamic.hf_device_map = dict(device_map)
+    return shared
+
+
+def _attach_shared_hook(module: Any, hook: Any) -> None:
+    """``accelerate.hooks.add_hook_to_module`` without ``init_hook`` (see above)."""
+    old_forward = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = hook.pre_forward(module, *args, **kwargs)
+        if hook.no_grad:
+            with torch.no_grad():
+                output = old_forward(*args, **kwargs)
+        else:
+            output = old_forward(*args, **kwargs)
+        return hook.post_forward(module, output)
+
+    module._hf_hook = hook
+    module._old_forward = old_forward
+    module.forward = functools.update_wrapper(forward, old_forward)
 
 
 def forget_view(model: nn.Module) -> None:

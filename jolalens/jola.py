@@ -1,6 +1,7 @@
 """The JoLA edit: gated additive and multiplicative edits of every head's ``hook_z``.
 
-For layer ``l`` and head ``h``: ``z' = (1 + g_m * m) * z + g_a * a``, with ``m, a`` vectors of
+For layer ``l`` and head ``h``: ``z' = (1 + g_m * m) * z + g_a * a`` (computed in float32,
+rounded once to the model's dtype), with ``m, a`` vectors of
 size ``d_head`` and ``g_m, g_a`` Hard-Concrete gates. Parameters are stacked over the edited
 layers (``[layer, head_index, d_head]``), so the edit of a layer is one broadcast over heads.
 """
@@ -233,18 +234,35 @@ class JolaEdit(Edit):
     def apply(
         self, z: Float[Tensor, "batch pos head_index d_head"], i: int
     ) -> Float[Tensor, "batch pos head_index d_head"]:
-        """``(1 + g_m * m) * z + g_a * a`` for edited layer index ``i``, all heads at once."""
+        """``(1 + g_m * m) * z + g_a * a`` for edited layer index ``i``, all heads at once.
+
+        Computed in (at least) float32 from the float32 parameters, in one fused ``addcmul``,
+        and rounded to ``z``'s dtype once: in bf16/fp16 a small ``m`` is not lost in a
+        half-precision ``1 + g_m * m`` (which rounds to 1 while ``|g_m m| < 2^-8``), and no
+        float32 copy of ``z`` is kept for the backward pass. The layer's parameters follow
+        ``z`` to its device (a model split over devices).
+        """
         g = self.gates(batch=z.shape[0], layer_index=i)
-        out = z
+
+        def per_head(t: Tensor) -> Tensor:  # [h d], or [b h d] -> [b 1 h d] with per-example gates
+            t = t.float().to(z.device)
+            return t[:, None] if t.dim() == 3 else t
+
+        scale: Tensor | None = None
+        shift: Tensor | None = None
         if self.has_multiplicative:
-            gm = g["multiplicative"].to(z.dtype)
-            scale = 1 + gm[..., None] * self.multiplicative[i].to(z.dtype)  # [h d] or [b h d]
-            out = out * (scale[:, None] if scale.dim() == 3 else scale)
+            scale = per_head(1 + g["multiplicative"][..., None] * self.multiplicative[i])
         if self.has_additive:
-            ga = g["additive"].to(z.dtype)
-            shift = ga[..., None] * self.additive[i].to(z.dtype)
-            out = out + (shift[:, None] if shift.dim() == 3 else shift)
-        return out
+            shift = per_head(g["additive"][..., None] * self.additive[i])
+        if scale is not None and shift is not None:
+            out = torch.addcmul(shift, z, scale)
+        elif scale is not None:
+            out = z * scale
+        elif shift is not None:
+            out = z + shift
+        else:
+            return z
+        return out.to(z.dtype)
 
     # ---- hooks --------------------------------------------------------------------------
     def _hook_z_fn(self, i: int) -> HookFn:

@@ -43,6 +43,12 @@ def fold_factors(
 
 
 def _fold_linear(edit: JolaEdit, i: int, linear: nn.Linear) -> None:
+    if linear.weight.is_meta:
+        raise ModelError(
+            "this o_proj's weights are offloaded (device_map to cpu/disk): merge_edit folds in "
+            "place and needs them resident; use export_hf_checkpoint, which loads offloaded "
+            "weights one module at a time"
+        )
     scale, bias = fold_factors(edit, i, linear.weight)
     if edit.has_additive:
         old = linear.bias.float() if linear.bias is not None else 0.0
@@ -51,7 +57,8 @@ def _fold_linear(edit: JolaEdit, i: int, linear: nn.Linear) -> None:
             linear.bias = nn.Parameter(new_bias, requires_grad=False)
         else:
             linear.bias.copy_(new_bias)
-    linear.weight.mul_(scale.to(linear.weight.dtype)[None, :])
+    # Scale in float32 and round once: a bf16 ``1 + g_m m`` would round small edits to 1.
+    linear.weight.copy_((linear.weight.float() * scale[None, :]).to(linear.weight.dtype))
 
 
 @torch.no_grad()
@@ -85,6 +92,16 @@ def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
     return out
 
 
+def _cpu_state_dict(view: nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of the view's weights; offloaded ones (cpu/disk ``device_map``) load per module."""
+    if any(p.is_meta for p in view.parameters()):
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+        state = get_state_dict_offloaded_model(view)
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in view.state_dict().items()}
+
+
 @torch.no_grad()
 def export_hf_checkpoint(
     model: nn.Module, edit: JolaEdit, out_dir: str | Path, *, overwrite: bool = False
@@ -101,7 +118,7 @@ def export_hf_checkpoint(
     config._attn_implementation = "sdpa"
     if getattr(config, "quantization_config", None) is not None:
         config.quantization_config = None
-    state = {k: v.detach().clone() for k, v in view.state_dict().items()}
+    state = _cpu_state_dict(view)
     projections = o_proj_modules(view)
     prefix = {id(p): name for name, p in view.named_modules()}
     if edit.has_additive and hasattr(config, "attention_bias"):

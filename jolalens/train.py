@@ -185,7 +185,9 @@ def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor
             hidden = net.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
             ).last_hidden_state
-            picked = net.lm_head(hidden[:, :-1][mask])
+            # On a model split over devices the last hidden state and lm_head's output may sit on
+            # later devices; the logits come back to the batch's device (no-op on one device).
+            picked = net.lm_head(hidden[:, :-1][mask.to(hidden.device)]).to(mask.device)
         else:
             logits = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
             picked = logits[:, :-1][mask]

@@ -54,8 +54,9 @@ class BitFitEdit(BaselineEdit):
         )
 
     def _add(self, out: Tensor, proj: Projection, i: int) -> Tensor:
-        bias = self.biases[proj.value][i].to(out.dtype)
-        return out + bias.view(out.shape[2:]) if out.dim() == 4 else out + bias
+        bias = self.biases[proj.value][i].float().to(out.device)
+        bias = bias.view(out.shape[2:]) if out.dim() == 4 else bias
+        return (out + bias).to(out.dtype)  # added in float32, rounded once
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         def make(proj: Projection, i: int) -> HookFn:

@@ -105,7 +105,8 @@ class ItiEdit(BaselineEdit):
                 f"answer_positions mask {tuple(mask.shape)} does not match this forward pass "
                 f"[batch, pos] = {tuple(z.shape[:2])}"
             )
-        return z + mask.to(z.dtype)[..., None, None] * shift.to(z.dtype)
+        mask = mask.to(z.device)
+        return (z + mask.float()[..., None, None] * shift.float().to(z.device)).to(z.dtype)
 
     # ---- hooks ----------------------------------------------------------------------------
     def _edited_layers(self) -> list[int]:
@@ -171,7 +172,8 @@ def _last_token_z(
     def make(layer: int):
         def grab(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0]
-            captured[layer] = x[torch.arange(x.shape[0], device=x.device), last].float().cpu()
+            rows = torch.arange(x.shape[0], device=x.device)
+            captured[layer] = x[rows, last.to(x.device)].float().cpu()
 
         return grab
 

@@ -87,9 +87,12 @@ class LofitEdit(BaselineEdit):
         return dense.index_put((self.head_index[:, 0], self.head_index[:, 1]), self.bias)
 
     def apply(self, z: Float[Tensor, "batch pos head_index d_head"], layer: int) -> Tensor:
+        """``(1 + A) * z`` as ``z + A * z``, or ``z + v``: edit term in float32, rounded once."""
         if self.config.heads is None:
-            return z * (1 + self.scale[layer].to(z.dtype))
-        return z + self._dense_bias()[layer].to(z.dtype)
+            delta = self.scale[layer].float().to(z.device) * z
+        else:
+            delta = self._dense_bias()[layer].float().to(z.device)
+        return (z + delta).to(z.dtype)
 
     def penalty(self, step: int) -> tuple[Tensor, float]:
         """Stage 1's ``l1 * sum |A|``; nothing in stage 2."""

@@ -10,6 +10,7 @@ float32. Default targets are LLM-Adapters' q, k, v, up, down.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,15 @@ class LoraConfig:
         return n_layers * sum(self.r * sum(projection_shape(dims, t)) for t in self.targets)
 
 
+def _loaded(module: nn.Module) -> AbstractContextManager[Any]:
+    """accelerate's ``align_module_device`` (loads an offloaded module's weights), if available."""
+    try:
+        from accelerate.utils import align_module_device
+    except ImportError:  # an accelerate too old to have it cannot have offloaded the module either
+        return nullcontext()
+    return align_module_device(module)
+
+
 def _key(proj: Projection, layer: int) -> str:
     return f"L{layer}_{proj.value}"
 
@@ -75,7 +85,12 @@ class LoraEdit(BaselineEdit):
             for layer in self.layers:
                 for proj in config.targets:
                     base = proj.hf_module(view, layer)
-                    wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
+                    # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
+                    # it for the build so peft creates the adapters on its execution device.
+                    with _loaded(base):
+                        wrapped = PeftLoraLinear(
+                            base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha
+                        )
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
                     key = _key(proj, layer)
@@ -99,7 +114,8 @@ class LoraEdit(BaselineEdit):
     def delta(self, x: Tensor, key: str) -> Tensor:
         """peft's LoRA update ``scaling * B(A(dropout(x)))`` for one adapted projection."""
         a, b = self.lora_A[key], self.lora_B[key]
-        return b(a(self.lora_dropout[key](x.to(a.weight.dtype)))) * self.scaling
+        x = x.to(device=a.weight.device, dtype=a.weight.dtype)
+        return b(a(self.lora_dropout[key](x))) * self.scaling
 
     # ---- attaching -------------------------------------------------------------------
     def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
@@ -136,7 +152,8 @@ class LoraEdit(BaselineEdit):
 
         def make(key: str):
             def add_lora(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
-                return out + self.delta(args[0], key).to(out.dtype)
+                # added in float32 and rounded once, as peft does
+                return (out + self.delta(args[0], key).to(out.device)).to(out.dtype)
 
             return add_lora
 
@@ -159,7 +176,7 @@ class LoraEdit(BaselineEdit):
 
                 def write(out: Tensor, hook: Any = None, inputs: dict[str, Tensor] = inputs, key: str = key) -> Tensor:
                     x = inputs.pop("x")
-                    return out + self.delta(x, key).to(out.dtype).view(out.shape)
+                    return (out + self.delta(x, key).to(out.device).view(out.shape)).to(out.dtype)
 
                 hooks += [(proj.hook_name(layer, "in"), read), (proj.hook_name(layer, "out"), write)]
         return hooks

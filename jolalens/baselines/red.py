@@ -58,11 +58,14 @@ class RedEdit(BaselineEdit):
             self.bias = nn.Parameter(torch.zeros(shape))
 
     def apply(self, m: Float[Tensor, "batch pos d_model"], i: int) -> Float[Tensor, "batch pos d_model"]:
+        """``(1 + delta) * m + b`` as ``m + (delta * m + b)``, in float32, rounded once."""
+        edit: Tensor | None = None
         if self.config.scaling:
-            m = m * (1 + self.scale_delta[i].to(m.dtype))
+            edit = self.scale_delta[i].float().to(m.device) * m
         if self.config.bias:
-            m = m + self.bias[i].to(m.dtype)
-        return m
+            bias = self.bias[i].float().to(m.device)
+            edit = bias if edit is None else edit + bias
+        return m if edit is None else (m + edit).to(m.dtype)
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         def make(i: int) -> HookFn:

@@ -46,7 +46,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         task = get_task(args.task)
         examples = load_task_splits(task, n_train=0, n_valid=0, n_test=args.n_test).test
-    model = jolalens.load_model(args.model)
+    from ..cli import loading_options
+
+    model = jolalens.load_model(args.model, **loading_options(args))
     edit = None
     if args.edit:
         from jolalens import load_edit  # provided by the package root
@@ -89,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-new-tokens", type=int, default=None, help="default: 16, or 64 for NLG tasks")
     ev.add_argument("--prompt", choices=["alpaca", "chat"], default="alpaca")
     ev.add_argument("--out", help="directory for items.jsonl and summary.json")
+    from ..cli import add_loading_args
+
+    add_loading_args(ev)
     ev.set_defaults(func=_cmd_eval)
 
 
