@@ -43,9 +43,12 @@ from .errors import JolaError
 from .evaluate import Protocol, evaluate
 from .fileio import atomic_path
 from .jola import EditType, GateMode, JolaConfig
+from .locking import output_lock
 from .models import ModelDims, model_dims, model_identity
+from .run_records import read_record, write_text_safely
 from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
+from .validation import check_positive_int
 
 __all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "run_compare", "summarise"]
 
@@ -192,6 +195,10 @@ class CompareConfig:
             raise JolaError("give at least one method, one task and one seed")
         if self.budget < 1:
             raise JolaError(f"budget must be >= 1, got {self.budget}")
+        check_positive_int(self.n_train, "n_train")
+        check_positive_int(self.n_valid, "n_valid")
+        if self.n_test is not None:
+            check_positive_int(self.n_test, "n_test (None for the full split)")
 
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
@@ -209,7 +216,9 @@ def _check_out_dir(out: Path, config: CompareConfig, identity: dict[str, Any]) -
     stamp = {"protocol": config.protocol_dict(), "model": identity}
     path = out / "compare_config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_record(path)
+        if saved is None:
+            raise JolaError(f"{path} is damaged; restore it from a backup, or choose a new --out")
         if saved != json.loads(json.dumps(stamp)):
             raise JolaError(
                 f"{out} holds a comparison made with other settings or another model "
@@ -241,22 +250,25 @@ def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: fl
         "info": fitted.info, "seconds": seconds, "device": device})
 
 
-def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[Fitted, float, str] | None:
+def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any], log: Callable[[str], None] | None = None) -> tuple[Fitted, float, str] | None:
     """A search point an interrupted attempt of this run finished (with its fit seconds and the device
-    it was fitted on), or ``None`` if there is none for ``hp``."""
+    it was fitted on), or ``None`` if there is none for ``hp``; a damaged one is reported and refitted."""
     from .edit import load_edit
 
-    if not (point_dir / POINT_FILE).is_file():
-        return None
-    saved = json.loads((point_dir / POINT_FILE).read_text())
-    if saved["hyperparameters"] != json.loads(json.dumps(hp)):
+    saved = read_record(point_dir / POINT_FILE, ("hyperparameters", "val_ce", "trainable_parameters", "info", "seconds"), log)
+    if saved is None or saved["hyperparameters"] != json.loads(json.dumps(hp)):
         return None
     try:
         edit = load_edit(point_dir / "edit", model)
-    except (JolaError, OSError):  # e.g. weights left out of a commit: fit the point again
+        fitted = Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"])
+        seconds = float(saved["seconds"])
+    except (JolaError, OSError, TypeError, ValueError) as exc:  # e.g. weights left out of a commit: fit the point again
+        if log is not None:
+            log(f"  damaged kept point {point_dir}: {exc}; refitting it")
         return None
-    fitted = Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"])
-    return fitted, float(saved["seconds"]), str(saved.get("device", "unrecorded"))
+    if not math.isfinite(fitted.val_ce):
+        return None
+    return fitted, seconds, str(saved.get("device", "unrecorded"))
 
 
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -272,7 +284,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     resumed: list[dict[str, Any]] = []  # points fitted by an earlier attempt, perhaps on another device
     for i, hp in enumerate(points):
         point_dir = run_dir / POINTS_DIR / f"point{i}"
-        kept = _load_point(model, point_dir, hp)
+        kept = _load_point(model, point_dir, hp, log)
         if kept is not None:
             fitted, seconds, kept_on = kept
             resumed.append({"point": i + 1, "device": kept_on, "fit_seconds": round(seconds, 1)})
@@ -318,14 +330,23 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
 
 
 def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) the comparison into ``out``; returns the per-run results table."""
+    """Run (or resume) the comparison into ``out``; returns the per-run results table.
+
+    Holds ``out``'s lock for the whole comparison: a second process on the same ``out`` is
+    refused with :class:`~jolalens.locking.LockError` (parallelism comes from the engine).
+    """
     out = Path(out)
+    with output_lock(out, "jolalens compare"):
+        return _run_compare_locked(model, config, out, log)
+
+
+def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log: Callable[[str], None]) -> pd.DataFrame:
     _check_out_dir(out, config, model_identity(model))
     for task in config.tasks:
         for seed in config.seeds:
             for name in config.methods:
                 run_dir = out / "runs" / task / name / f"seed{seed}"
-                if (run_dir / RESULT_FILE).is_file():
+                if read_record(run_dir / RESULT_FILE, ("status",), log) is not None:
                     log(f"skip {task}/{name}/seed{seed}: done")
                     continue
                 if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
@@ -347,7 +368,7 @@ def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # one failed run must not cost the others
-                    (run_dir / "error.txt").write_text(traceback.format_exc())
+                    write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)  # survives a full disk
                     log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
                     continue
                 _write_json_atomic(run_dir / RESULT_FILE, row)
@@ -362,8 +383,10 @@ def collect(out: str | Path) -> pd.DataFrame:
     rows = []
     for run_dir in sorted((out / "runs").glob("*/*/seed*")):
         task, method, seed = run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name[4:])
-        if (run_dir / RESULT_FILE).is_file():
-            row = json.loads((run_dir / RESULT_FILE).read_text())
+        row = read_record(run_dir / RESULT_FILE, ("status",))
+        if row is None and (run_dir / RESULT_FILE).is_file():  # damaged: listed as failed, recomputed on the next run
+            rows.append({"task": task, "method": method, "seed": seed, "status": "failed"})
+        elif row is not None:
             row["hyperparameters"] = json.dumps(row.get("hyperparameters", {}), sort_keys=True)
             row["info"] = json.dumps(row.get("info", {}), sort_keys=True)
             if "resumed_points" in row:
@@ -465,9 +488,11 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     """Rewrite ``results.csv``, ``summary.csv`` and ``summary.md`` from the finished runs."""
     out = Path(out)
     results = collect(out)
-    results.to_csv(out / "results.csv", index=False)
+    with atomic_path(out / "results.csv") as tmp:  # a full disk leaves the previous tables, never 0-byte ones
+        results.to_csv(tmp, index=False)
     summary = summarise(results)
-    summary.to_csv(out / "summary.csv", index=False)
+    with atomic_path(out / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
     failed = results[results["status"] == "failed"] if "status" in results else results
     note = ""
     if len(failed):
@@ -478,10 +503,12 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     others = sorted(set(_finished(results)["device"].dropna()) - {usual}) if usual else []
     if others:
         note += f"\n`fit s`: mean over the runs on {usual} only; runs on {', '.join(others)} are left out of it (–: all were).\n"
-    (out / "summary.md").write_text(
+    text = (
         f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
         + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
                          scale=100.0 if metric == "accuracy" else 1.0)
         + note
     )
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(text)
     return results

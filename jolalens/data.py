@@ -8,6 +8,7 @@ answer tokens only: everything up to and including ``### Response:\\n`` is maske
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ __all__ = [
     "tokenize_example",
     "write_jsonl",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The paper's Alpaca "no-input" template (without the released code's stray space, B13).
 ALPACA_TEMPLATE = (
@@ -87,7 +90,14 @@ class Example:
             if obj["answer"] not in choices:
                 raise DataError(f"{where}: answer {obj['answer']!r} is not one of choices {choices}")
             choices = tuple(choices)
-        meta = obj.get("meta") or {}
+        meta = obj.get("meta", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
+        refs = meta.get("references")
+        if refs is not None and (not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs)):
+            raise DataError(f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}")
         return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
 
 
@@ -97,11 +107,15 @@ def read_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8") from exc
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -151,7 +165,7 @@ def tokenize_example(
 
     The prompt is tokenized with the tokenizer's special tokens (BOS where it adds one; the
     chat style carries its own), the answer without. Over-long prompts lose their start, so
-    the answer is always kept. ``eos_id``: appended to the answer (and its labels), so that a
+    the answer is always kept; a warning gives the count of dropped tokens. ``eos_id``: appended to the answer (and its labels), so that a
     model trained on it learns to stop after the answer.
     """
     prompt = format_prompt(example.instruction, style, tokenizer)
@@ -165,6 +179,12 @@ def tokenize_example(
     keep = max_length - len(answer_ids)
     if keep < 1:
         raise DataError(f"answer of {len(answer_ids)} tokens does not fit max_length={max_length}")
+    if len(prompt_ids) > keep:  # never silent: the start of the template header goes
+        logger.warning(
+            "prompt of %d tokens does not fit max_length=%d with its %d-token answer: dropped its first %d tokens "
+            "(the template header among them); raise max_length or shorten the instruction",
+            len(prompt_ids), max_length, len(answer_ids), len(prompt_ids) - keep,
+        )
     prompt_ids = prompt_ids[-keep:]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 

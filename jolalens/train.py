@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .atomic_dir import atomic_dir
 from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_example
-from .edit import Backend, Edit, answer_positions, prepare_output_dir
+from .edit import Backend, Edit, answer_positions
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
+from .validation import check_lr, check_positive_int, nonfinite_tensors
 
 __all__ = [
     "PenaltyMode",
@@ -112,8 +114,9 @@ class TrainConfig:
         object.__setattr__(self, "selection", SelectionMetric(self.selection))
         if self.gate_lr_scale <= 0:
             raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("lr must be > 0 and epochs, batch sizes >= 1")
+        check_lr(self.lr)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            check_positive_int(getattr(self, name), name)
         if self.warmup_steps < 0 or self.patience < 1 or self.max_length < 2:
             raise ValueError("warmup_steps >= 0, patience >= 1 and max_length >= 2 are required")
         if self.padding_side not in ("left", "right"):
@@ -133,16 +136,19 @@ class TrainResult:
 
     def save(self, run_dir: str | Path, *, overwrite: bool = False) -> Path:
         """A run directory: ``edit/`` (the saved edit), ``history.csv``, ``gate_history.pt``,
-        ``head_maps.pt`` (the final ``[layer, head]`` maps) and ``summary.json``."""
+        ``head_maps.pt`` (the final ``[layer, head]`` maps), ``summary.json`` and the completion
+        marker, written aside and renamed into place only when all are written."""
         import json
 
-        run_dir = prepare_output_dir(run_dir, overwrite=overwrite)
-        self.edit.save(run_dir / "edit", overwrite=overwrite)
-        self.history.to_csv(run_dir / "history.csv", index=False)
-        if isinstance(self.edit, JolaEdit):
-            torch.save(self.gate_history, run_dir / "gate_history.pt")
-            torch.save(self.edit.head_maps(), run_dir / "head_maps.pt")
-        (run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
+        run_dir = Path(run_dir)
+        summary = self.summary()  # before any file is written: a broken result fails here
+        with atomic_dir(run_dir, overwrite=overwrite) as tmp:  # complete or absent; old run replaced only at the end
+            self.edit.save(tmp / "edit")
+            self.history.to_csv(tmp / "history.csv", index=False)
+            if isinstance(self.edit, JolaEdit):
+                torch.save(self.gate_history, tmp / "gate_history.pt")
+                torch.save(self.edit.head_maps(), tmp / "head_maps.pt")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return run_dir
 
     def summary(self) -> dict[str, Any]:
@@ -413,8 +419,15 @@ def train_edit(
                     stopped_early = epoch < cfg.epochs
                     break
     bar.close()
+    if best[1] < 1:
+        raise TrainingError(f"the validation {cfg.selection.value} was never finite in {len(history)} epoch(s); "
+                            "nothing was saved: lower the learning rate and check the data")
     edit.load_state_dict(best[2])
     edit.eval()
+    bad = nonfinite_tensors(edit.state_dict())
+    if bad:
+        raise TrainingError(f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing was saved: "
+                            "lower the learning rate")
     return TrainResult(
         edit=edit,
         history=pd.DataFrame(history),

@@ -34,8 +34,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from ..data import PromptStyle, read_jsonl
     from ..evaluate import Protocol, evaluate
+    from ..validation import check_positive_int
     from .splits import custom_task, load_task_splits
 
+    if args.n_test is not None:
+        check_positive_int(args.n_test, "--n-test")  # -1 would silently drop the last item
     if Path(args.task).suffix == ".jsonl":
         examples = read_jsonl(args.task)
         if args.n_test is not None:
