@@ -27,6 +27,7 @@ __all__ = [
     "DiskError",
     "atomic_dir",
     "check_free_space",
+    "check_replaceable",
     "check_writable",
     "is_complete",
     "preflight_output",
@@ -55,9 +56,12 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_writable(out: str | Path) -> None:
-    """Really create (and remove) a file where ``out`` will be written; :class:`DiskError` if that fails."""
-    out = Path(out)
-    where = out if out.is_dir() else _existing_ancestor(out.parent)
+    """Really create (and remove) a file next to ``out``; :class:`DiskError` if that fails.
+
+    The probe goes into ``out``'s parent (or its nearest existing ancestor): that is where the
+    temporary sibling and the lock file are written, and the rename into place happens.
+    """
+    where = _existing_ancestor(Path(out).absolute().parent)
     probe = where / f".jolalens-write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
         with open(probe, "wb") as fh:
@@ -116,6 +120,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_replaceable(final: str | Path, *, overwrite: bool) -> None:
+    """:class:`FileExistsError` if ``final`` is a file, or a non-empty directory and not ``overwrite``."""
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        if not final.is_dir():
+            raise FileExistsError(f"{final} exists and is not a directory; remove it or choose another path")
+        if not overwrite:
+            raise FileExistsError(
+                f"{final} already exists and is not empty; choose a new directory or pass "
+                "overwrite=True (--overwrite on the command line)"
+            )
+
+
 @contextmanager
 def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``final``; on success it becomes ``final``.
@@ -125,14 +142,7 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     On an exception nothing at ``final`` changes and the temporary directory is removed.
     """
     final = Path(final)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        if not overwrite:
-            raise FileExistsError(
-                f"{final} already exists and is not empty; choose a new directory or pass "
-                "overwrite=True (--overwrite on the command line)"
-            )
-        if not final.is_dir():
-            raise FileExistsError(f"{final} exists and is not a directory; remove it or choose another path")
+    check_replaceable(final, overwrite=overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(final)

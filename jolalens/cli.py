@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_errors import add_verbose_flag, report_error
 from .errors import JolaError
 
 __all__ = ["build_parser", "main"]
@@ -58,25 +59,31 @@ def _load_training_data(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .edit import prepare_output_dir
-    from .jola import JolaConfig, selected_heads
+    from .atomic_dir import check_free_space, check_replaceable, check_writable
+    from .jola import JolaConfig, JolaEdit, selected_heads
+    from .locking import output_lock
     from .models import load_model
     from .train import SparsityConfig, TrainConfig, train_jola
+    from .validation import parse_layers
 
-    prepare_output_dir(args.out, overwrite=args.overwrite)  # fail before the long work, not after
-    train, valid = _load_training_data(args)
-    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
-    jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
+    # every option is checked before the lock, the data and the model (same rules as the Python API)
+    jola = JolaConfig(layers=parse_layers(args.layers), edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
     config = TrainConfig(
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
         prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
-    print(f"Loading {args.model} ...")
-    model = load_model(args.model)
-    print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
-    result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
-    result.save(args.out, overwrite=True)
+    with output_lock(args.out, "jolalens train"):
+        check_replaceable(args.out, overwrite=args.overwrite)  # fail before the long work, not after
+        check_writable(args.out)
+        train, valid = _load_training_data(args)
+        print(f"Loading {args.model} ...")
+        model = load_model(args.model)
+        edit_bytes = sum(p.numel() * p.element_size() for p in JolaEdit.for_model(model, jola).parameters())
+        check_free_space(args.out, 3 * edit_bytes + (1 << 20))  # the edit, its gate history, the tables
+        print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
+        result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
+        result.save(args.out, overwrite=args.overwrite)  # the old run is replaced only now, when complete
     s = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in s["closed_fraction"].items())
     print(
@@ -117,13 +124,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .atomic_dir import check_replaceable, check_writable
     from .edit import load_edit
+    from .locking import output_lock
     from .merge import export_hf_checkpoint
     from .models import load_model
 
-    model = load_model(args.model)
-    edit = load_edit(args.edit, model)
-    out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
+    with output_lock(args.out, "jolalens export"):
+        check_replaceable(args.out, overwrite=args.overwrite)
+        check_writable(args.out)
+        model = load_model(args.model)
+        edit = load_edit(args.edit, model)
+        out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
     print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 
@@ -202,16 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks.cli import register
 
     register(sub)
+    add_verbose_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an expected failure is one line on stderr and exit code 2 (see cli_errors)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (JolaError, FileExistsError) as exc:
-        print(f"jolalens {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_error(exc, verbose=bool(getattr(args, "verbose", False)))
 
 
 if __name__ == "__main__":
