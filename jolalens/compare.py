@@ -198,7 +198,7 @@ class CompareConfig:
         check_positive_int(self.n_train, "n_train")
         check_positive_int(self.n_valid, "n_valid")
         if self.n_test is not None:
-            check_positive_int(self.n_test, "n_test (None for the full split)")
+            check_positive_int(self.n_test, "n_test (the full split: None, or 0 on the command line)")
 
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""

@@ -37,8 +37,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..validation import check_positive_int
     from .splits import custom_task, load_task_splits
 
-    if args.n_test is not None:
-        check_positive_int(args.n_test, "--n-test")  # -1 would silently drop the last item
+    for option in ("n_test", "batch_size", "num_beams", "max_new_tokens"):  # -1 would silently drop the last item
+        if getattr(args, option) is not None:
+            check_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
     if Path(args.task).suffix == ".jsonl":
         examples = read_jsonl(args.task)
         if args.n_test is not None:

@@ -1,0 +1,91 @@
+"""One writer per output directory: a second process is refused by name, a dead holder's lock is free."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import jolalens.tasks
+from jolalens import TrainConfig
+from jolalens.compare import CompareConfig, run_compare
+from jolalens.locking import LockError, lock_path, output_lock
+from jolalens.testing import choice_splits
+
+from ._helpers import snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+
+_HOLDER = textwrap.dedent("""
+    import sys, time, pathlib
+    sys.path.insert(0, {repo!r})
+    from jolalens.locking import output_lock
+    with output_lock(sys.argv[1], "holder test"):
+        pathlib.Path(sys.argv[2]).write_text("1")
+        time.sleep(60)
+""")
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding the lock of ``tmp_path / 'cmp'`` (yields the output and its pid)."""
+    script, ready = tmp_path / "hold.py", tmp_path / "ready"
+    script.write_text(_HOLDER.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cmp"), str(ready)], cwd=REPO)
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    yield tmp_path / "cmp", proc.pid
+    proc.kill()
+    proc.wait(10)
+
+
+def _config():
+    train = TrainConfig(epochs=1, batch_size=4, warmup_steps=1, progress=False, max_length=64)
+    return CompareConfig(methods=("zeroshot", "red"), tasks=("arc_easy",), n_train=6, n_valid=4, n_test=4, budget=1, train=train)
+
+
+def test_second_compare_refused_and_first_ones_work_kept(tiny, tmp_path, held, monkeypatch):
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    out, pid = held
+    out.mkdir()
+    (out / "keep.txt").write_text("finished work")
+    before = snapshot(out)
+    with pytest.raises(LockError, match=rf"in use by pid {pid} on {socket.gethostname()}.*holder test"):
+        run_compare(tiny, _config(), out, log=lambda _: None)
+    assert snapshot(out) == before
+
+
+def test_lock_is_free_after_the_holder_dies(tmp_path, held):
+    out, pid = held
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    with output_lock(out) as path:  # the kernel dropped the dead holder's flock
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_stale_lock_file_of_a_dead_pid_is_recovered(tmp_path, caplog):
+    path = lock_path(tmp_path / "out")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0, "command": "x"}))
+    with caplog.at_level("WARNING"), output_lock(tmp_path / "out"):
+        pass
+    assert "stale lock" in caplog.text
+
+
+def test_compare_runs_under_the_lock_then_releases_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    results = run_compare(tiny, _config(), tmp_path / "cmp", log=lambda _: None)
+    assert (results["status"] == "done").all()
+    with output_lock(tmp_path / "cmp"):  # released after the run
+        pass
+    assert not (tmp_path / "cmp" / ".jolalens.lock").exists()  # the lock is a sibling, not in the results tree
