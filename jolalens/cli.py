@@ -196,7 +196,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
     print(f"Loading {args.model} ...")
     model = load_model(args.model)
-    results = run_compare(model, config, args.out)
+    results = run_compare(model, config, args.out, exclusive=True)  # one process per --out
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0
     print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))

@@ -17,7 +17,8 @@ import math
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from .errors import JolaError
 from .evaluate import Protocol, evaluate
 from .fileio import atomic_path
 from .jola import EditType, GateMode, JolaConfig
-from .locking import output_lock
+from .locking import LockError, output_lock
 from .models import ModelDims, model_dims, model_identity
 from .run_records import read_record, write_text_safely
 from .tasks.registry import get_task
@@ -329,51 +330,78 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     return row
 
 
-def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
+def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print,
+                exclusive: bool = False) -> pd.DataFrame:
     """Run (or resume) the comparison into ``out``; returns the per-run results table.
 
-    Holds ``out``'s lock for the whole comparison: a second process on the same ``out`` is
-    refused with :class:`~jolalens.locking.LockError` (parallelism comes from the engine).
+    ``exclusive`` (what ``jolalens compare`` uses): hold ``out``'s lock alone for the whole
+    comparison, so a second process is refused with :class:`~jolalens.locking.LockError`
+    naming the holder. Otherwise (cooperating workers, e.g. ``benchmarks/paper_grid.py``):
+    share ``out``'s lock and take each run's own lock, skipping runs another process holds.
+    Either way no process cleans up or writes a run another one is working on.
     """
     out = Path(out)
-    with output_lock(out, "jolalens compare"):
-        return _run_compare_locked(model, config, out, log)
+    with output_lock(out, "jolalens compare", shared=not exclusive):
+        return _run_compare_locked(model, config, out, log, per_run_locks=not exclusive)
 
 
-def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log: Callable[[str], None]) -> pd.DataFrame:
+@contextmanager
+def _run_lock(run_dir: Path, enabled: bool) -> Iterator[bool]:
+    """Yield whether this process may work on ``run_dir`` (holding its lock when ``enabled``)."""
+    if not enabled:
+        yield True
+        return
+    try:
+        lock = output_lock(run_dir, "jolalens compare run")
+        lock.__enter__()
+    except LockError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log: Callable[[str], None],
+                        per_run_locks: bool) -> pd.DataFrame:
     _check_out_dir(out, config, model_identity(model))
     for task in config.tasks:
         for seed in config.seeds:
             for name in config.methods:
                 run_dir = out / "runs" / task / name / f"seed{seed}"
-                if read_record(run_dir / RESULT_FILE, ("status",), log) is not None:
-                    log(f"skip {task}/{name}/seed{seed}: done")
-                    continue
-                if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
-                    for stale in run_dir.iterdir():
-                        if stale.is_dir() and stale.name != POINTS_DIR:
-                            shutil.rmtree(stale)
-                        elif not stale.is_dir():
-                            stale.unlink()
-                run_dir.mkdir(parents=True, exist_ok=True)
-                if METHODS[name].needs_choices and not get_task(task).multiple_choice:
-                    _write_json_atomic(run_dir / RESULT_FILE, {
-                        "task": task, "method": name, "seed": seed, "status": "not_applicable",
-                        "reason": f"{name} needs answer options; {task} is a generation task"})
-                    log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
-                    continue
-                log(f"run {task}/{name}/seed{seed}")
-                try:
-                    row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # one failed run must not cost the others
-                    write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)  # survives a full disk
-                    log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
-                    continue
-                _write_json_atomic(run_dir / RESULT_FILE, row)
-                log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
-                write_tables(out)
+                with _run_lock(run_dir, per_run_locks) as free:
+                    if not free:  # another cooperating process runs it now
+                        log(f"skip {task}/{name}/seed{seed}: running in another process")
+                        continue
+                    if read_record(run_dir / RESULT_FILE, ("status",), log) is not None:
+                        log(f"skip {task}/{name}/seed{seed}: done")
+                        continue
+                    if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
+                        for stale in run_dir.iterdir():
+                            if stale.is_dir() and stale.name != POINTS_DIR:
+                                shutil.rmtree(stale)
+                            elif not stale.is_dir():
+                                stale.unlink()
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    if METHODS[name].needs_choices and not get_task(task).multiple_choice:
+                        _write_json_atomic(run_dir / RESULT_FILE, {
+                            "task": task, "method": name, "seed": seed, "status": "not_applicable",
+                            "reason": f"{name} needs answer options; {task} is a generation task"})
+                        log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
+                        continue
+                    log(f"run {task}/{name}/seed{seed}")
+                    try:
+                        row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # one failed run must not cost the others
+                        write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)  # survives a full disk
+                        log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
+                        continue
+                    _write_json_atomic(run_dir / RESULT_FILE, row)
+                    log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
+                    write_tables(out)
     return write_tables(out)
 
 

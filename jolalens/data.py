@@ -62,6 +62,13 @@ class Example:
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:  # the Python API gets the same type checks as JSONL records
+        if not isinstance(self.meta, dict):
+            raise DataError(f"Example.meta must be a dict, got {type(self.meta).__name__}")
+        refs = self.meta.get("references")
+        if refs is not None and (not isinstance(refs, list | tuple) or not refs or not all(isinstance(r, str) for r in refs)):
+            raise DataError(f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}")
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
         if self.choices is not None:

@@ -66,11 +66,13 @@ def _describe(holder: dict[str, Any] | None) -> str:
 
 
 @contextmanager
-def output_lock(out: str | Path, command: str = "jolalens") -> Iterator[Path]:
+def output_lock(out: str | Path, command: str = "jolalens", *, shared: bool = False) -> Iterator[Path]:
     """Hold the exclusive lock of output directory ``out`` for the ``with`` block.
 
     Raises :class:`LockError` naming the holder if another live process has it. A lock file
     whose recorded holder is dead on this host is taken over (logged as a stale lock).
+    ``shared``: several cooperating holders at once (each then locks its own part, e.g. one
+    comparison run), still excluding every exclusive holder.
     """
     path = lock_path(out)
     try:
@@ -82,7 +84,7 @@ def output_lock(out: str | Path, command: str = "jolalens") -> Iterator[Path]:
         ) from exc
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
@@ -91,7 +93,7 @@ def output_lock(out: str | Path, command: str = "jolalens") -> Iterator[Path]:
                 "or choose another --out (one command per output directory)"
             ) from None
         old = read_holder(path)
-        if old and old.get("host") == socket.gethostname() and isinstance(old.get("pid"), int) and not _pid_alive(old["pid"]):
+        if old and not shared and old.get("host") == socket.gethostname() and isinstance(old.get("pid"), int) and not _pid_alive(old["pid"]):
             logger.warning("recovered a stale lock on %s left by dead %s", out, _describe(old))
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
         try:
@@ -102,9 +104,10 @@ def output_lock(out: str | Path, command: str = "jolalens") -> Iterator[Path]:
         try:
             yield path
         finally:
-            try:
-                os.ftruncate(fd, 0)  # released: no holder to name any more
-            except OSError:
-                pass
+            if not shared:  # a shared lock may still have other holders to name
+                try:
+                    os.ftruncate(fd, 0)  # released: no holder to name any more
+                except OSError:
+                    pass
     finally:
         os.close(fd)  # closing releases the flock

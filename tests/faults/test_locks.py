@@ -27,22 +27,28 @@ _HOLDER = textwrap.dedent("""
     import sys, time, pathlib
     sys.path.insert(0, {repo!r})
     from jolalens.locking import output_lock
-    with output_lock(sys.argv[1], "holder test"):
+    with output_lock(sys.argv[1], "holder test", shared=sys.argv[3] == "shared"):
         pathlib.Path(sys.argv[2]).write_text("1")
         time.sleep(60)
 """)
 
 
-@pytest.fixture
-def held(tmp_path):
-    """Another process holding the lock of ``tmp_path / 'cmp'`` (yields the output and its pid)."""
-    script, ready = tmp_path / "hold.py", tmp_path / "ready"
+def _hold(tmp_path: Path, target: Path, mode: str = "exclusive") -> subprocess.Popen:
+    """Another process holding the lock of ``target`` until killed."""
+    script, ready = tmp_path / "hold.py", tmp_path / f"ready-{target.name}"
     script.write_text(_HOLDER.format(repo=str(REPO)))
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cmp"), str(ready)], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, str(script), str(target), str(ready), mode], cwd=REPO)
     deadline = time.time() + 60
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.02)
+    return proc
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding the lock of ``tmp_path / 'cmp'`` (yields the output and its pid)."""
+    proc = _hold(tmp_path, tmp_path / "cmp")
     yield tmp_path / "cmp", proc.pid
     proc.kill()
     proc.wait(10)
@@ -89,3 +95,34 @@ def test_compare_runs_under_the_lock_then_releases_it(tiny, tmp_path, monkeypatc
     with output_lock(tmp_path / "cmp"):  # released after the run
         pass
     assert not (tmp_path / "cmp" / ".jolalens.lock").exists()  # the lock is a sibling, not in the results tree
+
+
+def test_exclusive_compare_refused_beside_cooperating_workers(tiny, tmp_path, monkeypatch):
+    """`jolalens compare` (exclusive) is refused while a cooperating worker shares the directory."""
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    proc = _hold(tmp_path, tmp_path / "cmp", "shared")
+    try:
+        with pytest.raises(LockError, match="in use by pid"):
+            run_compare(tiny, _config(), tmp_path / "cmp", log=lambda _: None, exclusive=True)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_cooperating_workers_skip_a_run_another_one_holds(tiny, tmp_path, monkeypatch):
+    """The issue's race: a second process must not clean up (delete) a run the first works on."""
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
+    out = tmp_path / "cmp"
+    run_compare(tiny, _config(), out, log=lambda _: None)
+    red = out / "runs" / "arc_easy" / "red" / "seed0"
+    (red / "result.json").unlink()  # as if the first worker were still on it, its edit written
+    before = snapshot(red)
+    proc = _hold(tmp_path, red)
+    try:
+        logs: list[str] = []
+        run_compare(tiny, _config(), out, log=logs.append)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "skip arc_easy/red/seed0: running in another process" in logs
+    assert snapshot(red) == before  # its edit/ and search.csv were not deleted as a "crashed attempt"
