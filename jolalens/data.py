@@ -29,6 +29,7 @@ __all__ = [
     "Example",
     "PromptStyle",
     "answer_mask",
+    "clip_prompt",
     "collate",
     "format_prompt",
     "read_jsonl",
@@ -186,14 +187,23 @@ def tokenize_example(
     keep = max_length - len(answer_ids)
     if keep < 1:
         raise DataError(f"answer of {len(answer_ids)} tokens does not fit max_length={max_length}")
-    if len(prompt_ids) > keep:  # never silent: the start of the template header goes
-        logger.warning(
-            "prompt of %d tokens does not fit max_length=%d with its %d-token answer: dropped its first %d tokens "
-            "(the template header among them); raise max_length or shorten the instruction",
-            len(prompt_ids), max_length, len(answer_ids), len(prompt_ids) - keep,
-        )
-    prompt_ids = prompt_ids[-keep:]
+    prompt_ids = clip_prompt(prompt_ids, keep, max_length=max_length)
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def clip_prompt(prompt_ids: list[int], keep: int, *, max_length: int) -> list[int]:
+    """The last ``keep`` prompt tokens; a cut is logged as a warning with the count of dropped tokens.
+
+    Cutting the start keeps the answer position right but drops the template header, so it
+    is never silent.
+    """
+    if len(prompt_ids) > keep:
+        logger.warning(
+            "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first %d tokens "
+            "(the template header among them); raise max_length or shorten the instruction",
+            len(prompt_ids), max_length, keep, len(prompt_ids) - keep,
+        )
+    return prompt_ids[-keep:]
 
 
 @dataclass

@@ -182,7 +182,7 @@ def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog):
     ex = Example("x" * 500, "b")
     with caplog.at_level("WARNING", logger="jolalens.data"):
         ids, labels = tokenize_example(tiny.tokenizer, ex, max_length=64)
-    assert len(ids) == 64 and "dropped its first" in caplog.text
+    assert len(ids) == 64 and "dropped its first" in caplog.text and "room for 63" in caplog.text
     dropped = int(caplog.text.split("dropped its first ")[1].split()[0])
     full = len(tiny.tokenizer(jolalens.data.format_prompt(ex.instruction)).input_ids)
     assert dropped == full - (64 - 1)
