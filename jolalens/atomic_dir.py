@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -69,7 +70,8 @@ def check_writable(out: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        raise DiskError(f"cannot write into {where} ({exc.strerror}); fix its permissions or choose another --out") from exc
+        fix = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
+        raise DiskError(f"cannot write into {where} ({exc.strerror}); {fix} or choose another --out") from exc
     finally:
         try:
             probe.unlink()
@@ -133,6 +135,28 @@ def check_replaceable(final: str | Path, *, overwrite: bool) -> None:
             )
 
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, if it was the disk: ``OSError`` or the wrappers of writers in native code.
+
+    safetensors reports ``... (os error 28)`` and torch ``PytorchStreamWriter failed writing
+    file`` / ``basic_ios::clear: iostream error`` instead of an ``OSError``.
+    """
+    if isinstance(exc, JolaError):
+        return None
+    if isinstance(exc, OSError):
+        return exc.strerror if exc.errno in _DISK_ERRNOS else None
+    text = str(exc)
+    found = re.search(r"os error (\d+)", text)
+    if found and int(found[1]) in _DISK_ERRNOS:
+        return os.strerror(int(found[1]))
+    if "PytorchStreamWriter failed" in text or "iostream error" in text:
+        return "the writer failed: the disk is probably full"
+    return None
+
+
 @contextmanager
 def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``final``; on success it becomes ``final``.
@@ -165,10 +189,11 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
                 os.rename(old, final)
                 old = None
             raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(exc, JolaError):
+    except Exception as exc:
+        reason = _write_failure(exc)
+        if reason is not None:
             raise DiskError(
-                f"could not write {final} ({exc.strerror}); nothing there was changed. Free disk space or "
+                f"could not write {final} ({reason}); nothing there was changed. Free disk space or "
                 "fix permissions, then rerun"
             ) from exc
         raise

@@ -180,6 +180,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareConfig, run_compare
+    from .locking import output_lock
     from .models import load_model
     from .tasks.registry import get_task
     from .train import TrainConfig
@@ -194,6 +195,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
         n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
     )
+    with output_lock(args.out, "jolalens compare"):
+        pass  # a busy --out fails now, before the model loads; run_compare then holds the lock for the run
     print(f"Loading {args.model} ...")
     model = load_model(args.model)
     results = run_compare(model, config, args.out, exclusive=True)  # one process per --out

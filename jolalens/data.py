@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_CUT_PROMPTS = 0  # prompts cut by clip_prompt in this process (the warning gives the running count)
 
 # The paper's Alpaca "no-input" template (without the released code's stray space, B13).
 ALPACA_TEMPLATE = (
@@ -192,16 +193,22 @@ def tokenize_example(
 
 
 def clip_prompt(prompt_ids: list[int], keep: int, *, max_length: int) -> list[int]:
-    """The last ``keep`` prompt tokens; a cut is logged as a warning with the count of dropped tokens.
+    """The last ``keep`` prompt tokens; a cut is logged with the count of dropped tokens.
 
     Cutting the start keeps the answer position right but drops the template header, so it
-    is never silent.
+    is never silent: the 1st, 10th, 100th ... cut in a process is a WARNING (with the running
+    count), the others DEBUG, so a long data set does not flood the log.
     """
+    global _CUT_PROMPTS
     if len(prompt_ids) > keep:
-        logger.warning(
+        _CUT_PROMPTS += 1
+        first_of_order = _CUT_PROMPTS == 10 ** (len(str(_CUT_PROMPTS)) - 1)  # the 1st, 10th, 100th ... cut: no flood
+        logger.log(
+            logging.WARNING if first_of_order else logging.DEBUG,
             "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first %d tokens "
-            "(the template header among them); raise max_length or shorten the instruction",
-            len(prompt_ids), max_length, keep, len(prompt_ids) - keep,
+            "(the template header among them); %d prompt(s) cut in this process so far; raise max_length or "
+            "shorten the instruction",
+            len(prompt_ids), max_length, keep, len(prompt_ids) - keep, _CUT_PROMPTS,
         )
     return prompt_ids[-keep:]
 

@@ -11,6 +11,7 @@ import pytest
 
 import jolalens
 import jolalens.atomic_dir
+import jolalens.data
 import jolalens.models
 from jolalens import DataError, Example, JolaConfig, JolaEdit, TrainConfig
 from jolalens.cli import main
@@ -178,7 +179,8 @@ def test_jsonl_field_types(tmp_path, record, message):
         read_jsonl(_jsonl(tmp_path, "x.jsonl", [json.dumps(record)]))
 
 
-def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog):
+def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog, monkeypatch):
+    monkeypatch.setattr(jolalens.data, "_CUT_PROMPTS", 0)
     ex = Example("x" * 500, "b")
     with caplog.at_level("WARNING", logger="jolalens.data"):
         ids, labels = tokenize_example(tiny.tokenizer, ex, max_length=64)
