@@ -32,11 +32,15 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import jolalens
 
+    from ..atomic_dir import check_writable
     from ..data import PromptStyle, read_jsonl
     from ..evaluate import Protocol, evaluate
+    from ..fileio import atomic_path
     from ..validation import check_positive_int
     from .splits import custom_task, load_task_splits
 
+    if args.out:
+        check_writable(Path(args.out) / "items.jsonl")  # before the evaluation, not after it
     for option in ("n_test", "batch_size", "num_beams", "max_new_tokens"):  # -1 would silently drop the last item
         if getattr(args, option) is not None:
             check_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
@@ -70,8 +74,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        result.items.to_json(out / "items.jsonl", orient="records", lines=True, force_ascii=False)
-        (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+        with atomic_path(out / "items.jsonl") as tmp:  # whole files or the previous ones, never a 0-byte one
+            result.items.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
     _out(json.dumps(result.summary, indent=2, default=str))
     return 0
 

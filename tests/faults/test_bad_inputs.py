@@ -188,3 +188,19 @@ def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog, monkeypatch
     dropped = int(caplog.text.split("dropped its first ")[1].split()[0])
     full = len(tiny.tokenizer(jolalens.data.format_prompt(ex.instruction)).input_ids)
     assert dropped == full - (64 - 1)
+
+
+def test_eval_out_checked_before_the_work_and_written_whole(tmp_path, tiny_cli, capsys, monkeypatch):
+    path = _jsonl(tmp_path, "mc.jsonl", ['{"instruction": "pick a", "answer": "a", "choices": ["a", "b"]}'] * 3)
+    assert main(["eval", "--task", path, "--out", str(tmp_path / "ev"), "--batch-size", "2"]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n"] == 3
+    capsys.readouterr()
+
+    def read_only(p, *a, **k):
+        raise OSError(30, "Read-only file system", str(p))
+
+    evaluated = []
+    monkeypatch.setattr(jolalens.atomic_dir, "open", read_only, raising=False)
+    monkeypatch.setattr("jolalens.evaluate.evaluate", lambda *a, **k: evaluated.append(1))
+    assert main(["eval", "--task", path, "--out", str(tmp_path / "ev2")]) == 2
+    assert "Read-only file system" in capsys.readouterr().err and not evaluated
