@@ -105,11 +105,18 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _remove_leftovers(final: Path) -> None:
-    """Temporary siblings of ``final`` left by a killed writer whose pid is gone."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    """Clean up after a writer of ``final`` killed mid-way (its pid gone): remove its temporary
+    sibling, and put back the previous directory if it died between the two renames."""
+    for kind in ("old", "tmp"):
+        for stale in sorted(final.parent.glob(f".{final.name}.{kind}-*")):
+            pid = stale.name.rsplit("-", 2)[-2]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if kind == "old" and not final.exists():
+                os.rename(stale, final)
+                logger.warning("restored %s from %s, left by a writer killed while replacing it", final, stale.name)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -170,6 +177,7 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(final)
+        check_replaceable(final, overwrite=overwrite)  # again: a restored previous directory counts
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as exc:

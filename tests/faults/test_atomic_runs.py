@@ -153,3 +153,15 @@ def test_load_refuses_truncated_weights(tiny, tmp_path):
     cfg.write_text(json.dumps(meta))
     with pytest.raises(EditLoadError, match="not a readable safetensors file"):
         load_edit(run / "edit", tiny)
+
+
+def test_killed_between_the_two_renames_restores_the_old_directory(tmp_path):
+    """The one window where ``final`` is missing: the next write of it puts the old one back."""
+    with atomic_dir(tmp_path / "x") as tmp:
+        (tmp / "a").write_text("old")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.rename(tmp_path / "x", tmp_path / f".x.old-{dead.pid}-abcdef12")  # as a writer killed mid-replace leaves it
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "x", overwrite=True):
+        raise RuntimeError("this write fails too")
+    assert (tmp_path / "x" / "a").read_text() == "old" and leftovers(tmp_path) == []
