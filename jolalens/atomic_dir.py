@@ -70,8 +70,14 @@ def check_writable(out: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        fix = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
-        raise DiskError(f"cannot write into {where} ({exc.strerror}); {fix} or choose another --out") from exc
+        fix = (
+            "free some disk space"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "fix its permissions"
+        )
+        raise DiskError(
+            f"cannot write into {where} ({exc.strerror}); {fix} or choose another --out"
+        ) from exc
     finally:
         try:
             probe.unlink()
@@ -80,13 +86,14 @@ def check_writable(out: str | Path) -> None:
 
 
 def check_free_space(out: str | Path, needed_bytes: int) -> None:
-    """:class:`DiskError` unless the file system of ``out`` has ``SPACE_MARGIN`` x ``needed_bytes`` free."""
+    """:class:`DiskError` unless the file system of ``out`` has 2x ``needed_bytes`` free."""
     where = _existing_ancestor(Path(out))
     free = shutil.disk_usage(where).free
     want = int(SPACE_MARGIN * needed_bytes)
     if free < want:
         raise DiskError(
-            f"only {free / 2**20:.1f} MiB free on the file system of {where}, need about {want / 2**20:.1f} MiB; "
+            f"only {free / 2**20:.1f} MiB free on the file system of {where}, need about "
+            f"{want / 2**20:.1f} MiB; "
             "free some space or choose another --out"
         )
 
@@ -114,7 +121,11 @@ def _remove_leftovers(final: Path) -> None:
                 continue
             if kind == "old" and not final.exists():
                 os.rename(stale, final)
-                logger.warning("restored %s from %s, left by a writer killed while replacing it", final, stale.name)
+                logger.warning(
+                    "restored %s from %s, left by a writer killed while replacing it",
+                    final,
+                    stale.name,
+                )
             else:
                 shutil.rmtree(stale, ignore_errors=True)
 
@@ -130,11 +141,13 @@ def _alive(pid: int) -> bool:
 
 
 def check_replaceable(final: str | Path, *, overwrite: bool) -> None:
-    """:class:`FileExistsError` if ``final`` is a file, or a non-empty directory and not ``overwrite``."""
+    """:class:`FileExistsError` for a file, or a non-empty directory without ``overwrite``."""
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         if not final.is_dir():
-            raise FileExistsError(f"{final} exists and is not a directory; remove it or choose another path")
+            raise FileExistsError(
+                f"{final} exists and is not a directory; remove it or choose another path"
+            )
         if not overwrite:
             raise FileExistsError(
                 f"{final} already exists and is not empty; choose a new directory or pass "
@@ -146,7 +159,7 @@ _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def _write_failure(exc: BaseException) -> str | None:
-    """Why a write failed, if it was the disk: ``OSError`` or the wrappers of writers in native code.
+    """Why a write failed, if it was the disk: ``OSError`` or a native writer's own error.
 
     safetensors reports ``... (os error 28)`` and torch ``PytorchStreamWriter failed writing
     file`` / ``basic_ios::clear: iostream error`` instead of an ``OSError``.
@@ -181,11 +194,15 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as exc:
-        raise DiskError(f"cannot create {final} ({exc.strerror}); fix permissions or choose another path") from exc
+        raise DiskError(
+            f"cannot create {final} ({exc.strerror}); fix permissions or choose another path"
+        ) from exc
     old: Path | None = None
     try:
         yield tmp
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"completed": time.time(), "pid": os.getpid()}) + "\n")
+        (tmp / COMPLETE_MARKER).write_text(
+            json.dumps({"completed": time.time(), "pid": os.getpid()}) + "\n"
+        )
         _fsync_tree(tmp)
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -201,7 +218,8 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         reason = _write_failure(exc)
         if reason is not None:
             raise DiskError(
-                f"could not write {final} ({reason}); nothing there was changed. Free disk space or "
+                f"could not write {final} ({reason}); nothing there was changed. Free disk space "
+                "or "
                 "fix permissions, then rerun"
             ) from exc
         raise

@@ -67,23 +67,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .validation import parse_layers
 
     # every option is checked before the lock, the data and the model (same rules as the Python API)
-    jola = JolaConfig(layers=parse_layers(args.layers), edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
+    layers = parse_layers(args.layers)
+    jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
     config = TrainConfig(
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
         prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     with output_lock(args.out, "jolalens train"):
-        check_replaceable(args.out, overwrite=args.overwrite)  # fail before the long work, not after
+        # fail before the long work, not after
+        check_replaceable(args.out, overwrite=args.overwrite)
         check_writable(args.out)
         train, valid = _load_training_data(args)
         print(f"Loading {args.model} ...")
         model = load_model(args.model)
-        edit_bytes = sum(p.numel() * p.element_size() for p in JolaEdit.for_model(model, jola).parameters())
-        check_free_space(args.out, 3 * edit_bytes + (1 << 20))  # the edit, its gate history, the tables
+        shaped = JolaEdit.for_model(model, jola)
+        edit_bytes = sum(p.numel() * p.element_size() for p in shaped.parameters())
+        # the edit, its gate history, the tables
+        check_free_space(args.out, 3 * edit_bytes + (1 << 20))
         print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
         result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
-        result.save(args.out, overwrite=args.overwrite)  # the old run is replaced only now, when complete
+        # the old run is replaced only now, when the new one is complete
+        result.save(args.out, overwrite=args.overwrite)
     s = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in s["closed_fraction"].items())
     print(
@@ -196,7 +201,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
     )
     with output_lock(args.out, "jolalens compare"):
-        pass  # a busy --out fails now, before the model loads; run_compare then holds the lock for the run
+        pass  # a busy --out fails now, before the model loads; run_compare then holds the lock
     print(f"Loading {args.model} ...")
     model = load_model(args.model)
     results = run_compare(model, config, args.out, exclusive=True)  # one process per --out
@@ -222,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; an expected failure is one line on stderr and exit code 2 (see cli_errors)."""
+    """Run one command; an expected failure is one line on stderr, exit code 2 (cli_errors)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

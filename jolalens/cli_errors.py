@@ -14,7 +14,14 @@ import traceback
 
 from .errors import JolaError
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "add_verbose_flag", "describe_error", "report_error"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "add_verbose_flag",
+    "describe_error",
+    "report_error",
+]
 
 EXIT_ERROR = 2  # bad input or environment: the message says what to fix
 EXIT_INTERNAL = 3  # an unexpected exception (a bug): rerun with -v and report it
@@ -39,11 +46,15 @@ def _one_line(text: str) -> str:
 def describe_error(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or ``None`` for an unexpected one."""
     if isinstance(exc, UnicodeDecodeError):
-        return f"a file is not UTF-8 text (byte {exc.start + 1} of what was read: {exc.reason}); save it as UTF-8"
+        return (
+            f"a file is not UTF-8 text (byte {exc.start + 1} of what was read: {exc.reason}); "
+            "save it as UTF-8"
+        )
     if isinstance(exc, JolaError | FileExistsError):
         return _one_line(str(exc))
     if type(exc).__name__ == "SafetensorError":
-        return f"a safetensors file is damaged or truncated ({_one_line(str(exc))}); retrain or restore the edit"
+        detail = _one_line(str(exc))
+        return f"a safetensors file is damaged or truncated ({detail}); retrain or restore the edit"
     if isinstance(exc, OSError):
         what = exc.strerror or _one_line(str(exc)) or type(exc).__name__
         where = f": {exc.filename}" if exc.filename else ""
@@ -56,13 +67,20 @@ def describe_error(exc: BaseException) -> str | None:
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """``-v/--verbose`` on the parser and every sub-command (tracebacks for errors)."""
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show the traceback of an error"
+    )
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 if not any("--verbose" in a.option_strings for a in sub._actions):
-                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                     help="show the traceback of an error")
+                    sub.add_argument(
+                        "-v",
+                        "--verbose",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="show the traceback of an error",
+                    )
 
 
 def report_error(exc: BaseException, *, verbose: bool) -> int:
@@ -74,8 +92,10 @@ def report_error(exc: BaseException, *, verbose: bool) -> int:
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
     if message is None:
-        sys.stderr.write(f"jolalens: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
-                         "(a bug: rerun with -v for the traceback and report it)\n")
+        sys.stderr.write(
+            f"jolalens: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+            "(a bug: rerun with -v for the traceback and report it)\n"
+        )
         return EXIT_INTERNAL
     sys.stderr.write(f"jolalens: error: {message}\n")
     return EXIT_ERROR

@@ -199,7 +199,7 @@ class CompareConfig:
         check_positive_int(self.n_train, "n_train")
         check_positive_int(self.n_valid, "n_valid")
         if self.n_test is not None:
-            check_positive_int(self.n_test, "n_test (the full split: None, or 0 on the command line)")
+            check_positive_int(self.n_test, "n_test (full split: None, or 0 on the command line)")
 
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
@@ -251,19 +251,24 @@ def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: fl
         "info": fitted.info, "seconds": seconds, "device": device})
 
 
-def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any], log: Callable[[str], None] | None = None) -> tuple[Fitted, float, str] | None:
-    """A search point an interrupted attempt of this run finished (with its fit seconds and the device
-    it was fitted on), or ``None`` if there is none for ``hp``; a damaged one is reported and refitted."""
+def _load_point(
+    model: nn.Module, point_dir: Path, hp: dict[str, Any], log: Callable[[str], None] | None = None
+) -> tuple[Fitted, float, str] | None:
+    """A search point an interrupted attempt of this run finished (with its fit seconds and the
+    device it was fitted on), or ``None`` if there is none for ``hp``; a damaged one is reported
+    and refitted."""
     from .edit import load_edit
 
-    saved = read_record(point_dir / POINT_FILE, ("hyperparameters", "val_ce", "trainable_parameters", "info", "seconds"), log)
+    keys = ("hyperparameters", "val_ce", "trainable_parameters", "info", "seconds")
+    saved = read_record(point_dir / POINT_FILE, keys, log)
     if saved is None or saved["hyperparameters"] != json.loads(json.dumps(hp)):
         return None
     try:
         edit = load_edit(point_dir / "edit", model)
-        fitted = Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"])
+        n_trainable = int(saved["trainable_parameters"])
+        fitted = Fitted(edit, float(saved["val_ce"]), n_trainable, saved["info"])
         seconds = float(saved["seconds"])
-    except (JolaError, OSError, TypeError, ValueError) as exc:  # e.g. weights left out of a commit: fit the point again
+    except (JolaError, OSError, TypeError, ValueError) as exc:  # e.g. weights not committed: refit
         if log is not None:
             log(f"  damaged kept point {point_dir}: {exc}; refitting it")
         return None
@@ -330,8 +335,14 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     return row
 
 
-def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print,
-                exclusive: bool = False) -> pd.DataFrame:
+def run_compare(
+    model: nn.Module,
+    config: CompareConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    exclusive: bool = False,
+) -> pd.DataFrame:
     """Run (or resume) the comparison into ``out``; returns the per-run results table.
 
     ``exclusive`` (what ``jolalens compare`` uses): hold ``out``'s lock alone for the whole
@@ -363,8 +374,13 @@ def _run_lock(run_dir: Path, enabled: bool) -> Iterator[bool]:
         lock.__exit__(None, None, None)
 
 
-def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log: Callable[[str], None],
-                        per_run_locks: bool) -> pd.DataFrame:
+def _run_compare_locked(
+    model: nn.Module,
+    config: CompareConfig,
+    out: Path,
+    log: Callable[[str], None],
+    per_run_locks: bool,
+) -> pd.DataFrame:
     _check_out_dir(out, config, model_identity(model))
     for task in config.tasks:
         for seed in config.seeds:
@@ -377,7 +393,8 @@ def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log:
                     if read_record(run_dir / RESULT_FILE, ("status",), log) is not None:
                         log(f"skip {task}/{name}/seed{seed}: done")
                         continue
-                    if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
+                    # a crashed or interrupted attempt of this very run: keep its finished points
+                    if run_dir.exists():
                         for stale in run_dir.iterdir():
                             if stale.is_dir() and stale.name != POINTS_DIR:
                                 shutil.rmtree(stale)
@@ -388,7 +405,8 @@ def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log:
                         _write_json_atomic(run_dir / RESULT_FILE, {
                             "task": task, "method": name, "seed": seed, "status": "not_applicable",
                             "reason": f"{name} needs answer options; {task} is a generation task"})
-                        log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
+                        log(f"  {name} does not apply to {task} (a generation task): "
+                            "recorded as not applicable")
                         continue
                     log(f"run {task}/{name}/seed{seed}")
                     try:
@@ -396,11 +414,14 @@ def _run_compare_locked(model: nn.Module, config: CompareConfig, out: Path, log:
                     except KeyboardInterrupt:
                         raise
                     except Exception as exc:  # one failed run must not cost the others
-                        write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)  # survives a full disk
-                        log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
+                        # written atomically; a full disk is logged and the comparison goes on
+                        write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)
+                        log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} "
+                            f"(see {run_dir / 'error.txt'})")
                         continue
                     _write_json_atomic(run_dir / RESULT_FILE, row)
-                    log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
+                    log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, "
+                        f"{row['fit_seconds']:.0f} s fit)")
                     write_tables(out)
     return write_tables(out)
 
@@ -412,7 +433,8 @@ def collect(out: str | Path) -> pd.DataFrame:
     for run_dir in sorted((out / "runs").glob("*/*/seed*")):
         task, method, seed = run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name[4:])
         row = read_record(run_dir / RESULT_FILE, ("status",))
-        if row is None and (run_dir / RESULT_FILE).is_file():  # damaged: listed as failed, recomputed on the next run
+        # damaged: listed as failed, recomputed on the next run
+        if row is None and (run_dir / RESULT_FILE).is_file():
             rows.append({"task": task, "method": method, "seed": seed, "status": "failed"})
         elif row is not None:
             row["hyperparameters"] = json.dumps(row.get("hyperparameters", {}), sort_keys=True)
@@ -516,7 +538,8 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     """Rewrite ``results.csv``, ``summary.csv`` and ``summary.md`` from the finished runs."""
     out = Path(out)
     results = collect(out)
-    with atomic_path(out / "results.csv") as tmp:  # a full disk leaves the previous tables, never 0-byte ones
+    # a full disk leaves the previous tables, never 0-byte ones
+    with atomic_path(out / "results.csv") as tmp:
         results.to_csv(tmp, index=False)
     summary = summarise(results)
     with atomic_path(out / "summary.csv") as tmp:

@@ -68,8 +68,10 @@ class Example:
         if not isinstance(self.meta, dict):
             raise DataError(f"Example.meta must be a dict, got {type(self.meta).__name__}")
         refs = self.meta.get("references")
-        if refs is not None and (not isinstance(refs, list | tuple) or not refs or not all(isinstance(r, str) for r in refs)):
-            raise DataError(f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}")
+        if refs is not None and not _strings(refs):
+            raise DataError(
+                f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
@@ -105,8 +107,10 @@ class Example:
         if not isinstance(meta, dict):
             raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
         refs = meta.get("references")
-        if refs is not None and (not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs)):
-            raise DataError(f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}")
+        if refs is not None and not (isinstance(refs, list) and _strings(refs)):
+            raise DataError(
+                f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}"
+            )
         return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
 
 
@@ -122,7 +126,9 @@ def read_jsonl(path: str | Path) -> list[Example]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8") from exc
+                raise DataError(
+                    f"{where}: not UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8"
+                ) from exc
             if not line.strip():
                 continue
             try:
@@ -174,7 +180,8 @@ def tokenize_example(
 
     The prompt is tokenized with the tokenizer's special tokens (BOS where it adds one; the
     chat style carries its own), the answer without. Over-long prompts lose their start, so
-    the answer is always kept; a warning gives the count of dropped tokens. ``eos_id``: appended to the answer (and its labels), so that a
+    the answer is always kept; a warning gives the count of dropped tokens. ``eos_id``: appended
+    to the answer (and its labels), so that a
     model trained on it learns to stop after the answer.
     """
     prompt = format_prompt(example.instruction, style, tokenizer)
@@ -202,15 +209,23 @@ def clip_prompt(prompt_ids: list[int], keep: int, *, max_length: int) -> list[in
     global _CUT_PROMPTS
     if len(prompt_ids) > keep:
         _CUT_PROMPTS += 1
-        first_of_order = _CUT_PROMPTS == 10 ** (len(str(_CUT_PROMPTS)) - 1)  # the 1st, 10th, 100th ... cut: no flood
+        # the 1st, 10th, 100th ... cut: counts without a flood
+        first_of_order = _CUT_PROMPTS == 10 ** (len(str(_CUT_PROMPTS)) - 1)
         logger.log(
             logging.WARNING if first_of_order else logging.DEBUG,
-            "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first %d tokens "
-            "(the template header among them); %d prompt(s) cut in this process so far; raise max_length or "
-            "shorten the instruction",
+            "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first "
+            "%d tokens (the template header among them); %d prompt(s) cut in this process so "
+            "far; raise max_length or shorten the instruction",
             len(prompt_ids), max_length, keep, len(prompt_ids) - keep, _CUT_PROMPTS,
         )
     return prompt_ids[-keep:]
+
+
+def _strings(values: Any) -> bool:
+    """A non-empty list (or tuple) of strings."""
+    if not isinstance(values, list | tuple) or not values:
+        return False
+    return all(isinstance(v, str) for v in values)
 
 
 @dataclass

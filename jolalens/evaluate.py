@@ -378,8 +378,11 @@ def _generate(model: nn.Module, examples: Sequence[Example], *, edit: Any, style
     tok = _tokenizer(model)
     pad = _pad_id(tok)
     add_special = PromptStyle(style) is PromptStyle.ALPACA
-    prompts = [tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids for ex in examples]
-    prompts = [clip_prompt(ids, max_length, max_length=max_length) for ids in prompts]
+    encoded = [
+        tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids
+        for ex in examples
+    ]
+    prompts = [clip_prompt(ids, max_length, max_length=max_length) for ids in encoded]
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(examples)
     eos = tok.eos_token_id

@@ -96,11 +96,13 @@ def export_hf_checkpoint(
     aside and renamed into place when complete; an edit or result holding NaN/inf is refused.
     """
     if not isinstance(edit, JolaEdit):
-        raise EditLoadError(f"export folds JoLA edits into o_proj; this is a {getattr(edit, 'method', type(edit).__name__)} "
-                            "edit: attach it with edit.attached(model) instead")
+        method = getattr(edit, "method", type(edit).__name__)
+        raise EditLoadError(f"export folds JoLA edits into o_proj; this is a {method} edit: "
+                            "attach it with edit.attached(model) instead")
     bad = nonfinite_tensors(dict(edit.named_parameters()))
     if bad:
-        raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: retrain the edit")
+        raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: "
+                            "retrain the edit")
     edit._check_model(model)
     view = hf_view(model)
     config = copy.deepcopy(view.config)
@@ -142,9 +144,11 @@ def export_hf_checkpoint(
         exported.tie_weights()
     bad = nonfinite_tensors(state)
     if bad:
-        raise EditLoadError(f"folding the edit gave NaN/inf in {bad[:5]}; nothing was written: retrain the edit")
+        raise EditLoadError(f"folding the edit gave NaN/inf in {bad[:5]}; nothing was written: "
+                            "retrain the edit")
     out = Path(out_dir)
-    with atomic_dir(out, overwrite=overwrite) as tmp:  # complete or absent; an old export is replaced only at the end
+    # complete or absent; an old export is replaced only at the end
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         exported.save_pretrained(tmp)
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is not None:

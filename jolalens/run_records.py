@@ -20,8 +20,10 @@ __all__ = ["read_record", "write_text_safely"]
 logger = logging.getLogger(__name__)
 
 
-def read_record(path: str | Path, required: Iterable[str] = (), log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-    """The JSON object at ``path``, or ``None`` (reported through ``log``) if it is absent or damaged.
+def read_record(
+    path: str | Path, required: Iterable[str] = (), log: Callable[[str], None] | None = None
+) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or ``None`` (reported through ``log``) if absent or damaged.
 
     Damaged: not UTF-8, not JSON, not an object, or missing one of the ``required`` keys.
     """
@@ -44,7 +46,9 @@ def read_record(path: str | Path, required: Iterable[str] = (), log: Callable[[s
     return None
 
 
-def write_text_safely(path: str | Path, text: str, log: Callable[[str], None] | None = None) -> bool:
+def write_text_safely(
+    path: str | Path, text: str, log: Callable[[str], None] | None = None
+) -> bool:
     """Write ``text`` atomically; on an ``OSError`` (full disk ...) report it and return ``False``.
 
     For records whose loss must not end the command (a failed run's traceback): the failure
@@ -54,7 +58,10 @@ def write_text_safely(path: str | Path, text: str, log: Callable[[str], None] | 
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        message = f"  could not write {path} ({exc.strerror or exc}); the run counts as not done and is retried next time"
+        message = (
+            f"  could not write {path} ({exc.strerror or exc}); the run counts as not done and "
+            "is retried next time"
+        )
         logger.warning(message)
         if log is not None:
             log(message)

@@ -142,7 +142,8 @@ class TrainResult:
 
         run_dir = Path(run_dir)
         summary = self.summary()  # before any file is written: a broken result fails here
-        with atomic_dir(run_dir, overwrite=overwrite) as tmp:  # complete or absent; old run replaced only at the end
+        # complete or absent; an old run is replaced only at the end
+        with atomic_dir(run_dir, overwrite=overwrite) as tmp:
             self.edit.save(tmp / "edit")
             self.history.to_csv(tmp / "history.csv", index=False)
             if isinstance(self.edit, JolaEdit):
@@ -420,14 +421,15 @@ def train_edit(
                     break
     bar.close()
     if best[1] < 1:
-        raise TrainingError(f"the validation {cfg.selection.value} was never finite in {len(history)} epoch(s); "
-                            "nothing was saved: lower the learning rate and check the data")
+        raise TrainingError(f"the validation {cfg.selection.value} was never finite in "
+                            f"{len(history)} epoch(s); nothing was saved: lower the learning rate "
+                            "and check the data")
     edit.load_state_dict(best[2])
     edit.eval()
     bad = nonfinite_tensors(edit.state_dict())
     if bad:
-        raise TrainingError(f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing was saved: "
-                            "lower the learning rate")
+        raise TrainingError(f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing "
+                            "was saved: lower the learning rate")
     return TrainResult(
         edit=edit,
         history=pd.DataFrame(history),

@@ -19,19 +19,32 @@ __all__ = [
     "parse_layers",
 ]
 
-MAX_LR = 1.0  # every recipe here uses 1e-4 .. 5e-2; above 1 AdamW only saturates gates and blows up vectors
+# every recipe here uses 1e-4 .. 5e-2; above 1, AdamW only saturates gates and blows up vectors
+MAX_LR = 1.0
 
 
-def nonfinite_tensors(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+def nonfinite_tensors(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity."""
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    return [name for name, t in items if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name for name, t in items if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 def check_lr(lr: float, name: str = "lr") -> None:
     """A finite learning rate in (0, MAX_LR]; ``ValueError`` naming the fix otherwise."""
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not 0 < lr <= MAX_LR:
-        raise ValueError(f"{name} must be a finite number in (0, {MAX_LR:g}], got {lr!r}; the paper's recipe uses 5e-3")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, int | float)
+        or not math.isfinite(lr)
+        or not 0 < lr <= MAX_LR
+    ):
+        raise ValueError(
+            f"{name} must be a finite number in (0, {MAX_LR:g}], got {lr!r}; "
+            "the paper's recipe uses 5e-3"
+        )
 
 
 def check_positive_int(value: object, name: str) -> None:
@@ -50,12 +63,17 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
         return None
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):
-        raise ValueError(f"--layers {text!r} is empty or has an empty item; give comma-separated layer indices like 0,3,5, "
-                         "or leave --layers out for all layers")
+        raise ValueError(
+            f"--layers {text!r} is empty or has an empty item; give comma-separated layer "
+            "indices like 0,3,5, "
+            "or leave --layers out for all layers"
+        )
     try:
         layers = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--layers {text!r}: every item must be an integer layer index, like 0,3,5") from None
+        raise ValueError(
+            f"--layers {text!r}: every item must be an integer layer index, like 0,3,5"
+        ) from None
     if any(layer < 0 for layer in layers) or len(set(layers)) != len(layers):
         raise ValueError(f"--layers {text!r}: layer indices must be >= 0 and not repeated")
     return layers

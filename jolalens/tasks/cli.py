@@ -41,7 +41,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.out:
         check_writable(Path(args.out) / "items.jsonl")  # before the evaluation, not after it
-    for option in ("n_test", "batch_size", "num_beams", "max_new_tokens"):  # -1 would silently drop the last item
+    # sizes >= 1: --n-test -1 silently dropped the last item
+    for option in ("n_test", "batch_size", "num_beams", "max_new_tokens"):
         if getattr(args, option) is not None:
             check_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
     if Path(args.task).suffix == ".jsonl":
@@ -74,7 +75,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "items.jsonl") as tmp:  # whole files or the previous ones, never a 0-byte one
+        # whole files or the previous ones, never a 0-byte one
+        with atomic_path(out / "items.jsonl") as tmp:
             result.items.to_json(tmp, orient="records", lines=True, force_ascii=False)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")

@@ -1,4 +1,5 @@
-"""Atomic runs: a failed or killed save never leaves a mix, and --overwrite keeps the old run until the new one is whole."""
+"""Atomic runs: a failed or killed save never leaves a mix; --overwrite keeps the old run
+until the new one is whole."""
 
 from __future__ import annotations
 
@@ -113,8 +114,13 @@ def test_kill_9_keeps_the_previous_run(tmp_path, phase):
     script = tmp_path / "job.py"
     script.write_text(_KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(flags), phase], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(flags), phase],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 240
         wanted = flags / ("in_save" if phase == "save" else "in_training")
@@ -161,7 +167,9 @@ def test_killed_between_the_two_renames_restores_the_old_directory(tmp_path):
         (tmp / "a").write_text("old")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    os.rename(tmp_path / "x", tmp_path / f".x.old-{dead.pid}-abcdef12")  # as a writer killed mid-replace leaves it
+    os.rename(
+        tmp_path / "x", tmp_path / f".x.old-{dead.pid}-abcdef12"
+    )  # as a writer killed mid-replace leaves it
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "x", overwrite=True):
         raise RuntimeError("this write fails too")
     assert (tmp_path / "x" / "a").read_text() == "old" and leftovers(tmp_path) == []

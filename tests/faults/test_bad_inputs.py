@@ -1,4 +1,5 @@
-"""Bad options and bad data: one line `jolalens: error: ...`, exit code 2, no traceback, nothing written."""
+"""Bad options and data: one line `jolalens: error: ...`, exit code 2, no traceback, nothing
+written."""
 
 from __future__ import annotations
 
@@ -32,9 +33,23 @@ def _jsonl(tmp_path: Path, name: str, lines: list[str | bytes]) -> str:
 
 OK = '{"instruction": "a", "answer": "b"}'
 TRAIN_OPTIONS = [
-    ["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--lr", "-1"], ["--lr", "nan"], ["--lr", "inf"],
-    ["--lr", "1e39"], ["--lr", "1e3"], ["--batch-size", "0"], ["--layers", ""], ["--layers", " "], ["--layers", "a,b"],
-    ["--layers", "1,,2"], ["--layers", "-1"], ["--layers", "0,0"], ["--max-length", "1"], ["--lam", "-1"],
+    ["--epochs", "0"],
+    ["--epochs", "-3"],
+    ["--lr", "0"],
+    ["--lr", "-1"],
+    ["--lr", "nan"],
+    ["--lr", "inf"],
+    ["--lr", "1e39"],
+    ["--lr", "1e3"],
+    ["--batch-size", "0"],
+    ["--layers", ""],
+    ["--layers", " "],
+    ["--layers", "a,b"],
+    ["--layers", "1,,2"],
+    ["--layers", "-1"],
+    ["--layers", "0,0"],
+    ["--max-length", "1"],
+    ["--lam", "-1"],
 ]
 
 
@@ -48,7 +63,9 @@ def tiny_cli(tiny, monkeypatch):
 
 def _bad_cases(tmp_path: Path, tiny) -> list[list[str]]:
     out = str(tmp_path / "run")
-    cases = [["train", "--train", GOOD, "--valid", GOOD, "--out", out, *opt] for opt in TRAIN_OPTIONS]
+    cases = [
+        ["train", "--train", GOOD, "--valid", GOOD, "--out", out, *opt] for opt in TRAIN_OPTIONS
+    ]
     for lines in (
         [OK, b'{"instruction": "caf\xe9", "answer": "b"}'],  # latin-1, not UTF-8
         [OK, '{"instruction": "a", "answer": "b", "meta": {"references": "a string"}}'],
@@ -61,8 +78,10 @@ def _bad_cases(tmp_path: Path, tiny) -> list[list[str]]:
         cases.append(["train", "--train", path, "--valid", GOOD, "--out", out])
         cases.append(["eval", "--task", path])
     cases += [
-        ["eval", "--task", GOOD, "--n-test", "-1"], ["eval", "--task", GOOD, "--n-test", "0"],
-        ["eval", "--task", GOOD, "--batch-size", "0"], ["eval", "--task", GOOD, "--num-beams", "0"],
+        ["eval", "--task", GOOD, "--n-test", "-1"],
+        ["eval", "--task", GOOD, "--n-test", "0"],
+        ["eval", "--task", GOOD, "--batch-size", "0"],
+        ["eval", "--task", GOOD, "--num-beams", "0"],
         ["compare", "--tasks", "arc_easy", "--out", str(tmp_path / "c"), "--n-test", "-1"],
         ["compare", "--tasks", "arc_easy", "--out", str(tmp_path / "c"), "--epochs", "0"],
         ["compare", "--tasks", "arc_easy", "--out", str(tmp_path / "c"), "--budget", "0"],
@@ -75,8 +94,13 @@ def _bad_cases(tmp_path: Path, tiny) -> list[list[str]]:
     good = JolaEdit.for_model(tiny, JolaConfig(init_std=0.3)).save(tmp_path / "good_edit")
     for name, damage in (
         ("truncated", lambda d: (d / "jola_weights.safetensors").write_bytes(b"\x00" * 10)),
-        ("truncated_no_checksum", lambda d: (_edit_config(d, lambda m: None),
-                                             (d / "jola_weights.safetensors").write_bytes(b"\x08" + b"\x00" * 9))),
+        (
+            "truncated_no_checksum",
+            lambda d: (
+                _edit_config(d, lambda m: None),
+                (d / "jola_weights.safetensors").write_bytes(b"\x08" + b"\x00" * 9),
+            ),
+        ),
         ("nomodel", lambda d: _edit_config(d, lambda m: m.pop("model"))),
         ("badversion", lambda d: _edit_config(d, lambda m: m.update(format_version="x"))),
         ("notjson", lambda d: (d / "jola_config.json").write_bytes(b"\xff{")),
@@ -106,15 +130,36 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_cli, capsys):
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2, (argv, err)
-        assert "Traceback" not in err and lines and lines[-1].startswith("jolalens: error: "), (argv, err)
+        assert "Traceback" not in err and lines and lines[-1].startswith("jolalens: error: "), (
+            argv,
+            err,
+        )
         assert len([line for line in lines if line.startswith("jolalens")]) == 1, (argv, err)
     assert not (tmp_path / "run").exists() and not (tmp_path / "hf").exists()
 
 
 def test_verbose_shows_the_traceback(tmp_path, capsys):
-    assert main(["train", "--train", GOOD, "--valid", GOOD, "--out", str(tmp_path / "r"), "--epochs", "0", "-v"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                GOOD,
+                "--valid",
+                GOOD,
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "0",
+                "-v",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("jolalens: error: epochs must be")
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
+        "jolalens: error: epochs must be"
+    )
 
 
 def test_non_utf8_jsonl_names_file_and_line(tmp_path, capsys):
@@ -128,7 +173,9 @@ def test_busy_and_read_only_outputs(tmp_path, capsys, monkeypatch):
     out.mkdir()
     (out / "keep").write_text("x")
     with output_lock(out, "the other run"):
-        assert main(["train", "--train", GOOD, "--valid", GOOD, "--out", str(out), "--overwrite"]) == 2
+        assert (
+            main(["train", "--train", GOOD, "--valid", GOOD, "--out", str(out), "--overwrite"]) == 2
+        )
     assert "in use by pid" in capsys.readouterr().err and (out / "keep").read_text() == "x"
 
     def read_only(path, *a, **k):
@@ -141,16 +188,45 @@ def test_busy_and_read_only_outputs(tmp_path, capsys, monkeypatch):
 
 def test_cli_subprocess_no_traceback(tmp_path):
     """The real entry point, out of process: a bad option is one line on stderr and exit code 2."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from jolalens.cli import main; sys.exit(main(sys.argv[2:]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO), "train", "--train", GOOD, "--valid", GOOD,
-                           "--out", str(tmp_path / "r"), "--lr", "nan"], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from jolalens.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(REPO),
+            "train",
+            "--train",
+            GOOD,
+            "--valid",
+            GOOD,
+            "--out",
+            str(tmp_path / "r"),
+            "--lr",
+            "nan",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("jolalens: error: lr must be a finite number")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("jolalens: error: lr must be a finite number")
+    )
 
 
 # ---- the same rules through the Python API --------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(lr=float("nan")), dict(lr=1e3), dict(batch_size=-1), dict(epochs=2.5)])
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(epochs=0), dict(lr=float("nan")), dict(lr=1e3), dict(batch_size=-1), dict(epochs=2.5)],
+)
 def test_train_config_rejects(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -169,11 +245,14 @@ def test_parse_layers():
             parse_layers(bad)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"instruction": "a", "answer": "b", "meta": {"references": "abc"}}, "meta.references"),
-    ({"instruction": "a", "answer": "b", "meta": {"references": ["a", 1]}}, "meta.references"),
-    ({"instruction": "a", "answer": "b", "meta": "abc"}, "'meta' must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"instruction": "a", "answer": "b", "meta": {"references": "abc"}}, "meta.references"),
+        ({"instruction": "a", "answer": "b", "meta": {"references": ["a", 1]}}, "meta.references"),
+        ({"instruction": "a", "answer": "b", "meta": "abc"}, "'meta' must be a JSON object"),
+    ],
+)
 def test_jsonl_field_types(tmp_path, record, message):
     with pytest.raises(DataError, match=message):
         read_jsonl(_jsonl(tmp_path, "x.jsonl", [json.dumps(record)]))
@@ -190,8 +269,14 @@ def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog, monkeypatch
     assert dropped == full - (64 - 1)
 
 
-def test_eval_out_checked_before_the_work_and_written_whole(tmp_path, tiny_cli, capsys, monkeypatch):
-    path = _jsonl(tmp_path, "mc.jsonl", ['{"instruction": "pick a", "answer": "a", "choices": ["a", "b"]}'] * 3)
+def test_eval_out_checked_before_the_work_and_written_whole(
+    tmp_path, tiny_cli, capsys, monkeypatch
+):
+    path = _jsonl(
+        tmp_path,
+        "mc.jsonl",
+        ['{"instruction": "pick a", "answer": "a", "choices": ["a", "b"]}'] * 3,
+    )
     assert main(["eval", "--task", path, "--out", str(tmp_path / "ev"), "--batch-size", "2"]) == 0
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n"] == 3
     capsys.readouterr()

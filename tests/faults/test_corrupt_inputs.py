@@ -1,4 +1,5 @@
-"""Damaged points, results, configs and weights, and NaN edits: detected, named, and recomputed or refused."""
+"""Damaged points, results, configs and weights, and NaN edits: detected, named, and
+recomputed or refused."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ RUN = ("runs", "arc_easy", "red", "seed0")
 
 def _config(budget=1):
     train = TrainConfig(epochs=1, batch_size=4, warmup_steps=1, progress=False, max_length=64)
-    return CompareConfig(methods=("red",), tasks=("arc_easy",), n_train=6, n_valid=4, n_test=4, budget=budget, train=train)
+    return CompareConfig(
+        methods=("red",),
+        tasks=("arc_easy",),
+        n_train=6,
+        n_valid=4,
+        n_test=4,
+        budget=budget,
+        train=train,
+    )
 
 
 @pytest.fixture
@@ -40,12 +49,14 @@ def test_corrupt_result_json_is_reported_and_recomputed(tiny, tmp_path, patched)
     logs: list[str] = []
     again = run_compare(tiny, _config(), out, log=logs.append)
     assert any("damaged record" in line and str(result) in line for line in logs)
-    assert json.loads(result.read_text())["score"] == first["score"].iloc[0]  # recomputed, same seed, same score
+    assert (
+        json.loads(result.read_text())["score"] == first["score"].iloc[0]
+    )  # recomputed, same seed, same score
     assert list(again["status"]) == ["done"]
 
 
 def test_damaged_kept_point_is_refitted(tiny, tmp_path, patched, monkeypatch):
-    """A point kept by an interrupted attempt is damaged: reported with its path and fitted again."""
+    """A point kept by an interrupted attempt is damaged: reported with its path, refitted."""
     out = tmp_path / "cmp"
     import jolalens.compare as compare
 
@@ -88,12 +99,15 @@ def _saved(tiny, tmp_path):
     return edit.save(tmp_path / "e")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m.pop("model"), 'no "model" block'),
-    (lambda m: m.update(format_version="1"), "format_version must be a non-negative integer"),
-    (lambda m: m.update(format_version=99), "newer than this jolalens"),
-    (lambda m: m.update(config="both"), '"config" must be a JSON object'),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.pop("model"), 'no "model" block'),
+        (lambda m: m.update(format_version="1"), "format_version must be a non-negative integer"),
+        (lambda m: m.update(format_version=99), "newer than this jolalens"),
+        (lambda m: m.update(config="both"), '"config" must be a JSON object'),
+    ],
+)
 def test_damaged_configs_refused(tiny, tmp_path, change, message):
     path = _saved(tiny, tmp_path)
     meta = json.loads((path / "jola_config.json").read_text())
@@ -127,9 +141,11 @@ def test_nan_weights_refused_at_load_save_and_export(tiny, tmp_path):
     assert not (tmp_path / "nan").exists() and not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("poison_step, message", [(1, "non-finite loss"), (2, "never finite.*nothing was saved")])
+@pytest.mark.parametrize(
+    "poison_step, message", [(1, "non-finite loss"), (2, "never finite.*nothing was saved")]
+)
 def test_training_that_ends_in_nan_saves_nothing(tiny, tmp_path, monkeypatch, poison_step, message):
-    """NaN weights after a step: caught at the next loss, or (last step) by the check after training."""
+    """NaN weights after a step: caught at the next loss, or (last step) after training."""
     from dataclasses import replace
 
     real_step = torch.optim.AdamW.step
