@@ -65,19 +65,25 @@ def describe_error(exc: BaseException) -> str | None:
     return None
 
 
+def _has_verbose(parser: argparse.ArgumentParser) -> bool:
+    return any("--verbose" in a.option_strings for a in parser._actions)
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    """``-v/--verbose`` on the parser and every sub-command (tracebacks for errors)."""
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show the traceback of an error"
-    )
+    """``-v/--verbose`` (a count) on the parser, unless it has one, and on every sub-command,
+    so that ``jolalens -v train ...`` and ``jolalens train ... -v`` both show tracebacks."""
+    if not _has_verbose(parser):
+        parser.add_argument(
+            "-v", "--verbose", action="count", default=0, help="show the traceback of an error"
+        )
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                if not any("--verbose" in a.option_strings for a in sub._actions):
+                if not _has_verbose(sub):
                     sub.add_argument(
                         "-v",
                         "--verbose",
-                        action="store_true",
+                        action="count",
                         default=argparse.SUPPRESS,
                         help="show the traceback of an error",
                     )
