@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from .cli_errors import add_verbose_flag, report_error
 from .errors import JolaError
 
 __all__ = ["add_loading_args", "build_parser", "loading_options", "main"]
@@ -117,37 +119,49 @@ def _load_training_data(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .edit import prepare_output_dir
-    from .jola import JolaConfig, selected_heads
+    from .atomic_dir import check_free_space, check_replaceable, check_writable
+    from .jola import JolaConfig, JolaEdit, selected_heads
+    from .locking import output_lock
     from .models import load_model
     from .train import SparsityConfig, TrainConfig, train_jola
+    from .validation import parse_layers
 
+    # every option is checked before the lock, the data and the model (same rules as the Python API)
+    layers = parse_layers(args.layers)
     dp = _data_parallel_group(args)
-    if dp is None or dp.is_main:
-        prepare_output_dir(args.out, overwrite=args.overwrite)  # fail before the long work, not after
-    else:
+    if dp is not None and not dp.is_main:
         _quiet_rank()
-    train, valid = _load_training_data(args)
-    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
     config = TrainConfig(
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
         prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
-    print(f"Loading {args.model} ...")
+    from .distributed import data_parallel
+
     options = loading_options(args)
     if dp is not None:
         options["device"] = dp.device
-    model = load_model(args.model, **options)
-    print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
-    from .distributed import data_parallel
-
-    with data_parallel(dp):
-        result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
-    if dp is not None and not dp.is_main:
-        return 0  # rank 0 alone writes the run directory and reports
-    result.save(args.out, overwrite=True)
+    main_rank = dp is None or dp.is_main
+    with output_lock(args.out, "jolalens train") if main_rank else nullcontext():
+        if main_rank:  # fail before the long work, not after
+            check_replaceable(args.out, overwrite=args.overwrite)
+            check_writable(args.out)
+        train, valid = _load_training_data(args)
+        print(f"Loading {args.model} ...")
+        model = load_model(args.model, **options)
+        if main_rank:
+            shaped = JolaEdit.for_model(model, jola)
+            edit_bytes = sum(p.numel() * p.element_size() for p in shaped.parameters())
+            # the edit, its gate history, the tables
+            check_free_space(args.out, 3 * edit_bytes + (1 << 20))
+        print(f"Training JoLA on {len(train)} examples, validating on {len(valid)} ...")
+        with data_parallel(dp):
+            result = train_jola(model, train, valid, jola=jola, config=config, sparsity=sparsity)
+        if not main_rank:
+            return 0  # rank 0 alone writes the run directory and reports
+        # the old run is replaced only now, when the new one is complete
+        result.save(args.out, overwrite=args.overwrite)
     s = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in s["closed_fraction"].items())
     print(
@@ -210,13 +224,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .atomic_dir import check_replaceable, check_writable
     from .edit import load_edit
+    from .locking import output_lock
     from .merge import export_hf_checkpoint
     from .models import load_model
 
-    model = load_model(args.model, **loading_options(args))
-    edit = load_edit(args.edit, model)
-    out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
+    with output_lock(args.out, "jolalens export"):
+        check_replaceable(args.out, overwrite=args.overwrite)
+        check_writable(args.out)
+        model = load_model(args.model, **loading_options(args))
+        edit = load_edit(args.edit, model)
+        out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
     print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 
@@ -273,6 +292,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareConfig, run_compare
+    from .locking import output_lock
     from .models import load_model
     from .tasks.registry import get_task
     from .train import TrainConfig
@@ -287,6 +307,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
         n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
     )
+    with output_lock(args.out, "jolalens compare"):
+        pass  # a busy --out fails now, before the model loads; the engine then holds the lock
     if args.engine == "ray":
         from functools import partial
 
@@ -302,7 +324,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(f"Loading {args.model} ...")
         model = load_model(args.model, **loading_options(args))
-        results = run_compare(model, config, args.out)
+        results = run_compare(model, config, args.out, exclusive=True)  # one process per --out
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0
     print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))
@@ -323,19 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks.cli import register
 
     register(sub)
+    add_verbose_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an expected failure is one line on stderr, exit code 2 (cli_errors)."""
     args = build_parser().parse_args(argv)
     from .log_setup import configure_logging
 
     configure_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (JolaError, FileExistsError) as exc:
-        print(f"jolalens {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_error(exc, verbose=bool(getattr(args, "verbose", False)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import math
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,12 @@ from .errors import JolaError
 from .evaluate import Protocol, evaluate
 from .fileio import atomic_path
 from .jola import EditType, GateMode, JolaConfig
+from .locking import LockError, output_lock
 from .models import ModelDims, model_dims, model_identity
+from .run_records import read_record, write_text_safely
 from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
+from .validation import check_positive_int
 
 __all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "cell_dir", "cells", "run_cell", "run_compare", "summarise"]
 
@@ -192,6 +196,10 @@ class CompareConfig:
             raise JolaError("give at least one method, one task and one seed")
         if self.budget < 1:
             raise JolaError(f"budget must be >= 1, got {self.budget}")
+        check_positive_int(self.n_train, "n_train")
+        check_positive_int(self.n_valid, "n_valid")
+        if self.n_test is not None:
+            check_positive_int(self.n_test, "n_test (full split: None, or 0 on the command line)")
 
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
@@ -209,7 +217,9 @@ def _check_out_dir(out: Path, config: CompareConfig, identity: dict[str, Any]) -
     stamp = {"protocol": config.protocol_dict(), "model": identity}
     path = out / "compare_config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_record(path)
+        if saved is None:
+            raise JolaError(f"{path} is damaged; restore it from a backup, or choose a new --out")
         if saved != json.loads(json.dumps(stamp)):
             raise JolaError(
                 f"{out} holds a comparison made with other settings or another model "
@@ -241,22 +251,30 @@ def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: fl
         "info": fitted.info, "seconds": seconds, "device": device})
 
 
-def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[Fitted, float, str] | None:
-    """A search point an interrupted attempt of this run finished (with its fit seconds and the device
-    it was fitted on), or ``None`` if there is none for ``hp``."""
+def _load_point(
+    model: nn.Module, point_dir: Path, hp: dict[str, Any], log: Callable[[str], None] | None = None
+) -> tuple[Fitted, float, str] | None:
+    """A search point an interrupted attempt of this run finished (with its fit seconds and the
+    device it was fitted on), or ``None`` if there is none for ``hp``; a damaged one is reported
+    and refitted."""
     from .edit import load_edit
 
-    if not (point_dir / POINT_FILE).is_file():
-        return None
-    saved = json.loads((point_dir / POINT_FILE).read_text())
-    if saved["hyperparameters"] != json.loads(json.dumps(hp)):
+    keys = ("hyperparameters", "val_ce", "trainable_parameters", "info", "seconds")
+    saved = read_record(point_dir / POINT_FILE, keys, log)
+    if saved is None or saved["hyperparameters"] != json.loads(json.dumps(hp)):
         return None
     try:
         edit = load_edit(point_dir / "edit", model)
-    except (JolaError, OSError):  # e.g. weights left out of a commit: fit the point again
+        n_trainable = int(saved["trainable_parameters"])
+        fitted = Fitted(edit, float(saved["val_ce"]), n_trainable, saved["info"])
+        seconds = float(saved["seconds"])
+    except (JolaError, OSError, TypeError, ValueError) as exc:  # e.g. weights not committed: refit
+        if log is not None:
+            log(f"  damaged kept point {point_dir}: {exc}; refitting it")
         return None
-    fitted = Fitted(edit, float(saved["val_ce"]), int(saved["trainable_parameters"]), saved["info"])
-    return fitted, float(saved["seconds"]), str(saved.get("device", "unrecorded"))
+    if not math.isfinite(fitted.val_ce):
+        return None
+    return fitted, seconds, str(saved.get("device", "unrecorded"))
 
 
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -272,7 +290,7 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     resumed: list[dict[str, Any]] = []  # points fitted by an earlier attempt, perhaps on another device
     for i, hp in enumerate(points):
         point_dir = run_dir / POINTS_DIR / f"point{i}"
-        kept = _load_point(model, point_dir, hp)
+        kept = _load_point(model, point_dir, hp, log)
         if kept is not None:
             fitted, seconds, kept_on = kept
             resumed.append({"point": i + 1, "device": kept_on, "fit_seconds": round(seconds, 1)})
@@ -317,15 +335,56 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     return row
 
 
-def run_compare(model: nn.Module, config: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) the comparison into ``out``, one cell after another; returns the per-run results table.
+def run_compare(
+    model: nn.Module,
+    config: CompareConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    exclusive: bool = False,
+) -> pd.DataFrame:
+    """Run (or resume) the comparison into ``out``; returns the per-run results table.
 
+    ``exclusive`` (what ``jolalens compare`` uses): hold ``out``'s lock alone for the whole
+    comparison, so a second process is refused with :class:`~jolalens.locking.LockError`
+    naming the holder. Otherwise (cooperating workers, e.g. ``benchmarks/paper_grid.py``):
+    share ``out``'s lock and take each run's own lock, skipping runs another process holds.
+    Either way no process cleans up or writes a run another one is working on.
     ``jolalens.engines.ray_engine.run_compare_ray`` runs the same cells (:func:`run_cell`) on a Ray cluster.
     """
     out = Path(out)
+    with output_lock(out, "jolalens compare", shared=not exclusive):
+        return _run_compare_locked(model, config, out, log, per_run_locks=not exclusive)
+
+
+@contextmanager
+def _run_lock(run_dir: Path, enabled: bool) -> Iterator[bool]:
+    """Yield whether this process may work on ``run_dir`` (holding its lock when ``enabled``)."""
+    if not enabled:
+        yield True
+        return
+    try:
+        lock = output_lock(run_dir, "jolalens compare run")
+        lock.__enter__()
+    except LockError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_compare_locked(
+    model: nn.Module,
+    config: CompareConfig,
+    out: Path,
+    log: Callable[[str], None],
+    per_run_locks: bool,
+) -> pd.DataFrame:
     _check_out_dir(out, config, model_identity(model))
     for task, name, seed in cells(config):
-        if run_cell(model, config, out, task, name, seed, log=log) == "done":
+        if run_cell(model, config, out, task, name, seed, log=log, run_lock=per_run_locks) == "done":
             write_tables(out)
     return write_tables(out)
 
@@ -341,38 +400,46 @@ def cell_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
 
 
 def run_cell(model: nn.Module, config: CompareConfig, out: Path, task: str, name: str, seed: int,
-             *, log: Callable[[str], None] = print) -> str:
+             *, log: Callable[[str], None] = print, run_lock: bool = False) -> str:
     """Run one cell into its run directory, ``result.json`` last; ``'skipped'`` (already done),
-    ``'done'``, ``'not_applicable'`` or ``'failed'`` (traceback in ``error.txt``; nothing raised)."""
+    ``'busy'`` (another process holds its lock), ``'done'``, ``'not_applicable'`` or ``'failed'``
+    (traceback in ``error.txt``; nothing raised). ``run_lock``: hold the run's own lock."""
     run_dir = cell_dir(out, task, name, seed)
-    if (run_dir / RESULT_FILE).is_file():
-        log(f"skip {task}/{name}/seed{seed}: done")
-        return "skipped"
-    if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
-        for stale in run_dir.iterdir():
-            if stale.is_dir() and stale.name != POINTS_DIR:
-                shutil.rmtree(stale)
-            elif not stale.is_dir():
-                stale.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if METHODS[name].needs_choices and not get_task(task).multiple_choice:
-        _write_json_atomic(run_dir / RESULT_FILE, {
-            "task": task, "method": name, "seed": seed, "status": "not_applicable",
-            "reason": f"{name} needs answer options; {task} is a generation task"})
-        log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
-        return "not_applicable"
-    log(f"run {task}/{name}/seed{seed}")
-    try:
-        row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # one failed run must not cost the others
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
-        return "failed"
-    _write_json_atomic(run_dir / RESULT_FILE, row)
-    log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
-    return "done"
+    with _run_lock(run_dir, run_lock) as free:
+        if not free:  # another cooperating process runs it now
+            log(f"skip {task}/{name}/seed{seed}: running in another process")
+            return "busy"
+        if read_record(run_dir / RESULT_FILE, ("status",), log) is not None:
+            log(f"skip {task}/{name}/seed{seed}: done")
+            return "skipped"
+        if run_dir.exists():  # a crashed or interrupted attempt of this very run: keep its finished points
+            for stale in run_dir.iterdir():
+                if stale.is_dir() and stale.name != POINTS_DIR:
+                    shutil.rmtree(stale)
+                elif not stale.is_dir():
+                    stale.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if METHODS[name].needs_choices and not get_task(task).multiple_choice:
+            _write_json_atomic(run_dir / RESULT_FILE, {
+                "task": task, "method": name, "seed": seed, "status": "not_applicable",
+                "reason": f"{name} needs answer options; {task} is a generation task"})
+            log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
+            return "not_applicable"
+        log(f"run {task}/{name}/seed{seed}")
+        try:
+            row = _run_one(model, METHODS[name], task, seed, config, run_dir, log)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failed run must not cost the others
+            # written atomically; a full disk is logged and the comparison goes on
+            write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)
+            log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} "
+                f"(see {run_dir / 'error.txt'})")
+            return "failed"
+        _write_json_atomic(run_dir / RESULT_FILE, row)
+        log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, "
+            f"{row['fit_seconds']:.0f} s fit)")
+        return "done"
 
 
 def collect(out: str | Path) -> pd.DataFrame:
@@ -381,8 +448,11 @@ def collect(out: str | Path) -> pd.DataFrame:
     rows = []
     for run_dir in sorted((out / "runs").glob("*/*/seed*")):
         task, method, seed = run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name[4:])
-        if (run_dir / RESULT_FILE).is_file():
-            row = json.loads((run_dir / RESULT_FILE).read_text())
+        row = read_record(run_dir / RESULT_FILE, ("status",))
+        # damaged: listed as failed, recomputed on the next run
+        if row is None and (run_dir / RESULT_FILE).is_file():
+            rows.append({"task": task, "method": method, "seed": seed, "status": "failed"})
+        elif row is not None:
             row["hyperparameters"] = json.dumps(row.get("hyperparameters", {}), sort_keys=True)
             row["info"] = json.dumps(row.get("info", {}), sort_keys=True)
             if "resumed_points" in row:
@@ -484,9 +554,12 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     """Rewrite ``results.csv``, ``summary.csv`` and ``summary.md`` from the finished runs."""
     out = Path(out)
     results = collect(out)
-    results.to_csv(out / "results.csv", index=False)
+    # a full disk leaves the previous tables, never 0-byte ones
+    with atomic_path(out / "results.csv") as tmp:
+        results.to_csv(tmp, index=False)
     summary = summarise(results)
-    summary.to_csv(out / "summary.csv", index=False)
+    with atomic_path(out / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
     failed = results[results["status"] == "failed"] if "status" in results else results
     note = ""
     if len(failed):
@@ -497,10 +570,12 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     others = sorted(set(_finished(results)["device"].dropna()) - {usual}) if usual else []
     if others:
         note += f"\n`fit s`: mean over the runs on {usual} only; runs on {', '.join(others)} are left out of it (–: all were).\n"
-    (out / "summary.md").write_text(
+    text = (
         f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
         + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
                          scale=100.0 if metric == "accuracy" else 1.0)
         + note
     )
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(text)
     return results

@@ -8,6 +8,7 @@ answer tokens only: everything up to and including ``### Response:\\n`` is maske
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "Example",
     "PromptStyle",
     "answer_mask",
+    "clip_prompt",
     "collate",
     "format_prompt",
     "read_jsonl",
@@ -35,6 +37,9 @@ __all__ = [
     "tokenize_example",
     "write_jsonl",
 ]
+
+logger = logging.getLogger(__name__)
+_CUT_PROMPTS = 0  # prompts cut by clip_prompt in this process (the warning gives the running count)
 
 # The paper's Alpaca "no-input" template (without the released code's stray space, B13).
 ALPACA_TEMPLATE = (
@@ -58,6 +63,15 @@ class Example:
     answer: str
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:  # the Python API gets the same type checks as JSONL records
+        if not isinstance(self.meta, dict):
+            raise DataError(f"Example.meta must be a dict, got {type(self.meta).__name__}")
+        refs = self.meta.get("references")
+        if refs is not None and not _strings(refs):
+            raise DataError(
+                f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
@@ -87,7 +101,16 @@ class Example:
             if obj["answer"] not in choices:
                 raise DataError(f"{where}: answer {obj['answer']!r} is not one of choices {choices}")
             choices = tuple(choices)
-        meta = obj.get("meta") or {}
+        meta = obj.get("meta", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
+        refs = meta.get("references")
+        if refs is not None and not (isinstance(refs, list) and _strings(refs)):
+            raise DataError(
+                f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}"
+            )
         return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
 
 
@@ -97,11 +120,17 @@ def read_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{where}: not UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8"
+                ) from exc
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -151,7 +180,8 @@ def tokenize_example(
 
     The prompt is tokenized with the tokenizer's special tokens (BOS where it adds one; the
     chat style carries its own), the answer without. Over-long prompts lose their start, so
-    the answer is always kept. ``eos_id``: appended to the answer (and its labels), so that a
+    the answer is always kept; a warning gives the count of dropped tokens. ``eos_id``: appended
+    to the answer (and its labels), so that a
     model trained on it learns to stop after the answer.
     """
     prompt = format_prompt(example.instruction, style, tokenizer)
@@ -165,8 +195,37 @@ def tokenize_example(
     keep = max_length - len(answer_ids)
     if keep < 1:
         raise DataError(f"answer of {len(answer_ids)} tokens does not fit max_length={max_length}")
-    prompt_ids = prompt_ids[-keep:]
+    prompt_ids = clip_prompt(prompt_ids, keep, max_length=max_length)
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def clip_prompt(prompt_ids: list[int], keep: int, *, max_length: int) -> list[int]:
+    """The last ``keep`` prompt tokens; a cut is logged with the count of dropped tokens.
+
+    Cutting the start keeps the answer position right but drops the template header, so it
+    is never silent: the 1st, 10th, 100th ... cut in a process is a WARNING (with the running
+    count), the others DEBUG, so a long data set does not flood the log.
+    """
+    global _CUT_PROMPTS
+    if len(prompt_ids) > keep:
+        _CUT_PROMPTS += 1
+        # the 1st, 10th, 100th ... cut: counts without a flood
+        first_of_order = _CUT_PROMPTS == 10 ** (len(str(_CUT_PROMPTS)) - 1)
+        logger.log(
+            logging.WARNING if first_of_order else logging.DEBUG,
+            "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first "
+            "%d tokens (the template header among them); %d prompt(s) cut in this process so "
+            "far; raise max_length or shorten the instruction",
+            len(prompt_ids), max_length, keep, len(prompt_ids) - keep, _CUT_PROMPTS,
+        )
+    return prompt_ids[-keep:]
+
+
+def _strings(values: Any) -> bool:
+    """A non-empty list (or tuple) of strings."""
+    if not isinstance(values, list | tuple) or not values:
+        return False
+    return all(isinstance(v, str) for v in values)
 
 
 @dataclass

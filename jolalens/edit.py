@@ -14,6 +14,7 @@ Run the model that matches the backend: the TransformerLens model for ``HOOK_POI
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -28,8 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic_dir import atomic_dir
 from .errors import EditLoadError
 from .models import model_identity
+from .validation import nonfinite_tensors
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -227,7 +230,13 @@ class Edit(nn.Module, ABC):
         return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
     def load_safetensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        result = self.load_state_dict(tensors, strict=False)
+        try:
+            result = self.load_state_dict(tensors, strict=False)
+        except RuntimeError as exc:  # e.g. a shape mismatch
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise EditLoadError(f"saved weights do not fit this {self.method} edit ({first}); "
+                                "the config and weights do not belong together: retrain or "
+                                "restore the edit") from exc
         if result.missing_keys or result.unexpected_keys:
             raise EditLoadError(
                 f"saved weights do not match this {self.method} edit: missing "
@@ -295,10 +304,18 @@ class Edit(nn.Module, ABC):
             )
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write ``jola_config.json`` and ``jola_weights.safetensors`` into directory ``path``."""
+        """Write ``jola_config.json`` and ``jola_weights.safetensors`` into directory ``path``.
+
+        The directory is written aside and renamed into place when complete; ``overwrite``
+        replaces an existing one only then. NaN/inf weights are refused.
+        """
         from . import __version__
 
-        path = prepare_output_dir(path, overwrite=overwrite)
+        tensors = self.to_safetensors()
+        bad = nonfinite_tensors(tensors)
+        if bad:
+            raise EditLoadError(f"refusing to save a {self.method} edit with NaN/inf weights in "
+                                f"{bad[:5]}; retrain it with a lower learning rate")
         meta = {
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -306,9 +323,12 @@ class Edit(nn.Module, ABC):
             "model": getattr(self, "model_identity", None),
             "config": self.config_dict(),
         }
-        tensors = self.to_safetensors()
-        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"method": self.method})
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:  # complete or absent, never a mix
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"method": self.method})
+            # the config, written last, marks completion
+            meta["weights_sha256"] = _sha256(tmp / WEIGHTS_FILE)
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -321,11 +341,9 @@ class Edit(nn.Module, ABC):
                 "load it with jolalens.load_edit(path, model)"
             )
         edit = cast(Self, cls.from_config_dict(model, meta.get("config") or {}))
-        saved_identity = meta.get("model")
-        if saved_identity:
-            edit.model_identity = saved_identity
-            edit._check_model(model)
-            edit.model_identity = model_identity(model)
+        edit.model_identity = meta["model"]  # read_edit_dir refuses a config without it
+        edit._check_model(model)
+        edit.model_identity = model_identity(model)
         edit.load_safetensors(tensors)
         device = _first_device(model)
         if device is not None:
@@ -369,15 +387,50 @@ def read_edit_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             f"{path} is not a saved jolalens edit: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
         )
     try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise EditLoadError(f"{cfg_file}: invalid JSON ({exc.msg}, line {exc.lineno})") from exc
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditLoadError(f"{cfg_file}: invalid JSON or not UTF-8 ({exc}); the edit is damaged: "
+                            "retrain or restore it") from exc
+    if not isinstance(meta, dict):
+        raise EditLoadError(f"{cfg_file}: expected a JSON object; the edit is damaged: "
+                            "retrain or restore it")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise EditLoadError(f"{cfg_file}: format_version must be a non-negative integer, got "
+                            f"{version!r}; the config is damaged: retrain or restore it")
+    if version > FORMAT_VERSION:
         raise EditLoadError(
-            f"{cfg_file} uses format {meta['format_version']}, newer than this jolalens "
-            f"understands ({FORMAT_VERSION}); upgrade jolalens"
+            f"{cfg_file} uses format {version}, newer than this jolalens understands "
+            f"({FORMAT_VERSION}); upgrade jolalens"
         )
-    return meta, load_file(str(w_file))
+    if not isinstance(meta.get("model"), dict) or not meta["model"]:
+        raise EditLoadError(f"{cfg_file} has no \"model\" block, so the edit cannot be checked "
+                            "against the model; restore the config or retrain the edit")
+    if not isinstance(meta.get("config", {}), dict):
+        raise EditLoadError(f"{cfg_file}: \"config\" must be a JSON object; restore the config "
+                            "or retrain the edit")
+    expected = meta.get("weights_sha256")
+    if expected is not None and expected != _sha256(w_file):
+        raise EditLoadError(f"{w_file} does not match the checksum in {CONFIG_FILE} (truncated "
+                            "or replaced); retrain the edit or restore both files together")
+    try:
+        tensors = load_file(str(w_file))
+    except Exception as exc:  # safetensors raises its own SafetensorError on a damaged file
+        raise EditLoadError(f"{w_file} is not a readable safetensors file ({exc}); retrain or "
+                            "restore the edit") from exc
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise EditLoadError(f"{w_file} holds NaN/inf weights in {bad[:5]}; this edit is unusable: "
+                            "retrain it with a lower learning rate")
+    return meta, tensors
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_edit(path: str | Path, model: nn.Module) -> Edit:

@@ -31,7 +31,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Example, PromptStyle, answer_mask, collate, format_prompt, tokenize_example
+from .data import (
+    Example,
+    PromptStyle,
+    answer_mask,
+    clip_prompt,
+    collate,
+    format_prompt,
+    tokenize_example,
+)
 from .edit import answer_positions
 from .errors import DataError
 from .hf_view import hf_view
@@ -222,7 +230,7 @@ def _encode(tok: Any, ex: Example, style: PromptStyle, max_length: int) -> tuple
     keep = max_length - max(len(c) for c in choice_ids)
     if keep < 1:
         raise DataError(f"the choices {ex.choices} do not fit max_length={max_length}")
-    return prompt[-keep:], choice_ids
+    return clip_prompt(prompt, keep, max_length=max_length), choice_ids
 
 
 def _check_mc(examples: Sequence[Example]) -> None:
@@ -370,7 +378,11 @@ def _generate(model: nn.Module, examples: Sequence[Example], *, edit: Any, style
     tok = _tokenizer(model)
     pad = _pad_id(tok)
     add_special = PromptStyle(style) is PromptStyle.ALPACA
-    prompts = [tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids[-max_length:] for ex in examples]
+    encoded = [
+        tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids
+        for ex in examples
+    ]
+    prompts = [clip_prompt(ids, max_length, max_length=max_length) for ids in encoded]
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(examples)
     eos = tok.eos_token_id

@@ -16,10 +16,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .edit import prepare_output_dir
-from .errors import ModelError
+from .atomic_dir import atomic_dir
+from .errors import EditLoadError, ModelError
 from .hf_view import forget_view, hf_view, o_proj_modules
 from .jola import JolaEdit
+from .validation import nonfinite_tensors
 
 __all__ = ["export_hf_checkpoint", "fold_factors", "merge_edit"]
 
@@ -110,8 +111,17 @@ def export_hf_checkpoint(
 
     ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it with no jolalens
     code. An additive edit needs an ``o_proj`` bias: for configs with ``attention_bias`` this is
-    switched on and the other attention biases are saved as zeros.
+    switched on and the other attention biases are saved as zeros. The checkpoint is written
+    aside and renamed into place when complete; an edit or result holding NaN/inf is refused.
     """
+    if not isinstance(edit, JolaEdit):
+        method = getattr(edit, "method", type(edit).__name__)
+        raise EditLoadError(f"export folds JoLA edits into o_proj; this is a {method} edit: "
+                            "attach it with edit.attached(model) instead")
+    bad = nonfinite_tensors(dict(edit.named_parameters()))
+    if bad:
+        raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: "
+                            "retrain the edit")
     edit._check_model(model)
     view: Any = hf_view(model)
     config = copy.deepcopy(view.config)
@@ -151,17 +161,23 @@ def export_hf_checkpoint(
     exported.load_state_dict(state, strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         exported.tie_weights()
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
-    exported.save_pretrained(out)
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    (out / "jolalens_export.json").write_text(
-        json.dumps(
-            {"method": edit.method, "model": edit.model_identity, "config": edit.config_dict(),
-             "note": "JoLA edit folded into o_proj weights and biases"},
-            indent=2,
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise EditLoadError(f"folding the edit gave NaN/inf in {bad[:5]}; nothing was written: "
+                            "retrain the edit")
+    out = Path(out_dir)
+    # complete or absent; an old export is replaced only at the end
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        exported.save_pretrained(tmp)
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "jolalens_export.json").write_text(
+            json.dumps(
+                {"method": edit.method, "model": edit.model_identity, "config": edit.config_dict(),
+                 "note": "JoLA edit folded into o_proj weights and biases"},
+                indent=2,
+            )
+            + "\n"
         )
-        + "\n"
-    )
     return out

@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .atomic_dir import atomic_dir
 from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_example
 from .distributed import DataParallel, current_data_parallel
-from .edit import Backend, Edit, answer_positions, prepare_output_dir
+from .edit import Backend, Edit, answer_positions
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
+from .validation import check_lr, check_positive_int, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +91,9 @@ class TrainConfig:
         object.__setattr__(self, "selection", SelectionMetric(self.selection))
         if self.gate_lr_scale <= 0:
             raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("lr must be > 0 and epochs, batch sizes >= 1")
+        check_lr(self.lr)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            check_positive_int(getattr(self, name), name)
         if self.warmup_steps < 0 or self.patience < 1 or self.max_length < 2:
             raise ValueError("warmup_steps >= 0, patience >= 1 and max_length >= 2 are required")
         if self.padding_side not in ("left", "right"):
@@ -110,17 +113,21 @@ class TrainResult:
 
     def save(self, run_dir: str | Path, *, overwrite: bool = False) -> Path:
         """A run directory: ``edit/`` (the saved edit), ``history.csv``, ``gate_history.pt``,
-        ``head_maps.pt`` (the final ``[layer, head]`` maps) and ``summary.json``."""
+        ``head_maps.pt`` (the final ``[layer, head]`` maps), ``summary.json`` and the completion
+        marker, written aside and renamed into place only when all are written."""
         import json
 
-        run_dir = prepare_output_dir(run_dir, overwrite=overwrite)
-        self.edit.save(run_dir / "edit", overwrite=overwrite)
-        self.history.to_csv(run_dir / "history.csv", index=False)
-        if self.gate_history:
-            torch.save(self.gate_history, run_dir / "gate_history.pt")
-        for name, artifact in self.edit.run_artifacts().items():
-            torch.save(artifact, run_dir / name)
-        (run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
+        run_dir = Path(run_dir)
+        summary = self.summary()  # before any file is written: a broken result fails here
+        # complete or absent; an old run is replaced only at the end
+        with atomic_dir(run_dir, overwrite=overwrite) as tmp:
+            self.edit.save(tmp / "edit")
+            self.history.to_csv(tmp / "history.csv", index=False)
+            if self.gate_history:
+                torch.save(self.gate_history, tmp / "gate_history.pt")
+            for name, artifact in self.edit.run_artifacts().items():
+                torch.save(artifact, tmp / name)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return run_dir
 
     def summary(self) -> dict[str, Any]:
@@ -375,10 +382,18 @@ def train_edit(
                                 cfg.selection.value, bad_epochs)
                     break
     bar.close()
+    if best[1] < 1:
+        raise TrainingError(f"the validation {cfg.selection.value} was never finite in "
+                            f"{len(history)} epoch(s); nothing was saved: lower the learning rate "
+                            "and check the data")
     name = desc or edit.method
     logger.info("%s: best epoch %d (%s %.4f) restored", name, best[1], cfg.selection.value, best[0])
     edit.load_state_dict(best[2])
     edit.eval()
+    bad = nonfinite_tensors(edit.state_dict())
+    if bad:
+        raise TrainingError(f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing "
+                            "was saved: lower the learning rate")
     return TrainResult(
         edit=edit,
         history=pd.DataFrame(history),

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..compare import RESULT_FILE, CompareConfig, cell_dir, cells, run_cell, write_tables
 from ..errors import JolaError
+from ..locking import output_lock
 
 __all__ = ["KILL_ONCE_ENV", "RayEngineConfig", "run_compare_ray", "start_ray"]
 
@@ -176,6 +178,8 @@ def run_compare_ray(
         config, train=replace(config.train, progress=False)
     )  # one bar: the driver's
     key = repr(model_factory)
+    lock = ExitStack()  # one driver per output directory, as the local engine's CLI run
+    lock.enter_context(output_lock(out, "jolalens compare --engine ray"))
     started = start_ray(engine)
     try:
         share = {"num_cpus": engine.cpus_per_cell, "num_gpus": engine.gpus_per_cell}
@@ -226,6 +230,7 @@ def run_compare_ray(
     finally:
         if started:
             ray.shutdown()
+        lock.close()
 
 
 def _outcome(ref: Any, run_dir: Path, retries: int) -> str:

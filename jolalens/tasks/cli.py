@@ -32,10 +32,19 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import jolalens
 
+    from ..atomic_dir import check_writable
     from ..data import PromptStyle, read_jsonl
     from ..evaluate import Protocol, evaluate
+    from ..fileio import atomic_path
+    from ..validation import check_positive_int
     from .splits import custom_task, load_task_splits
 
+    if args.out:
+        check_writable(Path(args.out) / "items.jsonl")  # before the evaluation, not after it
+    # sizes >= 1: --n-test -1 silently dropped the last item
+    for option in ("n_test", "batch_size", "num_beams", "max_new_tokens"):
+        if getattr(args, option) is not None:
+            check_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
     if Path(args.task).suffix == ".jsonl":
         examples = read_jsonl(args.task)
         if args.n_test is not None:
@@ -68,8 +77,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        result.items.to_json(out / "items.jsonl", orient="records", lines=True, force_ascii=False)
-        (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+        # whole files or the previous ones, never a 0-byte one
+        with atomic_path(out / "items.jsonl") as tmp:
+            result.items.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
     _out(json.dumps(result.summary, indent=2, default=str))
     return 0
 

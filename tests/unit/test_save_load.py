@@ -94,6 +94,11 @@ def test_tampered_weights_rejected(tiny, tmp_path):
     weights = load_file(str(tmp_path / "e" / "jola_weights.safetensors"))
     weights.pop("blocks.1.attn.hook_z.additive")
     save_file(weights, str(tmp_path / "e" / "jola_weights.safetensors"))
+    with pytest.raises(EditLoadError, match="does not match the checksum"):
+        load_edit(tmp_path / "e", tiny)
+    meta = json.loads((tmp_path / "e" / "jola_config.json").read_text())
+    del meta["weights_sha256"]  # an edit saved before checksums: the key check still catches it
+    (tmp_path / "e" / "jola_config.json").write_text(json.dumps(meta))
     with pytest.raises(EditLoadError, match="lack 'blocks.1.attn.hook_z.additive'"):
         load_edit(tmp_path / "e", tiny)
 
