@@ -59,10 +59,14 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
     """A model whose ``o_proj`` weights carry the edit, so it needs no hooks.
 
     Works on a ``TransformerBridge`` (its ``o_proj`` modules are folded, and the cached
-    :func:`hf_view` is rebuilt). ``inplace=False`` (default) deep-copies the model first.
+    :func:`hf_view` is rebuilt) and on a ``HookedTransformer`` (each edited layer's ``W_O`` and
+    ``b_O``). ``inplace=False`` (default) deep-copies the model first.
     """
     edit._check_model(model)
     target = model if inplace else copy.deepcopy(model)
+    if not isinstance(getattr(target, "original_model", None), nn.Module):
+        _fold_hooked(edit, target)  # a HookedTransformer: W_O [head, d_head, d_model] and b_O
+        return target
     view = hf_view(target)
     bridge_linears = _bridge_o_proj(target)
     for i, layer in enumerate(edit.layers):
@@ -70,6 +74,24 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
     forget_view(target)
     del view
     return target
+
+
+def _fold_hooked(edit: JolaEdit, model: nn.Module) -> None:
+    """Fold into ``blocks[l].attn.W_O`` ``[n_heads, d_head, d_model]`` and ``b_O`` in place."""
+    blocks: Any = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ModelError(f"{type(model).__name__} has no blocks; cannot fold the edit into W_O")
+    for i, layer in enumerate(edit.layers):
+        attn = blocks[layer].attn
+        w_o, b_o = getattr(attn, "W_O", None), getattr(attn, "b_O", None)
+        if not isinstance(w_o, torch.Tensor) or w_o.ndim != 3 or not isinstance(b_o, torch.Tensor):
+            raise ModelError(f"blocks.{layer}.attn has no W_O [head, d_head, d_model] and b_O")
+        n_heads, d_head, d_model = w_o.shape
+        weight = w_o.detach().reshape(n_heads * d_head, d_model).T  # nn.Linear layout
+        scale, bias = fold_factors(edit, i, weight)
+        if edit.has_additive:
+            b_o.copy_((b_o.float() + bias).to(b_o.dtype))
+        w_o.mul_(scale.reshape(n_heads, d_head, 1).to(w_o.dtype))
 
 
 def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
@@ -96,6 +118,11 @@ def export_hf_checkpoint(
     switched on and the other attention biases are saved as zeros.
     """
     edit._check_model(model)
+    if not isinstance(getattr(model, "original_model", None), nn.Module):
+        raise ModelError(
+            f"export_hf_checkpoint needs a TransformerBridge (a Hugging Face model inside); "
+            f"{type(model).__name__} has none. Use merge_edit(model, edit) for a hook-free copy."
+        )
     view: Any = hf_view(model)
     config = copy.deepcopy(view.config)
     config._attn_implementation = "sdpa"

@@ -2,7 +2,8 @@
 
 The base model is frozen for the whole run (its ``requires_grad`` flags are restored after),
 only the edit's parameters reach the optimizer, and by default the forward pass runs on
-``hf_view(model)`` with SDPA attention (``Backend.HF_VIEW``), the same edit as ``hook_z``.
+``hf_view(model)`` with SDPA attention (``Backend.HF_VIEW``) where the model has one, and on
+TransformerLens hook points otherwise (:func:`jolalens.runners.runner_for`).
 Everything method-specific (JoLA's expected-L0 penalty, its faster gates, its gate report)
 comes from the edit's training hooks (:class:`jolalens.edit.Edit`), never from a type check.
 """
@@ -33,6 +34,7 @@ from .edit import Backend, Edit, answer_positions, prepare_output_dir
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
+from .runners import ModelRunner, runner_for
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class TrainConfig:
     max_length: int = 400
     padding_side: str = "right"
     prompt_style: PromptStyle = PromptStyle.ALPACA
-    backend: Backend = Backend.HF_VIEW
+    backend: Backend | None = None  # None: the HF view where it exists, hook points otherwise
     selection: SelectionMetric = SelectionMetric.VAL_CE
     progress: bool = True
     # Train the end-of-sequence token after each answer, so that generation stops after it.
@@ -84,7 +86,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
-        object.__setattr__(self, "backend", Backend(self.backend))
+        if self.backend is not None and self.backend != "auto":
+            object.__setattr__(self, "backend", Backend(self.backend))
+        else:
+            object.__setattr__(self, "backend", None)
         object.__setattr__(self, "selection", SelectionMetric(self.selection))
         if self.gate_lr_scale <= 0:
             raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
@@ -169,7 +174,7 @@ def answer_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return F.cross_entropy(picked.float(), targets[mask]), n
 
 
-def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
+def _logits_at_answers(runner: ModelRunner, batch: Batch) -> tuple[Tensor, Tensor]:
     """Logits and targets at the positions that predict answer tokens only.
 
     On the HF view the unembedding runs only where a loss is taken, which for a short answer
@@ -179,16 +184,19 @@ def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor
     mask = targets != -100
     if not bool(mask.any()):
         raise DataError("a batch holds no answer tokens to supervise")
-    with answer_positions(answer_mask(batch.labels)):
-        if backend is Backend.HF_VIEW:
-            hidden = net.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-            ).last_hidden_state
-            picked = net.lm_head(hidden[:, :-1][mask])
-        else:
-            logits = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-            picked = logits[:, :-1][mask]
+    where = answer_mask(batch.labels)
+    with answer_positions(where):
+        picked = runner.logits_where(
+            batch.input_ids, batch.attention_mask, batch.position_ids, where
+        )
     return picked, targets[mask]
+
+
+@contextmanager
+def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator[ModelRunner]:
+    """The model's runner with ``edit`` on (built inside ``freeze``: the HF view shares flags)."""
+    with runner_for(model, cfg.backend).attached(edit) as runner:
+        yield runner
 
 
 def _batches(rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int, side: str, order: Sequence[int]) -> list[Batch]:
@@ -290,7 +298,7 @@ def train_edit(
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress)
-    with freeze(model), edit.attached(model, cfg.backend) as net:
+    with freeze(model), _attached_runner(model, edit, cfg) as runner:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
             order = torch.randperm(len(train_rows), generator=order_gen).tolist()
@@ -299,7 +307,7 @@ def train_edit(
             lam = 0.0
             for batch in _batches(train_rows, cfg.batch_size, pad_id, cfg.padding_side, order):
                 batch = batch.to(device)
-                picked, targets = _logits_at_answers(net, batch, cfg.backend)
+                picked, targets = _logits_at_answers(runner, batch)
                 ce = F.cross_entropy(picked.float(), targets)
                 penalty, lam = regularizer(t)
                 loss = ce + penalty
@@ -322,7 +330,9 @@ def train_edit(
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, ce=f"{ce.item():.3f}")
-            val_ce, t_after = _validate(net, edit, valid_batches, device, cfg.backend, t if count_eval_steps else None)
+            val_ce, t_after = _validate(
+                runner, edit, valid_batches, device, t if count_eval_steps else None
+            )
             t = t_after if t_after is not None else t
             val_pen, _ = regularizer(t)
             row = {
@@ -378,14 +388,18 @@ def train_edit(
 
 @torch.no_grad()
 def _validate(
-    net: nn.Module, edit: nn.Module | None, batches: list[Batch], device: torch.device, backend: Backend, t: int | None
+    runner: ModelRunner,
+    edit: nn.Module | None,
+    batches: list[Batch],
+    device: torch.device,
+    t: int | None,
 ) -> tuple[float, int | None]:
     """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given."""
     if edit is not None:
         edit.eval()
     total, count = 0.0, 0
     for batch in batches:
-        picked, targets = _logits_at_answers(net, batch.to(device), backend)
+        picked, targets = _logits_at_answers(runner, batch.to(device))
         total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
         count += targets.numel()
         if t is not None:
@@ -412,15 +426,13 @@ def validation_ce(
     rows = _tokenize_all(tokenizer, examples, cfg, "validation")
     batches = _batches(rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(rows)))
     device = next(model.parameters()).device
+    runner = runner_for(model, cfg.backend)
     if edit is None:
-        from .hf_view import hf_view
-
-        net = hf_view(model) if cfg.backend is Backend.HF_VIEW else model
-        return _validate(net, None, batches, device, cfg.backend, None)[0]
-    with edit.attached(model, cfg.backend) as net:
+        return _validate(runner, None, batches, device, None)[0]
+    with runner.attached(edit):
         was_training = edit.training
         try:
-            return _validate(net, edit, batches, device, cfg.backend, None)[0]
+            return _validate(runner, edit, batches, device, None)[0]
         finally:
             edit.train(was_training)
 
