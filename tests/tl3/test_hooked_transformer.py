@@ -137,6 +137,17 @@ def test_bridge_and_hooked_twin_agree(pair):
     assert fx["effect"].tolist() == pytest.approx(fy["effect"].tolist(), abs=1e-4)
 
 
+def test_ablation_scores_agree_with_the_bridge(pair):
+    from jolalens.analysis import ablation_scores
+
+    bridge, hooked = pair
+    data = [Example(f"say {c}", c) for c in "abcdef"]
+    a = ablation_scores(bridge, data, ablation="mean", batch_size=3)
+    b = ablation_scores(hooked, data, ablation="mean", batch_size=3)
+    assert a.clean_logprob == pytest.approx(b.clean_logprob, abs=1e-4)
+    torch.testing.assert_close(a.logprob_drop, b.logprob_drop, atol=1e-4, rtol=1e-3)
+
+
 def test_training_gradients_agree_with_the_bridge(pair):
     bridge, hooked = pair
     data = [Example(f"say {c}", c) for c in "abcdefgh"]
@@ -195,3 +206,20 @@ def test_bridge_fast_path_still_works_under_tl3():
             with runner.attached(edit):
                 outs.append(runner(batch.input_ids, batch.attention_mask, batch.position_ids)[mask])
     torch.testing.assert_close(outs[0], outs[1], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_smollm2_as_a_hooked_transformer_agrees_with_its_bridge(embedded, tmp_path):
+    from jolalens.evaluate import score_choices
+    from jolalens.testing_hooked import hooked_twin
+
+    hooked = hooked_twin(embedded)
+    ids = embedded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(ids), embedded(ids), atol=2e-3, rtol=1e-3)
+    edit = _edit(embedded)
+    on_hooked = load_edit(edit.save(tmp_path / "e"), hooked)  # same weights: accepted
+    fast = score_choices(embedded, MC[:3], edit=edit, progress=False)
+    slow = score_choices(hooked, MC[:3], edit=on_hooked, progress=False)
+    for a, b in zip(fast, slow, strict=True):
+        assert a == pytest.approx(b, abs=5e-3)
