@@ -70,7 +70,11 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
     view = hf_view(target)
     bridge_linears = _bridge_o_proj(target)
     for i, layer in enumerate(edit.layers):
-        _fold_linear(edit, i, bridge_linears[layer])
+        module = bridge_linears[layer]
+        if isinstance(module, nn.Linear):
+            _fold_linear(edit, i, module)
+        else:
+            _fold_conv1d(edit, i, module)
     forget_view(target)
     del view
     return target
@@ -94,14 +98,27 @@ def _fold_hooked(edit: JolaEdit, model: nn.Module) -> None:
         w_o.mul_(scale.reshape(n_heads, d_head, 1).to(w_o.dtype))
 
 
-def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
-    """The ``nn.Linear`` that computes each layer's ``o_proj`` inside the bridge."""
+def _fold_conv1d(edit: JolaEdit, i: int, conv: Any) -> None:
+    """GPT-2's ``Conv1D`` (``y = x W + b``, ``W [n_in, d_model]``): rows scaled, bias shifted."""
+    scale, bias = fold_factors(edit, i, conv.weight.T)
+    if edit.has_additive:
+        conv.bias.copy_((conv.bias.float() + bias).to(conv.bias.dtype))
+    conv.weight.mul_(scale.to(conv.weight.dtype)[:, None])
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's transposed linear layer (GPT-2 family), with a bias."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "bias", None) is not None
+
+
+def _bridge_o_proj(model: nn.Module) -> list[nn.Module]:
+    """The ``nn.Linear`` (or GPT-2 ``Conv1D``) computing each layer's ``o_proj`` in the bridge."""
     bridge: Any = model
     out = []
     for layer in range(bridge.cfg.n_layers):
         o = bridge.blocks[layer].attn.o
         linear = getattr(o, "original_component", o)
-        if not isinstance(linear, nn.Linear):
+        if not isinstance(linear, nn.Linear) and not _is_conv1d(linear):
             raise ModelError(f"blocks.{layer}.attn.o wraps {type(linear).__name__}, not nn.Linear; cannot fold")
         out.append(linear)
     return out

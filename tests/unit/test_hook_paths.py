@@ -101,3 +101,46 @@ def test_training_agrees(tiny, no_view):
     slow = train_jola(tiny, data, data[:4], config=cfg)
     want = fast.history["val_ce"].tolist()
     assert slow.history["val_ce"].tolist() == pytest.approx(want, rel=1e-3)
+
+
+@pytest.fixture
+def gpt2_bridge():
+    """A tiny random GPT-2 ``TransformerBridge``: fused QKV, ``Conv1D``, no ``o_proj``."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from jolalens.testing import char_tokenizer
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    hf = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            block.attn.c_proj.bias.normal_(0, 0.02)
+    return TransformerBridge.boot_transformers("tiny-gpt2", hf_model=hf, tokenizer=tok).eval()
+
+
+def test_gpt2_bridge_runs_on_hook_points_and_merges(gpt2_bridge):
+    from jolalens.data import collate
+    from jolalens.merge import merge_edit
+
+    assert runner_for(gpt2_bridge).backend is Backend.HOOK_POINTS
+    rows = [([1, 5, 6, 7, 8, 9], [-100] * 4 + [8, 9]), ([1, 5, 6], [-100, -100, 6])]
+    edit = _edit(gpt2_bridge)
+    runner = runner_for(gpt2_bridge)
+    with torch.no_grad(), runner.attached(edit):
+        alone = runner(torch.tensor([rows[1][0]]))[0]
+        for side in ("right", "left"):
+            batch = collate(rows, pad_id=3, padding_side=side)
+            logits = runner(batch.input_ids, batch.attention_mask, batch.position_ids)
+            got = logits[1][batch.attention_mask[1].bool()]
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)
+    merged = merge_edit(gpt2_bridge, edit)  # merge with the edit detached: a hook-free copy
+    with torch.no_grad():
+        torch.testing.assert_close(merged(torch.tensor([rows[1][0]]))[0], alone, atol=1e-5,
+                                   rtol=1e-4)
+    data = [Example(f"say {c}", c) for c in "abcd"]
+    cfg = TrainConfig(epochs=1, batch_size=2, warmup_steps=1, progress=False)
+    assert train_jola(gpt2_bridge, data, data[:2], config=cfg).history["val_ce"].notna().all()
