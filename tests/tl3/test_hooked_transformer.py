@@ -223,3 +223,16 @@ def test_smollm2_as_a_hooked_transformer_agrees_with_its_bridge(embedded, tmp_pa
     slow = score_choices(hooked, MC[:3], edit=on_hooked, progress=False)
     for a, b in zip(fast, slow, strict=True):
         assert a == pytest.approx(b, abs=5e-3)
+
+
+def test_docs_example_runs(tmp_path, monkeypatch):
+    """The example in docs/transformerlens.md runs as written."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).parents[2] / "docs" / "transformerlens.md"
+    block = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, str(doc), "exec"), namespace)
+    assert namespace["merged"] is not namespace["hooked"]
