@@ -64,6 +64,9 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
     """
     edit._check_model(model)
     target = model if inplace else copy.deepcopy(model)
+    reset_hooks = getattr(target, "reset_hooks", None)
+    if not inplace and callable(reset_hooks):
+        reset_hooks()  # a copy made while hooks were on (the edit's too) would carry them
     if not isinstance(getattr(target, "original_model", None), nn.Module):
         _fold_hooked(edit, target)  # a HookedTransformer: W_O [head, d_head, d_model] and b_O
         return target

@@ -137,7 +137,8 @@ def test_gpt2_bridge_runs_on_hook_points_and_merges(gpt2_bridge):
             logits = runner(batch.input_ids, batch.attention_mask, batch.position_ids)
             got = logits[1][batch.attention_mask[1].bool()]
             torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)
-    merged = merge_edit(gpt2_bridge, edit)  # merge with the edit detached: a hook-free copy
+    with runner.attached(edit):  # merged while attached: the copy still comes hook-free
+        merged = merge_edit(gpt2_bridge, edit)
     with torch.no_grad():
         torch.testing.assert_close(merged(torch.tensor([rows[1][0]]))[0], alone, atol=1e-5,
                                    rtol=1e-4)
