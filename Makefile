@@ -12,7 +12,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 DATA_STAMP := $(VENV)/.jolalens-data
 
-.PHONY: setup data demo test test-fast lint typecheck clean-venv
+.PHONY: setup data demo test test-fast test-tl3 tl3-env lint typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -51,6 +51,13 @@ test: setup data
 # Unit tests only (tiny random models, no embedded-model integration tests): for development.
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit -m "not integration"
+
+# A second environment with TransformerLens 3.9 (the classic HookedTransformer) for tests/tl3.
+tl3-env:
+	scripts/make_tl3_env.sh .venv-tl3
+
+test-tl3: tl3-env
+	HF_HUB_OFFLINE=1 .venv-tl3/bin/python -m pytest -q tests/tl3
 
 lint: setup
 	$(PY) -m ruff check jolalens tests benchmarks notebooks

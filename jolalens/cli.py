@@ -88,7 +88,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edit-type", choices=["both", "additive", "multiplicative"], default="both")
     p.add_argument("--gates", choices=["separate", "shared", "none"], default="separate")
     p.add_argument("--layers", help="comma-separated layer indices to edit (default: all)")
-    p.add_argument("--backend", choices=["hf_view", "hook_points"], default="hf_view")
+    p.add_argument("--backend", choices=["auto", "hf_view", "hook_points"], default="auto")
     p.add_argument("--prompt", choices=["alpaca", "chat"], default="alpaca")
     p.add_argument("--max-length", type=int, default=400)
     p.add_argument("--answer-eos", action="store_true",

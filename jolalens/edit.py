@@ -31,7 +31,7 @@ from torch import nn
 
 from .atomic_dir import atomic_dir
 from .errors import EditLoadError
-from .models import model_identity
+from .models import identity_mismatches, model_identity
 from .validation import nonfinite_tensors
 
 if TYPE_CHECKING:
@@ -244,9 +244,14 @@ class Edit(nn.Module, ABC):
             )
 
     # ---- attaching -------------------------------------------------------------------
-    def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
-        """Add this edit's hooks; keep the handle and call ``remove()`` (or use ``attached``)."""
-        backend = Backend(backend)
+    def attach(self, model: nn.Module, backend: Backend | str | None = None) -> EditHandle:
+        """Add this edit's hooks; keep the handle and call ``remove()`` (or use ``attached``).
+
+        ``backend=None``: the HF view where it exists (a bridge), hook points otherwise.
+        """
+        from .runners import resolve_backend
+
+        backend = resolve_backend(model, backend)
         self._check_model(model)
         self._check_device(model)
         handle = EditHandle(backend)
@@ -266,9 +271,13 @@ class Edit(nn.Module, ABC):
         return handle
 
     @contextmanager
-    def attached(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> Iterator[nn.Module]:
+    def attached(
+        self, model: nn.Module, backend: Backend | str | None = None
+    ) -> Iterator[nn.Module]:
         """Attach for the ``with`` block; yields the model to run for that backend."""
-        backend = Backend(backend)
+        from .runners import resolve_backend
+
+        backend = resolve_backend(model, backend)
         handle = self.attach(model, backend)
         try:
             if backend is Backend.HF_VIEW:
@@ -285,10 +294,9 @@ class Edit(nn.Module, ABC):
         expected = getattr(self, "model_identity", None)
         if expected is None:
             return
-        got = model_identity(model)
-        diffs = {k: (expected.get(k), got.get(k)) for k in expected if expected.get(k) != got.get(k)}
-        if diffs:
-            detail = ", ".join(f"{k}: edit has {a!r}, model has {b!r}" for k, (a, b) in diffs.items())
+        problems = identity_mismatches(expected, model_identity(model))
+        if problems:
+            detail = ", ".join(problems)
             raise EditLoadError(
                 f"This {self.method} edit was made for another model ({detail}). Load the model "
                 "it was trained on, or train a new edit for this one."

@@ -21,7 +21,7 @@ import inspect
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -197,15 +197,15 @@ def nlg_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) 
 
 
 @contextmanager
-def _runner(model: nn.Module, edit: Any) -> Iterator[nn.Module]:
-    if edit is None:
-        with nullcontext(hf_view(model)) as view:
-            yield view
-        return
+def _runner(model: nn.Module, edit: Any) -> Iterator[Any]:
+    """The HF view where the model has one; else hook points behind the same calls."""
     from .edit import Backend
+    from .hook_lm import HookPointLM
+    from .runners import runner_for
 
-    with edit.attached(model, Backend.HF_VIEW) as view:
-        yield view
+    runner = runner_for(model)
+    with runner.attached(edit):
+        yield hf_view(model) if runner.backend is Backend.HF_VIEW else HookPointLM(runner)
 
 
 def _tokenizer(model: nn.Module) -> Any:
@@ -371,6 +371,8 @@ def score_choices(
         torch.inference_mode(),
         tqdm(total=len(examples), desc="loglik", unit="item", disable=not progress) as bar,
     ):
+        if view.config is None:  # hook points: no KV cache to share the prefix with
+            fn = _choice_logprobs_packed
         return fn(view, tok, examples, PromptStyle(style), max_length, batch_size, bar)
 
 

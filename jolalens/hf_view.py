@@ -41,7 +41,8 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
     if not isinstance(wrapped, nn.Module) or not hasattr(wrapped, "config"):
         raise ModelError(
             f"{type(model).__name__} wraps no Hugging Face model (no .original_model); the fast "
-            "o_proj path needs a TransformerBridge. Use site='hook_z' for other TransformerLens models."
+            "o_proj path needs a TransformerBridge. Use backend='hook_points' (or leave the "
+            "backend unset) for other TransformerLens models."
         )
     hf_config: Any = wrapped.config  # a transformers PretrainedConfig
     config = hf_config.__class__.from_dict(hf_config.to_dict())

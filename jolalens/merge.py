@@ -67,27 +67,69 @@ def merge_edit(model: nn.Module, edit: JolaEdit, *, inplace: bool = False) -> nn
     """A model whose ``o_proj`` weights carry the edit, so it needs no hooks.
 
     Works on a ``TransformerBridge`` (its ``o_proj`` modules are folded, and the cached
-    :func:`hf_view` is rebuilt). ``inplace=False`` (default) deep-copies the model first.
+    :func:`hf_view` is rebuilt) and on a ``HookedTransformer`` (each edited layer's ``W_O`` and
+    ``b_O``). ``inplace=False`` (default) deep-copies the model first.
     """
     edit._check_model(model)
     target = model if inplace else copy.deepcopy(model)
+    reset_hooks = getattr(target, "reset_hooks", None)
+    if not inplace and callable(reset_hooks):
+        reset_hooks()  # a copy made while hooks were on (the edit's too) would carry them
+    if not isinstance(getattr(target, "original_model", None), nn.Module):
+        _fold_hooked(edit, target)  # a HookedTransformer: W_O [head, d_head, d_model] and b_O
+        return target
     view = hf_view(target)
     bridge_linears = _bridge_o_proj(target)
     for i, layer in enumerate(edit.layers):
-        _fold_linear(edit, i, bridge_linears[layer])
+        module = bridge_linears[layer]
+        if isinstance(module, nn.Linear):
+            _fold_linear(edit, i, module)
+        else:
+            _fold_conv1d(edit, i, module)
     forget_view(target)
     del view
     return target
 
 
-def _bridge_o_proj(model: nn.Module) -> list[nn.Linear]:
-    """The ``nn.Linear`` that computes each layer's ``o_proj`` inside the bridge."""
+def _fold_hooked(edit: JolaEdit, model: nn.Module) -> None:
+    """Fold into ``blocks[l].attn.W_O`` ``[n_heads, d_head, d_model]`` and ``b_O`` in place."""
+    blocks: Any = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ModelError(f"{type(model).__name__} has no blocks; cannot fold the edit into W_O")
+    for i, layer in enumerate(edit.layers):
+        attn = blocks[layer].attn
+        w_o, b_o = getattr(attn, "W_O", None), getattr(attn, "b_O", None)
+        if not isinstance(w_o, torch.Tensor) or w_o.ndim != 3 or not isinstance(b_o, torch.Tensor):
+            raise ModelError(f"blocks.{layer}.attn has no W_O [head, d_head, d_model] and b_O")
+        n_heads, d_head, d_model = w_o.shape
+        weight = w_o.detach().reshape(n_heads * d_head, d_model).T  # nn.Linear layout
+        scale, bias = fold_factors(edit, i, weight)
+        if edit.has_additive:
+            b_o.copy_((b_o.float() + bias).to(b_o.dtype))
+        w_o.mul_(scale.reshape(n_heads, d_head, 1).to(w_o.dtype))
+
+
+def _fold_conv1d(edit: JolaEdit, i: int, conv: Any) -> None:
+    """GPT-2's ``Conv1D`` (``y = x W + b``, ``W [n_in, d_model]``): rows scaled, bias shifted."""
+    scale, bias = fold_factors(edit, i, conv.weight.T)
+    if edit.has_additive:
+        conv.bias.copy_((conv.bias.float() + bias).to(conv.bias.dtype))
+    conv.weight.mul_(scale.to(conv.weight.dtype)[:, None])
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's transposed linear layer (GPT-2 family), with a bias."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "bias", None) is not None
+
+
+def _bridge_o_proj(model: nn.Module) -> list[nn.Module]:
+    """The ``nn.Linear`` (or GPT-2 ``Conv1D``) computing each layer's ``o_proj`` in the bridge."""
     bridge: Any = model
     out = []
     for layer in range(bridge.cfg.n_layers):
         o = bridge.blocks[layer].attn.o
         linear = getattr(o, "original_component", o)
-        if not isinstance(linear, nn.Linear):
+        if not isinstance(linear, nn.Linear) and not _is_conv1d(linear):
             raise ModelError(f"blocks.{layer}.attn.o wraps {type(linear).__name__}, not nn.Linear; cannot fold")
         out.append(linear)
     return out
@@ -123,6 +165,11 @@ def export_hf_checkpoint(
         raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: "
                             "retrain the edit")
     edit._check_model(model)
+    if not isinstance(getattr(model, "original_model", None), nn.Module):
+        raise ModelError(
+            f"export_hf_checkpoint needs a TransformerBridge (a Hugging Face model inside); "
+            f"{type(model).__name__} has none. Use merge_edit(model, edit) for a hook-free copy."
+        )
     view: Any = hf_view(model)
     config = copy.deepcopy(view.config)
     config._attn_implementation = "sdpa"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ from torch import nn
 from .errors import ModelError
 from .placement import default_device, from_pretrained, resolve_dtype
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
@@ -30,9 +33,11 @@ __all__ = [
     "ModelDims",
     "cache_dir",
     "hook_z_name",
+    "identity_mismatches",
     "load_model",
     "model_dims",
     "model_identity",
+    "weights_fingerprint",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -156,16 +161,104 @@ def model_dims(model: nn.Module) -> ModelDims:
     return ModelDims(n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model, d_mlp=d_mlp)
 
 
+_FINGERPRINT_ROWS = 32
+_FINGERPRINT_RTOL = 1e-3
+_FINGERPRINT_ATOL = 1e-5
+_SHAPE_KEYS = ("d_vocab", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> list[float] | None:
+    """A few numbers of the token embedding ``W_E`` that any TransformerLens class reads alike.
+
+    ``W_E`` rows are centred first (``HookedTransformer.from_pretrained`` centres them for
+    LayerNorm models; RMSNorm folding leaves ``W_E`` alone), then for 32 evenly spaced tokens
+    the row's norm and one entry are kept: 64 floats, compared with a tolerance, not hashed.
+    ``None`` when the model exposes no ``W_E``.
+    """
+    w_e = getattr(model, "W_E", None)
+    if not isinstance(w_e, torch.Tensor) or w_e.ndim != 2 or w_e.is_meta:
+        return None
+    d_vocab, d_model = w_e.shape
+    rows = torch.linspace(0, d_vocab - 1, min(_FINGERPRINT_ROWS, d_vocab)).long().unique()
+    picked = w_e[rows.to(w_e.device)].detach().float().cpu()
+    picked = picked - picked.mean(-1, keepdim=True)
+    cols = (rows * 7919) % d_model
+    values = torch.cat([picked.norm(dim=-1), picked[torch.arange(len(rows)), cols]])
+    return [float(f"{v:.7g}") for v in values.tolist()]
+
+
 def model_identity(model: nn.Module) -> dict[str, Any]:
-    """What a saved edit records of its model, to refuse loading onto another one."""
+    """What a saved edit records of its model: name, shape and a weights fingerprint.
+
+    Two models are the same when shapes and :func:`weights_fingerprint` agree, whatever their
+    Python class (a ``TransformerBridge`` and a ``HookedTransformer`` of the same weights are).
+    """
     dims = model_dims(model)
     cfg = model.cfg
-    return {
+    identity: dict[str, Any] = {
         "model_name": str(getattr(cfg, "model_name", "unknown")),
-        "architecture": str(getattr(cfg, "architecture", None) or type(model).__name__),
+        "architecture": str(
+            getattr(cfg, "architecture", None)
+            or getattr(cfg, "original_architecture", None)
+            or type(model).__name__
+        ),
         "d_vocab": int(getattr(cfg, "d_vocab", -1)),
         **{k: getattr(dims, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")},
     }
+    fingerprint = weights_fingerprint(model)
+    if fingerprint is not None:
+        identity["weights_fingerprint"] = fingerprint
+    return identity
+
+
+def _base_name(name: Any) -> str:
+    return str(name).rsplit("/", 1)[-1].lower()
+
+
+def identity_mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Why ``got`` is not the model ``expected`` describes (empty list: the same model).
+
+    Shapes must match. With a fingerprint on both sides the weights and the name decide
+    (compared without the hub organisation: ``HookedTransformer`` names drop it) and the class
+    may differ; an identity saved before fingerprints existed is checked by name, architecture
+    and shape only, with a warning.
+    """
+    problems = [
+        f"{k}: edit has {expected[k]!r}, model has {got.get(k)!r}"
+        for k in _SHAPE_KEYS
+        if k in expected and expected[k] != got.get(k)
+    ]
+    if problems:
+        return problems
+    want, have = expected.get("weights_fingerprint"), got.get("weights_fingerprint")
+    if want is not None and have is not None:
+        same = len(want) == len(have) and torch.allclose(
+            torch.tensor(want), torch.tensor(have), rtol=_FINGERPRINT_RTOL, atol=_FINGERPRINT_ATOL
+        )
+        if not same:
+            return [
+                f"weights differ (embedding fingerprint of {expected.get('model_name')!r} vs "
+                f"{got.get('model_name')!r})"
+            ]
+        want_name, have_name = expected.get("model_name"), got.get("model_name")
+        if _base_name(want_name) != _base_name(have_name):
+            return [f"model_name: edit has {want_name!r}, model has {have_name!r}"]
+        if expected.get("architecture") != got.get("architecture"):
+            logger.info("same weights, other class: %r vs %r", expected.get("architecture"),
+                        got.get("architecture"))
+        return []
+    if want is None:
+        logger.warning(
+            "this edit was saved without a weights fingerprint (an older jolalens); checking the "
+            "model by name and shape only"
+        )
+    skip = {"weights_fingerprint", *_SHAPE_KEYS}
+    return [
+        f"{k}: edit has {expected.get(k)!r}, model has {got.get(k)!r}"
+        for k in expected
+        if k not in skip and expected.get(k) != got.get(k)
+    ]
 
 
 def _converted_checkpoint(spec: EmbeddedModel) -> Path:

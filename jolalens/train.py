@@ -2,7 +2,8 @@
 
 The base model is frozen for the whole run (its ``requires_grad`` flags are restored after),
 only the edit's parameters reach the optimizer, and by default the forward pass runs on
-``hf_view(model)`` with SDPA attention (``Backend.HF_VIEW``), the same edit as ``hook_z``.
+``hf_view(model)`` with SDPA attention (``Backend.HF_VIEW``) where the model has one, and on
+TransformerLens hook points otherwise (:func:`jolalens.runners.runner_for`).
 Everything method-specific (JoLA's expected-L0 penalty, its faster gates, its gate report)
 comes from the edit's training hooks (:class:`jolalens.edit.Edit`), never from a type check.
 """
@@ -36,6 +37,7 @@ from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
 from .validation import check_lr, check_positive_int, nonfinite_tensors
+from .runners import ModelRunner, runner_for
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class TrainConfig:
     max_length: int = 400
     padding_side: str = "right"
     prompt_style: PromptStyle = PromptStyle.ALPACA
-    backend: Backend = Backend.HF_VIEW
+    backend: Backend | None = None  # None: the HF view where it exists, hook points otherwise
     selection: SelectionMetric = SelectionMetric.VAL_CE
     progress: bool = True
     # Train the end-of-sequence token after each answer, so that generation stops after it.
@@ -87,7 +89,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
-        object.__setattr__(self, "backend", Backend(self.backend))
+        if self.backend is not None and self.backend != "auto":
+            object.__setattr__(self, "backend", Backend(self.backend))
+        else:
+            object.__setattr__(self, "backend", None)
         object.__setattr__(self, "selection", SelectionMetric(self.selection))
         if self.gate_lr_scale <= 0:
             raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
@@ -177,7 +182,7 @@ def answer_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return F.cross_entropy(picked.float(), targets[mask]), n
 
 
-def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor, Tensor]:
+def _logits_at_answers(runner: ModelRunner, batch: Batch) -> tuple[Tensor, Tensor]:
     """Logits and targets at the positions that predict answer tokens only.
 
     On the HF view the unembedding runs only where a loss is taken, which for a short answer
@@ -187,18 +192,19 @@ def _logits_at_answers(net: Any, batch: Batch, backend: Backend) -> tuple[Tensor
     mask = targets != -100
     if not bool(mask.any()):
         raise DataError("a batch holds no answer tokens to supervise")
-    with answer_positions(answer_mask(batch.labels)):
-        if backend is Backend.HF_VIEW:
-            hidden = net.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-            ).last_hidden_state
-            # On a model split over devices the last hidden state and lm_head's output may sit on
-            # later devices; the logits come back to the batch's device (no-op on one device).
-            picked = net.lm_head(hidden[:, :-1][mask.to(hidden.device)]).to(mask.device)
-        else:
-            logits = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-            picked = logits[:, :-1][mask]
+    where = answer_mask(batch.labels)
+    with answer_positions(where):
+        picked = runner.logits_where(
+            batch.input_ids, batch.attention_mask, batch.position_ids, where
+        )
     return picked, targets[mask]
+
+
+@contextmanager
+def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator[ModelRunner]:
+    """The model's runner with ``edit`` on (built inside ``freeze``: the HF view shares flags)."""
+    with runner_for(model, cfg.backend).attached(edit) as runner:
+        yield runner
 
 
 def _batches(rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int, side: str, order: Sequence[int]) -> list[Batch]:
@@ -302,8 +308,9 @@ def train_edit(
     best = (math.inf, -1, copy.deepcopy(edit.state_dict()))
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress or (dp is not None and not dp.is_main))
-    with freeze(model), edit.attached(model, cfg.backend) as net:
+    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step",
+               disable=not cfg.progress or (dp is not None and not dp.is_main))
+    with freeze(model), _attached_runner(model, edit, cfg) as runner:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
             order = torch.randperm(len(train_rows), generator=order_gen).tolist()
@@ -314,12 +321,12 @@ def train_edit(
                 global_rows = [train_rows[j] for j in order[i : i + cfg.batch_size]]
                 if dp is None:
                     batch = collate(global_rows, pad_id, cfg.padding_side).to(device)
-                    picked, targets = _logits_at_answers(net, batch, cfg.backend)
+                    picked, targets = _logits_at_answers(runner, batch)
                     ce = F.cross_entropy(picked.float(), targets)
                     penalty, lam = regularizer(t)
                     loss = ce + penalty
                 else:
-                    ce, penalty, lam = _data_parallel_backward(dp, net, global_rows, pad_id, cfg, device, trainable,
+                    ce, penalty, lam = _data_parallel_backward(dp, runner, global_rows, pad_id, cfg, device, trainable,
                                                                optimizer, regularizer, t, step + 1)
                     loss = ce + penalty.detach()
                 if not torch.isfinite(loss):
@@ -342,7 +349,7 @@ def train_edit(
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, ce=f"{ce.item():.3f}")
-            val_ce, t_after = _validate(net, edit, valid_batches, device, cfg.backend, t if count_eval_steps else None, dp)
+            val_ce, t_after = _validate(runner, edit, valid_batches, device, t if count_eval_steps else None, dp)
             t = t_after if t_after is not None else t
             val_pen, _ = regularizer(t)
             row = {
@@ -405,7 +412,7 @@ def train_edit(
 
 
 def _data_parallel_backward(
-    dp: DataParallel, net: nn.Module, global_rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: TrainConfig,
+    dp: DataParallel, runner: ModelRunner, global_rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: TrainConfig,
     device: torch.device, trainable: list[Tensor], optimizer: torch.optim.Optimizer,
     regularizer: Callable[[int], tuple[Tensor, float]], t: int, step: int,
 ) -> tuple[Tensor, Tensor, float]:
@@ -417,7 +424,7 @@ def _data_parallel_backward(
     rows, weight = dp.shard_for_step(global_rows)
 
     def shard_ce_sum() -> tuple[Tensor, int]:
-        picked, targets = _logits_at_answers(net, collate(rows, pad_id, cfg.padding_side).to(device), cfg.backend)
+        picked, targets = _logits_at_answers(runner, collate(rows, pad_id, cfg.padding_side).to(device))
         return F.cross_entropy(picked.float(), targets, reduction="sum") * weight, targets.numel() if weight else 0
 
     ce, _ = dp.backward_step(step, shard_ce_sum, trainable)
@@ -429,7 +436,11 @@ def _data_parallel_backward(
 
 @torch.no_grad()
 def _validate(
-    net: nn.Module, edit: nn.Module | None, batches: list[Batch], device: torch.device, backend: Backend, t: int | None,
+    runner: ModelRunner,
+    edit: nn.Module | None,
+    batches: list[Batch],
+    device: torch.device,
+    t: int | None,
     dp: DataParallel | None = None,
 ) -> tuple[float, int | None]:
     """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given.
@@ -440,7 +451,7 @@ def _validate(
         edit.eval()
     total, count = 0.0, 0
     for batch in batches if dp is None else batches[dp.rank :: dp.world_size]:
-        picked, targets = _logits_at_answers(net, batch.to(device), backend)
+        picked, targets = _logits_at_answers(runner, batch.to(device))
         total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
         count += targets.numel()
     if dp is not None:
@@ -467,15 +478,13 @@ def validation_ce(
     rows = _tokenize_all(tokenizer, examples, cfg, "validation")
     batches = _batches(rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(rows)))
     device = next(model.parameters()).device
+    runner = runner_for(model, cfg.backend)
     if edit is None:
-        from .hf_view import hf_view
-
-        net = hf_view(model) if cfg.backend is Backend.HF_VIEW else model
-        return _validate(net, None, batches, device, cfg.backend, None)[0]
-    with edit.attached(model, cfg.backend) as net:
+        return _validate(runner, None, batches, device, None)[0]
+    with runner.attached(edit):
         was_training = edit.training
         try:
-            return _validate(net, edit, batches, device, cfg.backend, None)[0]
+            return _validate(runner, edit, batches, device, None)[0]
         finally:
             edit.train(was_training)
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..data import Example, PromptStyle
 from ..edit import Backend
 from ..models import model_dims
+from ..runners import resolve_backend
 from .head_patching import (
     HeadPatchRunner,
     derangement,
@@ -99,7 +100,7 @@ def ablation_scores(
     data: ScoringData | Sequence[Example],
     *,
     ablation: Ablation | str = Ablation.MEAN,
-    backend: Backend | str = Backend.HF_VIEW,
+    backend: Backend | str | None = None,
     batch_size: int = 8,
     heads_per_pass: int | None = None,
     reference: ScoringData | Sequence[Example] | None = None,
@@ -117,6 +118,8 @@ def ablation_scores(
     gives the examples the mean is taken over (default: ``data``). With ``cache_dir``, results
     are stored under a key of model weights, data, ablation and seed, and reused.
     """
+    if backend is None or backend == "auto":  # the HF view where it exists, else hook points
+        backend = resolve_backend(model)
     ablation, backend = _parse(ablation, backend, batch_size)
     dims = model_dims(model)
     group = dims.n_heads if heads_per_pass is None else int(heads_per_pass)
@@ -207,7 +210,7 @@ def attribution_scores(
     data: ScoringData | Sequence[Example],
     *,
     ablation: Ablation | str = Ablation.MEAN,
-    backend: Backend | str = Backend.HF_VIEW,
+    backend: Backend | str | None = None,
     batch_size: int = 8,
     reference: ScoringData | Sequence[Example] | None = None,
     seed: int = 0,
@@ -222,6 +225,8 @@ def attribution_scores(
     the clean run: one forward and one backward per batch (plus one forward per batch for the
     head means, and for resample the donors' z). ``accuracy_drop`` is ``None``.
     """
+    if backend is None or backend == "auto":  # the HF view where it exists, else hook points
+        backend = resolve_backend(model)
     ablation, backend = _parse(ablation, backend, batch_size)
     dims = model_dims(model)
     scored, ref = resolve_scoring_data(model, data, reference, style, max_length)

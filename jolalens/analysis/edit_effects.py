@@ -7,7 +7,6 @@ this asks what the *edit* contributes, head by head.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
@@ -31,20 +30,23 @@ def answer_logprobs(
     batch_size: int = 8,
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
+    backend: Backend | str | None = None,
 ) -> torch.Tensor:
-    """Mean log-probability of each example's answer tokens, ``[n_examples]`` (edit attached if given)."""
-    from ..hf_view import hf_view
+    """Mean log-probability of each example's answer tokens, ``[n_examples]`` (edit attached).
+
+    ``backend=None``: the HF view where the model has one, hook points otherwise.
+    """
+    from ..runners import runner_for
 
     tok: Any = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = [tokenize_example(tok, ex, style=style, max_length=max_length) for ex in examples]
     out = []
-    runner = edit.attached(model, Backend.HF_VIEW) if edit is not None else nullcontext(hf_view(model))
-    with runner as view:
-        device = next(view.parameters()).device
+    with runner_for(model, backend).attached(edit) as runner:
+        device = runner.device
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size], pad, "right").to(device)
-            logits = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+            logits = runner(batch.input_ids, batch.attention_mask, batch.position_ids)
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             target = batch.labels[:, 1:]
             mask = target != -100
@@ -61,6 +63,7 @@ def edit_head_effects(
     top_k: int | None = 10,
     batch_size: int = 8,
     progress: bool = False,
+    backend: Backend | str | None = None,
 ) -> pd.DataFrame:
     """For the ``top_k`` strongest open (head, kind) edits: the drop in mean answer log-prob
     when that one edit is switched off, the rest kept. Sorted by effect, largest first.
@@ -68,11 +71,15 @@ def edit_head_effects(
     heads = selected_heads(edit)
     if top_k is not None:
         heads = heads.head(top_k)
-    full = answer_logprobs(model, examples, edit=edit, batch_size=batch_size).mean().item()
+    full = answer_logprobs(
+        model, examples, edit=edit, batch_size=batch_size, backend=backend
+    ).mean().item()
     rows = []
     for row in tqdm(heads.itertuples(index=False), total=len(heads), disable=not progress, desc="edit effects"):
         reduced = edit.without_heads([(row.layer, row.head, row.kind)])
-        without = answer_logprobs(model, examples, edit=reduced, batch_size=batch_size).mean().item()
+        without = answer_logprobs(
+            model, examples, edit=reduced, batch_size=batch_size, backend=backend
+        ).mean().item()
         rows.append({"label": row.label, "layer": row.layer, "head": row.head, "kind": row.kind, "gate": row.gate,
                      "logprob_with_edit": full, "logprob_without_this": without, "effect": full - without})
     columns = ["label", "layer", "head", "kind", "gate", "logprob_with_edit", "logprob_without_this", "effect"]

@@ -161,6 +161,11 @@ def _last_token_z(
     model: nn.Module, rows: list[tuple[list[int], list[int]]], batch_size: int, progress: bool
 ) -> Float[Tensor, "n n_layers n_heads d_head"]:
     """``hook_z`` of every layer at each row's last token (o_proj inputs of the HF view)."""
+    from ..edit import Backend
+    from ..runners import runner_for
+
+    if runner_for(model).backend is Backend.HOOK_POINTS:
+        return _last_token_z_hook_points(model, rows, batch_size, progress)
     view = hf_view(model)
     dims = model_dims(model)
     tok = model.tokenizer
@@ -188,6 +193,42 @@ def _last_token_z(
     finally:
         for handle in handles:
             handle.remove()
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def _last_token_z_hook_points(
+    model: nn.Module, rows: list[tuple[list[int], list[int]]], batch_size: int, progress: bool
+) -> Tensor:
+    """:func:`_last_token_z` read at ``blocks.{l}.attn.hook_z`` (any TransformerLens model)."""
+    from ..edit import _add_tl_hook
+    from ..runners import runner_for
+
+    runner = runner_for(model, "hook_points")
+    dims = model_dims(model)
+    tok: Any = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
+    last: Tensor | None = None
+
+    def make(layer: int) -> HookFn:
+        def grab(z: Tensor, hook: Any = None) -> None:
+            captured[layer] = z[torch.arange(z.shape[0], device=z.device), last].float().cpu()
+
+        return grab
+
+    removers = [_add_tl_hook(model, hook_z_name(i), make(i)) for i in range(dims.n_layers)]
+    feats = []
+    try:
+        starts = range(0, len(rows), batch_size)
+        for start in tqdm(starts, desc="ITI activations", unit="batch", disable=not progress):
+            batch = collate(rows[start : start + batch_size], pad, "right").to(runner.device)
+            last = batch.attention_mask.sum(-1) - 1
+            runner(batch.input_ids, batch.attention_mask, batch.position_ids)
+            feats.append(torch.stack(captured, dim=1))
+    finally:
+        for remove in removers:
+            remove()
     return torch.cat(feats)
 
 

@@ -118,9 +118,11 @@ class LoraEdit(BaselineEdit):
         return b(a(self.lora_dropout[key](x))) * self.scaling
 
     # ---- attaching -------------------------------------------------------------------
-    def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
+    def attach(self, model: nn.Module, backend: Backend | str | None = None) -> EditHandle:
         """HF view: swap peft's LoRA layers in for the target ``Linear`` modules until ``remove()``."""
-        backend = Backend(backend)
+        from ..runners import resolve_backend
+
+        backend = resolve_backend(model, backend)
         if backend is Backend.HOOK_POINTS:
             return super().attach(model, backend)
         from ..hf_view import hf_view

@@ -72,13 +72,14 @@ def test_training_lowers_validation_ce_and_records_history(tiny):
 def test_best_epoch_is_restored(tiny):
     result = train_jola(tiny, _data(16), _data(8), config=TrainConfig(epochs=4, batch_size=4, warmup_steps=1, progress=False, lr=0.5, patience=4))
     # re-measure validation CE with the returned edit: it equals the best epoch's value
+    from jolalens.runners import runner_for
     from jolalens.train import _batches, _validate
 
     tok = tiny.tokenizer
     rows = [tokenize_example(tok, ex) for ex in _data(8)]
     batches = _batches(rows, 8, tok.pad_token_id, "right", range(len(rows)))
-    with result.edit.attached(tiny, Backend.HF_VIEW) as net:
-        val_ce, _ = _validate(net, result.edit, batches, torch.device("cpu"), Backend.HF_VIEW, None)
+    with runner_for(tiny, Backend.HF_VIEW).attached(result.edit) as runner:
+        val_ce, _ = _validate(runner, result.edit, batches, torch.device("cpu"), None)
     assert val_ce == pytest.approx(result.history["val_ce"].min(), rel=1e-5)
 
 
