@@ -36,8 +36,8 @@ from .edit import Backend, Edit, answer_positions
 from .errors import DataError, TrainingError
 from .jola import JolaConfig, JolaEdit
 from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
-from .validation import check_lr, check_positive_int, nonfinite_tensors
 from .runners import ModelRunner, runner_for
+from .validation import check_lr, check_positive_int, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
