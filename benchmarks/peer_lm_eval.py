@@ -100,19 +100,20 @@ def jolalens_worker(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
 
 
 def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """HFLM on the same fp32 weights (the cached checkpoint jolalens loads), one request per option."""
+    """HFLM on the same HF model and tokenizer jolalens uses, one request per (item, option).
+
+    The tokenizer is jolalens' (TransformerLens sets it to prepend BOS); the checkpoint's own
+    ``AutoTokenizer`` does not, and with it the two would score different token sequences.
+    """
     import lm_eval
-    import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import jolalens
     from jolalens.data import PromptStyle, format_prompt
-    from jolalens.models import EMBEDDED_MODELS, _converted_checkpoint
 
-    ckpt = _converted_checkpoint(EMBEDDED_MODELS["smollm2-135m-instruct"])
-    tok = AutoTokenizer.from_pretrained(ckpt)
-    hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).to(args.device).eval()
+    model = jolalens.load_model(device=args.device)
+    hf, tok = jolalens.hf_view(model), model.tokenizer
     lm = HFLM(pretrained=hf, tokenizer=tok, batch_size=args.batch_size, device=args.device)
     items = load_items(args.task, args.n_items + args.warmup_items, args.seed)
 
