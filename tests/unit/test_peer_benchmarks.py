@@ -68,6 +68,7 @@ def test_matmul_rate_reports_a_positive_rate_at_the_current_threads():
     rate = machine.matmul_rate(n=64, seconds=0.05)
     assert rate["gflops_best"] >= rate["gflops_median"] > 0
     assert rate["threads"] == torch.get_num_threads() and rate["chunks"] >= 3
+    assert rate["gflops_per_cpu_s_best"] > 0
 
 
 def test_median_after_warmup_drops_the_first_steps():
