@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-valid", type=int, default=16)
     ap.add_argument("--n-test", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--attribution-batch-size", type=int, default=2, help="examples per attribution batch (the demo's 2)")
     ap.add_argument("--convert", action="store_true", help="also time the first-use GGUF conversion (fresh cache dir)")
     ap.add_argument("--figures", action="store_true", help="also make the demo's figures (HTML and PNG)")
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/memory_profile"), help="writes OUT.json and OUT.md")
@@ -128,9 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     with mem.phase("evaluate with edit"):
         evaluate(model, splits.test, budget.task, edit=result.edit, protocol="loglik", progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
-        with mem.phase("attribution_scores"):
+        with mem.phase(f"attribution_scores (bs {args.attribution_batch_size})"):
             result.save(Path(run_dir) / "run", overwrite=True)
-            scores = attribution_scores(model, splits.valid, ablation="mean", reference=splits.train, progress=False)
+            scores = attribution_scores(model, splits.valid, ablation="mean", reference=splits.train,
+                                        batch_size=args.attribution_batch_size, progress=False)
             scores.save(Path(run_dir) / "run" / "ablation" / "attribution_mean.pt")
         if args.figures:
             from jolalens.analysis import make_figures
