@@ -1,0 +1,165 @@
+"""Peak resident memory of each phase of ``make demo``, to find what holds the memory.
+
+Runs the demo's phases in order on the embedded model, with the demo's batch sizes but (by
+default) fewer items, since peak memory depends on the batch shapes rather than the item
+count: first-time model conversion (``--convert``: a fresh cache, the GGUF de-quantized
+again), ``load_model``, zero-shot log-likelihood evaluation, ``train_jola``, attribution
+scores, and the figures (``--figures``; PNG export runs a Chromium child process, whose
+memory is counted separately). A sampling thread reads this process's resident set (VmRSS)
+every 50 ms, so each phase gets its own peak, and the children's peak comes from
+``RUSAGE_CHILDREN``.
+
+    python benchmarks/memory_profile.py                      # ~5 min on a 2-core CPU
+    python benchmarks/memory_profile.py --convert --figures  # also the from-zero conversion and PNGs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine  # noqa: E402
+
+log = logging.getLogger("memory_profile")
+
+
+def current_rss_mb() -> float:
+    """This process's resident set now (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _machine.peak_rss_mb()
+
+
+class PhaseMemory:
+    """Samples VmRSS in a thread and keeps each named phase's start, peak and end."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.phases: list[dict[str, Any]] = []
+        self._peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, current_rss_mb())
+            time.sleep(self.interval)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = current_rss_mb()
+        self._peak = start
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = current_rss_mb()
+            self.phases.append({"phase": name, "start_mb": start, "peak_mb": max(self._peak, end), "end_mb": end,
+                                "seconds": time.perf_counter() - t0})
+            log.info("%-22s start %6.0f MB  peak %6.0f MB  end %6.0f MB  (%.0f s)", name, start, self.phases[-1]["peak_mb"], end,
+                     self.phases[-1]["seconds"])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-train", type=int, default=16)
+    ap.add_argument("--n-valid", type=int, default=16)
+    ap.add_argument("--n-test", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--attribution-batch-size", type=int, default=2, help="examples per attribution batch (the demo's 2)")
+    ap.add_argument("--convert", action="store_true", help="also time the first-use GGUF conversion (fresh cache dir)")
+    ap.add_argument("--figures", action="store_true", help="also make the demo's figures (HTML and PNG)")
+    ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/memory_profile"), help="writes OUT.json and OUT.md")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mem = PhaseMemory()
+    with mem.phase("import jolalens"):
+        import jolalens
+        from jolalens.analysis import attribution_scores
+        from jolalens.demo import DemoBudget
+        from jolalens.evaluate import evaluate
+        from jolalens.models import EMBEDDED_MODELS, _converted_checkpoint
+        from jolalens.tasks import load_task_splits
+    if args.convert:
+        with tempfile.TemporaryDirectory() as tmp, mem.phase("GGUF conversion (first use)"):
+            old = os.environ.get("JOLALENS_CACHE")
+            os.environ["JOLALENS_CACHE"] = tmp
+            try:
+                _converted_checkpoint(EMBEDDED_MODELS["smollm2-135m-instruct"])
+            finally:
+                if old is None:
+                    os.environ.pop("JOLALENS_CACHE")
+                else:
+                    os.environ["JOLALENS_CACHE"] = old
+    with mem.phase("load_model"):
+        model = jolalens.load_model()
+    budget = DemoBudget()
+    splits = load_task_splits(budget.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=budget.seed)
+    with mem.phase("evaluate (loglik, bs 16)"):
+        evaluate(model, splits.test, budget.task, protocol="loglik", progress=False)
+    with mem.phase("train_jola (bs 8)"):
+        result = jolalens.train_jola(
+            model, splits.train, splits.valid,
+            config=jolalens.TrainConfig(lr=budget.lr, epochs=args.epochs, warmup_steps=budget.warmup_steps,
+                                        patience=args.epochs, progress=False),
+        )
+    with mem.phase("evaluate with edit"):
+        evaluate(model, splits.test, budget.task, edit=result.edit, protocol="loglik", progress=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        with mem.phase(f"attribution_scores (bs {args.attribution_batch_size})"):
+            result.save(Path(run_dir) / "run", overwrite=True)
+            scores = attribution_scores(model, splits.valid, ablation="mean", reference=splits.train,
+                                        batch_size=args.attribution_batch_size, progress=False)
+            scores.save(Path(run_dir) / "run" / "ablation" / "attribution_mean.pt")
+        if args.figures:
+            from jolalens.analysis import make_figures
+            from jolalens.analysis.figures import FigureExportError
+
+            with mem.phase("make_figures"):
+                try:
+                    make_figures(Path(run_dir) / "run", Path(run_dir) / "figures", model=model, command="memory_profile")
+                except FigureExportError as exc:
+                    log.warning("figures not written: %s", exc)
+    mem.close()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result_json = {
+        "command": " ".join(["python", "benchmarks/memory_profile.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": _machine.machine_info(), "phases": mem.phases, "process_peak_rss_mb": _machine.peak_rss_mb(),
+        "children_peak_rss_mb": children,
+    }
+    lines = [f"# Peak resident memory by phase of the demo\n\nCommand: `{result_json['command']}`\n",
+             "| phase | start MB | peak MB | end MB | seconds |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {p['phase']} | {p['start_mb']:.0f} | {p['peak_mb']:.0f} | {p['end_mb']:.0f} | {p['seconds']:.0f} |" for p in mem.phases]
+    lines.append(f"\nProcess peak RSS: {result_json['process_peak_rss_mb']:.0f} MB; largest waited-for child: {children:.0f} MB "
+                 "(a forked child starts with its parent's resident pages, so this can echo the parent's peak)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(args.out) + ".json").write_text(json.dumps(result_json, indent=2) + "\n")
+    Path(str(args.out) + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
