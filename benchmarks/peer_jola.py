@@ -71,6 +71,7 @@ def ensure_peer_env(env: Path, torch_spec: str) -> Path:
 
 def write_task_jsonl(task: str, n_train: int, n_valid: int, n_test: int, seed: int, out: Path) -> dict[str, list[Any]]:
     """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader reads."""
+    from jolalens.runners import runner_for
     from jolalens.tasks import load_task_splits
 
     splits = load_task_splits(task, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
@@ -124,13 +125,13 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
     step_s: list[float] = []
     cpu_s: list[float] = []
     info: list[dict[str, int]] = []
-    with freeze(model), edit.attached(model, Backend.HF_VIEW) as net:
+    with freeze(model), runner_for(model, Backend.HF_VIEW).attached(edit) as runner:
         edit.train()
         for t in range(args.max_steps):
             batch = batches[t % len(batches)].to(args.device)
             _machine.sync(args.device)
             start, cpu0 = time.perf_counter(), time.process_time()
-            picked, targets = _logits_at_answers(net, batch, Backend.HF_VIEW)
+            picked, targets = _logits_at_answers(runner, batch)
             penalty, _ = sparsity_penalty(edit, sparsity, t)
             loss = F.cross_entropy(picked.float(), targets) + penalty
             opt.zero_grad(set_to_none=True)
