@@ -239,5 +239,5 @@ def with_search_point(edit: RepeEdit, hp: dict[str, Any]) -> RepeEdit:
     """The fitted ``edit`` at one point of :func:`repe_search_space` (no refit)."""
     n = edit.dims.n_layers
     layers = middle_layers(n) if hp.get("layers", "middle") == "middle" else tuple(range(n))
-    sigma = float(edit.sigma[list(layers)].median())
+    sigma = float(edit.sigma[list(layers)].float().quantile(0.5))
     return edit.with_strength(float(hp["strength_sigma"]) * sigma, layers)
