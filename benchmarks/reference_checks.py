@@ -130,7 +130,8 @@ def run_checks(model: Any, model_name: str, python: Path, *, rank: int = 4, stre
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "spec.json").write_text(json.dumps(spec))
-        save_file({k: v.detach().float().contiguous() for k, v in view.state_dict().items()}, str(work / "model.safetensors"))
+        weights = {k: v.detach().float().clone().contiguous() for k, v in view.state_dict().items()}  # clone: tied embeddings
+        save_file(weights, str(work / "model.safetensors"))
         save_file(edit.to_safetensors(), str(work / "loreft.safetensors"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"HF_HUB_OFFLINE": "1"}
         done = subprocess.run([str(python), str(SIDE), str(work)], capture_output=True, text=True, env=env, timeout=1800)

@@ -22,21 +22,22 @@ def _python():
     return python
 
 
-def _assert_agree(result):
+def _assert_agree(result, atol):
     lo, rp = result["loreft"], result["repe"]
     assert lo["param_copy_max_abs"] < 1e-6
     assert lo["edit_effect_max_abs_logit"] > 1e-2  # the edit does something ...
-    assert lo["max_abs_logit_diff_hf_view"] < 1e-4 and lo["max_abs_logit_diff_hook_points"] < 1e-4  # ... the same thing
+    assert lo["max_abs_logit_diff_hf_view"] < atol and lo["max_abs_logit_diff_hook_points"] < atol  # ... the same thing
     assert rp["min_cosine_reading"] > 0.999
-    assert rp["control_effect_max_abs_logit"] > 1e-2 and rp["max_abs_logit_diff_control"] < 1e-4
+    assert rp["control_effect_max_abs_logit"] > 1e-2 and rp["max_abs_logit_diff_control"] < atol
 
 
 def test_tiny_model_agrees_with_pyreft_and_repeng():
     from jolalens.testing import tiny_model
 
-    _assert_agree(checks.run_checks(tiny_model(seed=0, n_layers=4), "tiny", _python()))
+    _assert_agree(checks.run_checks(tiny_model(seed=0, n_layers=4), "tiny", _python()), atol=1e-4)
 
 
 @pytest.mark.integration
 def test_embedded_model_agrees_with_pyreft_and_repeng(embedded):
-    _assert_agree(checks.run_checks(embedded, "embedded", _python()))
+    # fp32 over 30 layers with logits up to ~30: 5e-5 measured (2026-12-04), 1e-3 allowed
+    _assert_agree(checks.run_checks(embedded, "embedded", _python()), atol=1e-3)
