@@ -234,9 +234,10 @@ class LoreftEdit(BaselineEdit):
             raise JolaError(f"answer_positions mask {tuple(answer.shape)} does not match [batch, pos] = {(b, s)}")
         self._windows = prompt_windows(index, real, answer, past, self.config.first_n, self.config.last_n)
 
-    def attach(self, model: nn.Module, backend: Backend | str = Backend.HF_VIEW) -> EditHandle:
+    def attach(self, model: nn.Module, backend: Backend | str | None = Backend.HF_VIEW) -> EditHandle:
+        """The base class's hooks plus, on the HF view, the pre-hook that locates prompt tokens."""
         handle = super().attach(model, backend)
-        if Backend(backend) is Backend.HF_VIEW:
+        if handle.backend is Backend.HF_VIEW:
             from ..hf_view import hf_view
 
             stack = hf_view(model).model
