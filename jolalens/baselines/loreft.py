@@ -117,7 +117,7 @@ class LoreftIntervention(nn.Module):
 
     def forward(self, h: Float[Tensor, "... d"]) -> Tensor:
         x = h.float()
-        rt = self.rotate.weight
+        rt = self.rotate.weight  # computed once per call from the parametrisation
         out = x + (self.learned_source(x) - x @ rt) @ rt.T
         return self.dropout(out).to(h.dtype)
 
@@ -176,6 +176,8 @@ class LoreftEdit(BaselineEdit):
     def apply(self, h: Float[Tensor, "batch pos d_model"], layer: int, first: Tensor, last: Tensor) -> Tensor:
         if tuple(first.shape) != tuple(h.shape[:2]):
             raise JolaError(f"LoReFT position masks {tuple(first.shape)} do not match [batch, pos] = {tuple(h.shape[:2])}")
+        if self.config.shared:  # one intervention for both windows: compute it once
+            return torch.where((first | last)[..., None], self.intervention(layer)(h), h)
         out = torch.where(first[..., None], self.intervention(layer, 0)(h), h)
         return torch.where(last[..., None], self.intervention(layer, 1)(h), out)
 
