@@ -226,12 +226,17 @@ def middle_layers(n_layers: int) -> tuple[int, ...]:
 
 
 def repe_search_space(dims: ModelDims) -> list[dict[str, Any]]:
-    """Strength in units of the median projection std of the edited layers, middle layers first."""
+    """Strength in units of the median projection std of the edited layers, middle layers first.
+
+    Weak first: the shifts add up over the layers, and 1 sigma on SmolLM2's 11 middle layers
+    raised ARC-Easy validation CE from 5.2 (zero-shot) to 12.7.
+    """
     return [
-        {"strength_sigma": 1.0, "layers": "middle"},
+        {"strength_sigma": 0.25, "layers": "middle"},
         {"strength_sigma": 0.5, "layers": "middle"},
-        {"strength_sigma": 2.0, "layers": "middle"},
-        {"strength_sigma": 0.5, "layers": "all"},
+        {"strength_sigma": 0.1, "layers": "middle"},
+        {"strength_sigma": 1.0, "layers": "middle"},
+        {"strength_sigma": 0.1, "layers": "all"},
     ]
 
 
