@@ -259,7 +259,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="JoLA vs baselines: one run per (method, task, seed), resumable")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--methods", type=_csv(str), default=("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"),
-                   help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: these seven) "
+                   help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: these seven), loreft,repe "
                         "and the JoLA ablations jola_additive,jola_multiplicative,jola_shared_gate,jola_no_gate")
     p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated task names (see `jolalens tasks`)")
     p.add_argument("--seeds", type=_csv(int), default=(0,), help="comma-separated seeds (data sample and training)")

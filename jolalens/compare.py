@@ -38,6 +38,8 @@ from .baselines import (
     fit_iti,
     train_lofit,
 )
+from .baselines.loreft import LoreftConfig, LoreftEdit, loreft_search_space
+from .baselines.repe import RepeConfig, fit_repe, repe_search_space, with_search_point
 from .data import Example
 from .edit import Edit
 from .errors import JolaError
@@ -130,6 +132,15 @@ def _fit_iti(model, train, valid, hp, cfg, ctx) -> Fitted:
     return Fitted(edit, validation_ce(model, edit, valid, config=cfg), 0, {"k": k, "stored_parameters": edit.n_stored()})
 
 
+def _fit_repe(model, train, valid, hp, cfg, ctx) -> Fitted:
+    key = ("repe", cfg.seed)
+    if key not in ctx:  # the directions do not depend on strength or layers: read them once
+        ctx[key] = fit_repe(model, train, RepeConfig(seed=cfg.seed), style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+    edit = with_search_point(ctx[key], hp)
+    info = {"strength": edit.config.strength, "layers": list(edit.layers), "stored_parameters": edit.n_stored()}
+    return Fitted(edit, validation_ce(model, edit, valid, config=cfg), 0, info)
+
+
 def _fit_zeroshot(model, train, valid, hp, cfg, ctx) -> Fitted:
     edit = ZeroShotEdit.for_model(model)
     return Fitted(edit, validation_ce(model, None, valid, config=cfg), 0)
@@ -160,6 +171,12 @@ METHODS: dict[str, MethodSpec] = {
                    _fit_trained(lambda m, hp, cfg: BitFitEdit.for_model(m, BitFitConfig())),
                    "zero-initialised biases on all seven linear maps"),
         MethodSpec("zeroshot", lambda d: [{}], _fit_zeroshot, "the frozen model, same prompt"),
+        MethodSpec("loreft", loreft_search_space,
+                   _fit_trained(lambda m, hp, cfg: LoreftEdit.for_model(m, LoreftConfig(rank=hp["rank"], seed=cfg.seed))),
+                   "LoReFT: orthogonal low-rank edit of the residual stream, first/last 7 prompt tokens, all layers"),
+        MethodSpec("repe", repe_search_space, _fit_repe,
+                   "RePE: PCA reading vector per layer (correct - wrong), added with a strength chosen on validation",
+                   needs_choices=True),
         # the paper's ablations of JoLA: same search space and trainer, one design choice changed
         MethodSpec("jola_additive", _jola_space, _jola_fit(edit_type=EditType.ADDITIVE),
                    "JoLA ablation: additive edit only (separate gates)"),

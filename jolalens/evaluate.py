@@ -365,6 +365,8 @@ def score_choices(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tok = _tokenizer(model)
+    if getattr(edit, "edits_prompt_positions", False):
+        share_prefix = False  # a shared-prefix cache would split the prompt LoReFT must see whole
     fn = _choice_logprobs_cached if share_prefix else _choice_logprobs_packed
     with (
         _runner(model, edit) as view,

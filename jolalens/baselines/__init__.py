@@ -8,7 +8,9 @@ from .bitfit import BitFitConfig, BitFitEdit
 from .iti import ItiConfig, ItiEdit, fit_iti, probe_accuracies
 from .lofit import LofitConfig, LofitEdit, LofitResult, train_lofit
 from .lora import LoraConfig, LoraEdit
+from .loreft import LoreftConfig, LoreftEdit
 from .red import RedConfig, RedEdit
+from .repe import RepeConfig, RepeEdit, fit_repe
 from .zeroshot import ZeroShotConfig, ZeroShotEdit
 
 __all__ = [
@@ -21,12 +23,17 @@ __all__ = [
     "LofitResult",
     "LoraConfig",
     "LoraEdit",
+    "LoreftConfig",
+    "LoreftEdit",
     "Projection",
     "RedConfig",
     "RedEdit",
+    "RepeConfig",
+    "RepeEdit",
     "ZeroShotConfig",
     "ZeroShotEdit",
     "fit_iti",
+    "fit_repe",
     "probe_accuracies",
     "projection_shape",
     "train_lofit",
