@@ -71,7 +71,6 @@ def ensure_peer_env(env: Path, torch_spec: str) -> Path:
 
 def write_task_jsonl(task: str, n_train: int, n_valid: int, n_test: int, seed: int, out: Path) -> dict[str, list[Any]]:
     """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader reads."""
-    from jolalens.runners import runner_for
     from jolalens.tasks import load_task_splits
 
     splits = load_task_splits(task, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
@@ -94,6 +93,7 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import jolalens
     from jolalens import Backend, JolaConfig, JolaEdit, SparsityConfig, TrainConfig
+    from jolalens.runners import runner_for
     from jolalens.tasks import load_task_splits
     from jolalens.train import (
         _batches,
