@@ -350,6 +350,8 @@ def train_edit(
     best = (math.inf, -1, copy.deepcopy(edit.state_dict()))
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
+    if is_jola:  # epoch 0: the initial gates, so gate dynamics start where training started
+        gate_history.append({**edit.head_maps(), "epoch": torch.tensor(0)})
     bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step", disable=not cfg.progress)
     with freeze(model), edit.attached(model, cfg.backend) as net:
         for epoch in range(1, cfg.epochs + 1):
@@ -400,7 +402,7 @@ def train_edit(
                 opened = edit.open_fractions()
                 row["open_frac_additive"] = opened.get("additive", float("nan"))
                 row["open_frac_multiplicative"] = opened.get("multiplicative", float("nan"))
-                gate_history.append(edit.head_maps())
+                gate_history.append({**edit.head_maps(), "epoch": torch.tensor(epoch)})
             history.append(row)
             bar.set_postfix(epoch=epoch, val_ce=f"{val_ce:.3f}")
             metric = row[cfg.selection.value]
