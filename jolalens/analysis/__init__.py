@@ -24,7 +24,7 @@ from .compare import (
     spearman,
     top_k,
 )
-from .compare_report import head_level_maps, make_compare_figures
+from .compare_report import MAP_RANGES, head_level_maps, make_compare_figures
 from .edit_effects import answer_logprobs, edit_head_effects
 from .figures import (
     FORMATS,
@@ -47,6 +47,7 @@ from .figures import (
 from .report import head_maps_from_run, make_figures, make_similarity_figure
 
 __all__ = [
+    "MAP_RANGES",
     "head_level_maps",
     "make_compare_figures",
     "FORMATS",
