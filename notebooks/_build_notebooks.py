@@ -81,6 +81,7 @@ explore = nb([
     "from jolalens.analysis import gate_heatmap, head_heatmap, side_by_side\n\nmaps = edit.head_maps()\n"
     "side_by_side({\"additive gate\": maps[\"gate_additive\"], \"multiplicative gate\": maps[\"gate_multiplicative\"]},\n"
     "             ranges={\"additive gate\": (0, 1), \"multiplicative gate\": (0, 1)}, title=f\"{TASK}: JoLA gates at evaluation\")",
+    "gate_heatmap(maps[\"p_open_additive\"], title=\"P(gate open), additive: the training-time gate\")",
     "head_heatmap(maps[\"norm_additive\"] * maps[\"gate_additive\"], title=\"effective additive edit |g_a a|\", colorbar_title=\"L2 norm\")",
     "md:## How the selected set changes over training\n\nEpoch 0 is the initial state (every gate open). `jaccard_to_final` compares each epoch's open heads with the final epoch's.",
     "from jolalens.analysis import gate_dynamics, selection_dynamics, selection_over_training\n\n"
@@ -144,7 +145,7 @@ baselines = nb([
     "zero-shot on hundreds of test items, read from a finished `jolalens compare` directory (by default the committed "
     "paper grid, `benchmarks/results/paper_grid/main`: 200/200 training/validation examples, 500 test items), then the "
     "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the same heads?",
-    SETUP,
+    SETUP.replace("import torch\n", "").replace("from jolalens.tasks import load_task_splits\n", ""),
     "from jolalens.compare import collect, summarise\n\nMETHODS = [\"jola\", \"iti\", \"red\", \"lofit\", \"lora\", \"bitfit\", \"zeroshot\"]\n"
     "compare_dir = Path(MANIFEST[\"compare_dir\"])\nresults = collect(compare_dir)\n"
     "results = results[(results[\"task\"] == TASK) & results[\"method\"].isin(METHODS) & (results[\"seed\"] == 0)]\n"
@@ -161,7 +162,7 @@ baselines = nb([
     "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, "
     "ITI by its probes' validation accuracy (scaled from chance, 0.5, to 1), LoFiT keeps the heads with the largest stage-1 "
     "scales. We compare the top-K of each, with K = LoFiT's K.",
-    "from jolalens.analysis import MAP_RANGES, head_level_maps, jaccard_matrix, side_by_side, similarity_matrix, top_k\n\n"
+    "from jolalens.analysis import (\n    MAP_RANGES,\n    head_level_maps,\n    jaccard_matrix,\n    side_by_side,\n    similarity_matrix,\n    top_k,\n)\n\n"
     "model = jolalens.load_model()\nmaps = head_level_maps(compare_dir, TASK, model)\nk = int(maps[\"LoFiT heads\"].sum())\n"
     "selections = {\"JoLA\": top_k(maps[\"JoLA |edit|\"], k), \"ITI\": top_k(maps[\"ITI probe accuracy\"], k), \"LoFiT\": top_k(maps[\"LoFiT heads\"], k)}\n"
     "print(f\"K = {k} of {maps['JoLA |edit|'].numel()} heads; random sets of K share about {k * k / maps['JoLA |edit|'].numel():.1f} heads\")\n"

@@ -94,7 +94,8 @@ def selection_dynamics(frame: pd.DataFrame, *, title: str = "") -> go.Figure:
     fig.add_trace(go.Scatter(x=frame["epoch"], y=frame["jaccard_to_final"], mode="lines+markers",
                              name=human_label("jaccard_to_final"), line={"dash": "dot"}), secondary_y=True)
     fig.update_yaxes(title_text=human_label("n_open"), rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text=human_label("jaccard_to_final"), range=[0, 1.02], secondary_y=True)
+    fig.update_yaxes(title_text=human_label("jaccard_to_final"), range=[0, 1.02], tickmode="linear", tick0=0, dtick=0.2,
+                     showgrid=False, secondary_y=True)
     epoch_axis(fig, frame["epoch"].tolist())
     fig.update_layout(title={"text": title or "the selected heads over training"}, font=FONT, width=760, height=420,
                       margin={"l": 70, "r": 70, "t": 70, "b": 60}, template="plotly_white",
