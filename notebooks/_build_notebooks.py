@@ -149,7 +149,7 @@ baselines = nb([
     "from jolalens.compare import collect, summarise\n\nMETHODS = [\"jola\", \"iti\", \"red\", \"lofit\", \"lora\", \"bitfit\", \"zeroshot\"]\n"
     "compare_dir = Path(MANIFEST[\"compare_dir\"])\nresults = collect(compare_dir)\n"
     "results = results[(results[\"task\"] == TASK) & results[\"method\"].isin(METHODS) & (results[\"seed\"] == 0)]\n"
-    "print(f\"{compare_dir}: {len(results)} runs\")\n"
+    "print(f\"{os.path.relpath(compare_dir, Path.cwd().parent)}: {len(results)} runs\")\n"
     "results[[\"method\", \"score\", \"n_test\", \"val_ce\", \"trainable_parameters\", \"hyperparameters\"]].set_index(\"method\").loc[METHODS]",
     "md:## Test accuracy per method\n\nThe dashed line is zero-shot. On ARC-e a 4-way chance level is 0.25; with n test items, "
     "the standard error of an accuracy near 0.3 is about sqrt(0.3 * 0.7 / n).",
@@ -158,7 +158,8 @@ baselines = nb([
     "method_bar(summary, x=\"method\", y=\"mean\", y_title=\"test accuracy\", reference=zero, reference_label=\"zero-shot\",\n"
     "           title=f\"{TASK}: test accuracy on {n_test} items (seed 0)\")",
     "md:This notebook's own run (`runs/notebooks`, the budget printed above) scored JoLA and zero-shot on its test items too:",
-    "pd.DataFrame(json.loads((RUN / \"eval\" / \"summary.json\").read_text())).T[[\"n\", \"accuracy\", \"protocol\"]]",
+    "scored = RUN / \"eval\" / \"summary.json\"\n"
+    "pd.DataFrame(json.loads(scored.read_text())).T[[\"n\", \"accuracy\", \"protocol\"]] if scored.is_file() else \"not scored yet: run benchmarks/notebook_runs.py --steps eval\"",
     "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, "
     "ITI by its probes' validation accuracy (scaled from chance, 0.5, to 1), LoFiT keeps the heads with the largest stage-1 "
     "scales. We compare the top-K of each, with K = LoFiT's K.",
