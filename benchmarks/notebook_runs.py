@@ -73,7 +73,7 @@ FULL = Budget(n_train=200, n_valid=100, n_test=300, epochs=8, warmup_steps=20, l
 # what a loaded 2-core CPU finishes in well under an hour; gates close less far than at FULL
 MODEST = Budget(n_train=96, n_valid=48, n_test=200, epochs=6, warmup_steps=8, lr=2e-2, n_ablation=8,
                 compare_sizes=(64, 32, 200, 3))
-FAST = Budget(n_train=16, n_valid=8, n_test=8, epochs=1, warmup_steps=2, lr=2e-2, n_ablation=2,
+FAST = Budget(n_train=16, n_valid=8, n_test=8, epochs=1, warmup_steps=2, lr=2e-2, n_ablation=1,
               compare_sizes=(16, 8, 16, 1))
 BUDGETS = {"full": FULL, "modest": MODEST, "fast": FAST}
 

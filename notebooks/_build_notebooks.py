@@ -27,9 +27,12 @@ from pathlib import Path
 import pandas as pd
 import plotly.io as pio
 import torch
+import transformers
 
 import jolalens
 from jolalens.tasks import load_task_splits
+
+transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the saved outputs
 
 # Every figure is stored twice: interactive (plotly JSON, for JupyterLab) and as a PNG, the
 # static fallback GitHub, nbviewer and `jupyter nbconvert --to html` show (no kernel, no CDN).

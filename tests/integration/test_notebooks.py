@@ -5,6 +5,8 @@ files, whose outputs come from a real run, are never rewritten by the tests."""
 import ast
 import hashlib
 import importlib.util
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-ALLOWED_IMPORTS = {"os", "json", "pathlib", "tempfile", "torch", "jolalens", "plotly", "pandas", "circuitsvis"}
+ALLOWED_IMPORTS = {"os", "json", "pathlib", "tempfile", "torch", "jolalens", "plotly", "pandas", "circuitsvis", "transformers"}
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
@@ -78,6 +80,10 @@ def fast_run(tmp_path_factory):
         from notebook_runs import main
     finally:
         sys.path.pop(0)
+    reuse = os.environ.get("JOLALENS_NOTEBOOK_FAST_RUN")  # a finished `notebook_runs.py --fast --out DIR`
+    if reuse:
+        assert json.loads((Path(reuse) / "manifest.json").read_text())["fast"], f"{reuse} is not a fast run"
+        return Path(reuse)
     out = tmp_path_factory.mktemp("notebook_runs") / "arc_easy"
     assert main(["--fast", "--out", str(out)]) == 0
     return out
