@@ -55,7 +55,7 @@ history = pd.read_csv(RUN / "jola" / "history.csv")
 gate_history = torch.load(RUN / "jola" / "gate_history.pt", weights_only=True)  # entry 0: the initial gates
 splits = load_task_splits(TASK, n_train=BUDGET["n_train"], n_valid=BUDGET["n_valid"], n_test=BUDGET["n_test"], seed=42)
 print(edit)
-MANIFEST["train"]'''
+MANIFEST.get("train", "the manifest has no training summary")'''
 
 
 def nb(cells: list[str]) -> nbf.NotebookNode:
