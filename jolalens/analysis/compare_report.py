@@ -106,5 +106,6 @@ def make_compare_figures(
         written.append(out_dir / f"{task}_vs_{scores.method}_{scores.ablation}.csv")
         pending.append((side_by_side({"JoLA |edit|": maps["JoLA |edit|"], f"{scores.method} ({scores.ablation})": scores.logprob_drop},
                                      title=f"{task}: JoLA beside {scores.method} head scores"), out_dir / f"{task}_jola_vs_{scores.method}"))
-    written.extend(save_figures(pending))
+    # one plotly.min.js beside the pages (offline) instead of 4.7 MB inside each of them
+    written.extend(save_figures(pending, include_plotlyjs="directory"))
     return written

@@ -203,7 +203,8 @@ def make_figures(
     if tables:
         pd.concat(tables, ignore_index=True).to_csv(out_dir / "agreement.csv", index=False)
         written.append(out_dir / "agreement.csv")
-    written.extend(save_figures(pending))
+    # one plotly.min.js beside the pages (offline) instead of 4.7 MB inside each of them
+    written.extend(save_figures(pending, include_plotlyjs="directory"))
 
     if command:
         lines = [f"\n## {run_dir.name}\n", f"Made by `{command}` from `{run_dir}`:\n"]
