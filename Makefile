@@ -67,3 +67,12 @@ typecheck: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# JupyterLab on notebooks/ with this .venv registered as the kernel "jolalens" (installs the
+# `notebook` extra on first use). Pass options through, e.g. `make lab LAB_ARGS=--no-browser`.
+LAB_ARGS ?=
+.PHONY: lab
+lab: setup
+	@$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PIP) install -e ".[notebook]"
+	$(PY) -m ipykernel install --user --name jolalens --display-name "Python (jolalens)"
+	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab notebooks/ $(LAB_ARGS)

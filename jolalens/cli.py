@@ -199,15 +199,16 @@ def _quiet_rank() -> None:
 def _add_figures(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="heatmaps and curves from a training run directory")
     p.add_argument("--run", type=Path, required=True, help="a directory written by `jolalens train`")
-    p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--out", type=Path, default=None, help="default: <run>/figures (never the repository's figures/)")
     p.set_defaults(func=_cmd_figures)
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
     from .analysis.report import make_figures
 
-    command = "jolalens figures --run " + str(args.run) + " --out " + str(args.out)
-    paths = make_figures(args.run, args.out, command=command)
+    out = args.out if args.out is not None else args.run / "figures"
+    command = "jolalens figures --run " + str(args.run) + " --out " + str(out)
+    paths = make_figures(args.run, out, command=command)
     for path in paths:
         print(path)
     return 0

@@ -308,6 +308,9 @@ def train_edit(
     best = (math.inf, -1, copy.deepcopy(edit.state_dict()))
     bad_epochs, t, step, stopped_early = 0, 0, 0, False
     start = time.perf_counter()
+    initial = edit.epoch_maps()  # epoch 0: gate dynamics start where training started
+    if initial:
+        gate_history.append({**initial, "epoch": torch.tensor(0)})
     bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step",
                disable=not cfg.progress or (dp is not None and not dp.is_main))
     with freeze(model), _attached_runner(model, edit, cfg) as runner:
@@ -365,7 +368,7 @@ def train_edit(
             row.update(edit.epoch_metrics())
             maps = edit.epoch_maps()
             if maps:
-                gate_history.append(maps)
+                gate_history.append({**maps, "epoch": torch.tensor(epoch)})
             history.append(row)
             logger.info(
                 "%s epoch %d/%d: train CE %.4f, penalty %.4f, validation CE %.4f",

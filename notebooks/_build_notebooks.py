@@ -1,102 +1,221 @@
 """Write the jolalens notebooks from the cells below; ``--execute`` runs them and saves outputs.
 
-Run from the repository root: ``python notebooks/_build_notebooks.py --execute`` (the larger,
-demo-sized budget; several minutes each on a 2-core CPU), or with ``JOLALENS_NOTEBOOK_FAST=1``
-for the fast mode the test suite uses (and the committed outputs come from). Name notebooks
-to build only those: ``python notebooks/_build_notebooks.py --execute 03``.
+The notebooks *load* precomputed real runs (``runs/notebooks/<task>/``, made by
+``python benchmarks/notebook_runs.py``) and compute only what takes seconds. Run from the
+repository root::
+
+    python benchmarks/notebook_runs.py --budget modest   # the runs (see docs/notebooks.md for times)
+    python notebooks/_build_notebooks.py --execute        # execute all three, outputs saved in place
+    python notebooks/_build_notebooks.py --execute 02     # only notebook 02
+
+``--out DIR`` writes the notebooks elsewhere (the tests execute copies in fast mode there and
+never touch the committed files). ``JOLALENS_NOTEBOOK_RUNS`` points the notebooks at another run.
 """
-import sys
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
 
 import nbformat as nbf
 
-SETUP = '''import os
+SETUP = '''import json
+import os
+from pathlib import Path
 
+import pandas as pd
+import plotly.io as pio
 import torch
+import transformers
 
 import jolalens
 from jolalens.tasks import load_task_splits
 
-# JOLALENS_NOTEBOOK_FAST=1 (set by the test suite) shrinks every budget so the notebook runs in
-# about a minute. The committed outputs come from that fast mode
-# (`JOLALENS_NOTEBOOK_FAST=1 python notebooks/_build_notebooks.py --execute`); unset it for the larger budget.
-FAST = os.environ.get("JOLALENS_NOTEBOOK_FAST") == "1"
-BUDGET = dict(n_train=16, n_valid=8, epochs=1, n_eval=4) if FAST else dict(n_train=64, n_valid=32, epochs=3, n_eval=24)
-TASK = "arc_easy"
-torch.manual_seed(0)
-BUDGET'''
+transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the saved outputs
 
-TRAIN = '''model = jolalens.load_model()  # SmolLM2-135M-Instruct, offline
-splits = load_task_splits(TASK, n_train=BUDGET["n_train"], n_valid=BUDGET["n_valid"], n_test=0, seed=42)
-config = jolalens.TrainConfig(epochs=BUDGET["epochs"], lr=2e-2, warmup_steps=2, patience=BUDGET["epochs"], progress=False)
-result = jolalens.train_jola(model, splits.train, splits.valid, config=config)
-edit = result.edit
-result.summary()'''
+# Every figure is stored twice: interactive (plotly JSON, for JupyterLab) and as a PNG, the
+# static fallback GitHub, nbviewer and `jupyter nbconvert --to html` show (no kernel, no CDN).
+pio.renderers.default = "plotly_mimetype+png"
+pio.renderers["png"].width, pio.renderers["png"].height = None, None  # each figure's own size
+
+# The precomputed run this notebook reads (see docs/notebooks.md); the tests point it at a fast one.
+RUN = Path(os.environ.get("JOLALENS_NOTEBOOK_RUNS", "../runs/notebooks/arc_easy"))
+if not (RUN / "manifest.json").is_file():
+    raise FileNotFoundError(f"{RUN.resolve()} holds no run: make it with `python benchmarks/notebook_runs.py --budget modest` from the repository root")
+MANIFEST = json.loads((RUN / "manifest.json").read_text())
+TASK, BUDGET = MANIFEST["task"], MANIFEST["budget"]
+print(f"run: {MANIFEST['command']}\\nbudget: {MANIFEST['budget_name']}, machine: {MANIFEST['machine']}, protocol: {MANIFEST['protocol']}")
+if MANIFEST["fast"]:
+    print("FAST MODE: tiny budgets that exercise the code; these numbers and figures show nothing")'''
+
+LOAD = '''model = jolalens.load_model()  # SmolLM2-135M-Instruct, offline
+edit = jolalens.load_edit(RUN / "jola" / "edit", model)
+history = pd.read_csv(RUN / "jola" / "history.csv")
+gate_history = torch.load(RUN / "jola" / "gate_history.pt", weights_only=True)  # entry 0: the initial gates
+splits = load_task_splits(TASK, n_train=BUDGET["n_train"], n_valid=BUDGET["n_valid"], n_test=BUDGET["n_test"], seed=42)
+print(edit)
+MANIFEST.get("train", "the manifest has no training summary")'''
 
 
-def nb(cells):
+def nb(cells: list[str]) -> nbf.NotebookNode:
     book = nbf.v4.new_notebook()
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # the kernel `make lab` registers (this project's .venv); the tests and --execute name their own
+    book.metadata["kernelspec"] = {"name": "jolalens", "display_name": "Python (jolalens)", "language": "python"}
+    book.metadata["language_info"] = {"name": "python"}
     book.cells = [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c) for c in cells]
     return book
 
 
 explore = nb([
-    "md:# Which heads does JoLA edit, and what do they do?\n\nTrain (or load) a JoLA edit on the embedded SmolLM2-135M-Instruct, list the heads whose gates stay open, look at what the strongest one attends to, and measure how much each head's edit moves the answer. Everything used here is importable from `jolalens`; the budget is small so the notebook runs on a laptop CPU (the paper's protocol is `jolalens.train_jola(model, train, valid)` with 200/200 examples and 20 epochs).",
+    "md:# Which heads does JoLA edit, and what do they do?\n\n"
+    "A JoLA edit trained on the embedded SmolLM2-135M-Instruct (ARC-e; the run and its budget are printed below, "
+    "made by `benchmarks/notebook_runs.py`): which heads' gates stay open, how the selection formed over training "
+    "(from the initial gates, epoch 0), what the edit does to the answer's log-probability, head by head, and what "
+    "the most effective selected head attends to. Figures are interactive in JupyterLab and stored as PNG for static viewers.",
     SETUP,
-    "md:## Train a JoLA edit\n\nTo inspect a saved run instead: `edit = jolalens.load_edit('runs/arc_easy/edit', model)`.",
-    TRAIN,
-    "result.history[[\"epoch\", \"train_ce\", \"val_ce\", \"open_frac_additive\", \"open_frac_multiplicative\"]]",
-    "md:## The selected heads\n\nA head is edited at evaluation when its deterministic gate is above 0; `gate` is that value, `p_open` the probability that the training-time gate is non-zero, `norm` the length of the edit vector.",
-    "heads = jolalens.selected_heads(edit)\nprint(edit)\nheads.head(10)",
-    "from jolalens.analysis import head_heatmap\n\nmaps = edit.head_maps()\nhead_heatmap(maps[\"gate_additive\"], title=\"additive gate per head\", colorbar_title=\"g_a\")",
-    "head_heatmap(maps[\"norm_additive\"] * maps[\"gate_additive\"], title=\"effective additive edit |g_a * a|\", colorbar_title=\"norm\")",
-    "md:## What does the strongest head attend to?\n\nThe attention pattern comes from the TransformerLens bridge (`hook_pattern`, `[batch, head, query, key]`); the prompt is the first validation item.",
-    "import plotly.express as px\n\nlayer, head = int(heads.iloc[0][\"layer\"]), int(heads.iloc[0][\"head\"])\nexample = splits.valid[0]\nprompt = jolalens.data.format_prompt(example.instruction)\ntokens = model.tokenizer(prompt, return_tensors=\"pt\").input_ids\nwith torch.no_grad():\n    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == f\"blocks.{layer}.attn.hook_pattern\")\npattern = cache[f\"blocks.{layer}.attn.hook_pattern\"][0, head]\nlabels = [model.tokenizer.decode([t]) for t in tokens[0]]\nlast = pattern[-1]\ntop = last.topk(8)\nprint(f\"L{layer}H{head}: from the last prompt token, the most attended tokens:\")\nfor w, k in zip(top.values.tolist(), top.indices.tolist(), strict=True):\n    print(f\"  {w:.3f}  position {k:3d}  {labels[k]!r}\")",
-    "window = slice(max(0, len(labels) - 40), len(labels))\npx.imshow(pattern[window, window].numpy(), x=labels[window], y=labels[window], color_continuous_scale=\"Blues\",\n          title=f\"L{layer}H{head} attention over the last 40 prompt tokens\", labels={\"x\": \"key\", \"y\": \"query\", \"color\": \"weight\"})",
-    "md:## How much does each head's edit move the answer?\n\nSwitch one head's edit off (its gate closed), keep the others, and re-score the mean log-probability of the reference answer on validation items.",
-    "from jolalens.analysis import edit_head_effects\n\neffects = edit_head_effects(model, edit, splits.valid[: BUDGET[\"n_eval\"]], top_k=5 if FAST else 10)\neffects",
+    LOAD,
+    "md:## Training: losses and the fraction of gates open",
+    "from jolalens.analysis import training_curves\n\ntraining_curves(history, title=f\"{TASK}: JoLA training\")",
+    "md:## The selected heads\n\nA head is edited at evaluation when its deterministic gate is above 0. `gate` is that value, "
+    "`p_open` the probability that the training-time (stochastic) gate is non-zero, `norm` the length of the edit vector. "
+    "Gate maps use a fixed [0, 1] colour scale, so white is a closed gate in every run.",
+    "heads = jolalens.selected_heads(edit)\nprint(f\"{len(heads)} (head, type) edits open of {2 * edit.dims.n_layers * edit.dims.n_heads}\")\nheads.head(10)",
+    "from jolalens.analysis import gate_heatmap, head_heatmap, side_by_side\n\nmaps = edit.head_maps()\n"
+    "side_by_side({\"additive gate\": maps[\"gate_additive\"], \"multiplicative gate\": maps[\"gate_multiplicative\"]},\n"
+    "             ranges={\"additive gate\": (0, 1), \"multiplicative gate\": (0, 1)}, title=f\"{TASK}: JoLA gates at evaluation\")",
+    "gate_heatmap(maps[\"p_open_additive\"], title=\"P(gate open), additive: the training-time gate\")",
+    "head_heatmap(maps[\"norm_additive\"] * maps[\"gate_additive\"], title=\"effective additive edit |g_a a|\", colorbar_title=\"L2 norm\")",
+    "md:## How the selected set changes over training\n\nEpoch 0 is the initial state (every gate open). `jaccard_to_final` compares each epoch's open heads with the final epoch's.",
+    "from jolalens.analysis import gate_dynamics, selection_dynamics, selection_over_training\n\n"
+    "selection = selection_over_training(gate_history, key=\"gate_additive\")\nselection",
+    "selection_dynamics(selection, title=\"additive gates: open heads over training\")",
+    "gate_dynamics(gate_history, key=\"p_open_additive\", title=\"P(gate open) of the heads still open at the end\")",
+    "md:## What the edit does to the answer's log-probability\n\nMean log-probability of the reference answer on test items, "
+    "base model against the edited one; then each selected head's edit switched off alone (the rest kept).",
+    "from jolalens.analysis import answer_logprobs, edit_head_effects\n\nitems = splits.test[: 8 if MANIFEST[\"fast\"] else 32]\n"
+    "base, edited = answer_logprobs(model, items), answer_logprobs(model, items, edit=edit)\n"
+    "print(f\"{len(items)} test items: mean answer log-prob {base.mean():.3f} (base) -> {edited.mean():.3f} (JoLA), \"\n"
+    "      f\"raised on {int((edited > base).sum())} of {len(items)}\")",
+    "effects = edit_head_effects(model, edit, items, top_k=3 if MANIFEST[\"fast\"] else 8)\neffects",
+    "md:## What does the most effective selected head attend to?\n\nThe selected head whose edit moves the answer most "
+    "(top row above), on a real test prompt. The pattern comes from the TransformerLens bridge (`hook_pattern`, "
+    "`[batch, head, query, key]`). `circuitsvis` draws it interactively (its JavaScript is inline; it needs a live "
+    "notebook); the plotly heatmap below it is the static fallback.",
+    "import circuitsvis\n\nlayer, head = int(effects.iloc[0][\"layer\"]), int(effects.iloc[0][\"head\"])\n"
+    "prompt = jolalens.data.format_prompt(items[0].instruction)\ntokens = model.tokenizer(prompt, return_tensors=\"pt\").input_ids\n"
+    "name = f\"blocks.{layer}.attn.hook_pattern\"\nwith torch.no_grad():\n    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)\n"
+    "pattern = cache[name][0, head]\nlabels = [model.tokenizer.decode([t]) for t in tokens[0]]\nwindow = slice(max(0, len(labels) - 40), len(labels))\n"
+    "print(f\"L{layer}H{head}, answer: {items[0].answer!r}\")\n"
+    "circuitsvis.attention.attention_patterns(tokens=labels[window], attention=pattern[None, window, window])",
+    "import plotly.express as px\n\n"
+    "px.imshow(pattern[window, window].numpy(), x=list(range(window.start, len(labels))), y=list(range(window.start, len(labels))),\n"
+    "          color_continuous_scale=\"Reds\", zmin=0, zmax=1, labels={\"x\": \"key position\", \"y\": \"query position\", \"color\": \"attention\"},\n"
+    "          title=f\"L{layer}H{head}: attention over the last {window.stop - window.start} prompt tokens\", width=720, height=640)",
+    "top = pattern[-1].topk(8)\npd.DataFrame({\"position\": top.indices.tolist(), \"token\": [labels[k] for k in top.indices.tolist()],\n"
+    "              \"attention from the last token\": top.values.tolist()})",
 ])
 
 versus = nb([
-    "md:# JoLA's heads against ablation-based localization\n\nDo the heads that JoLA chooses to edit matter to the base model? Score every head by how much mean-ablating its `hook_z` output lowers the answer log-probability (and by attribution patching, a one-pass estimate), then compare the rankings: overlap, Jaccard, Spearman, AUROC and a permutation test against random head sets.",
+    "md:# JoLA's heads against ablation-based localization\n\nDo the heads JoLA edits matter to the base model? "
+    "Each head is scored by how much mean-ablating its `hook_z` output lowers the answer log-probability (true "
+    "ablation, one forward per head) and by attribution patching (a one-pass first-order estimate); both were "
+    "computed by `benchmarks/notebook_runs.py` on the same validation items and are loaded here.",
     SETUP,
-    TRAIN,
-    "md:True ablation runs every layer once per batch with all its heads ablated side by side (the batch is repeated per head): on this CPU that is minutes for a handful of items, so the fast mode (used by the tests) keeps only the attribution estimate and compares JoLA with it.",
-    "from jolalens.analysis import ablation_scores, attribution_scores\n\nitems = splits.valid[: BUDGET[\"n_eval\"]]\nattribution = attribution_scores(model, items, ablation=\"mean\", reference=splits.train)\nablation = attribution if FAST else ablation_scores(model, items[:8], ablation=\"mean\", reference=splits.train)\nattribution.to_frame().sort_values(\"logprob_drop\", ascending=False).head(10)",
-    "md:How well does the one-pass attribution estimate track true ablation here?",
-    "from jolalens.analysis import spearman\n\nif FAST:\n    print(\"fast mode: no true ablation was run\")\nelse:\n    print(f\"Spearman(attribution, ablation) over {ablation.logprob_drop.numel()} heads: {spearman(attribution.logprob_drop, ablation.logprob_drop):.3f}\")",
-    "md:## Agreement between JoLA's gates and ablation importance",
-    "from jolalens.analysis import compare_selection, layer_distribution\n\nmaps = edit.head_maps()\ngates = torch.maximum(maps[\"gate_additive\"], maps[\"gate_multiplicative\"])\nn_open = int((gates > 0).sum())\nk = n_open if 0 < n_open < gates.numel() else 20\ncompare_selection(gates, ablation.logprob_drop, k=k)",
-    "layer_distribution(gates > 0, n_layers=gates.shape[0]) if 0 < n_open else 'no open gates'",
-    "from jolalens.analysis import side_by_side\n\nside_by_side({\"JoLA gate (max of types)\": gates, \"mean-ablation drop\": ablation.logprob_drop, \"attribution estimate\": attribution.logprob_drop},\n             title=f\"{TASK}: JoLA selection beside ablation importance\")",
+    LOAD,
+    "from jolalens.analysis import HeadScores, spearman\n\nablation = HeadScores.load(RUN / \"jola\" / \"ablation\" / \"mean.pt\")\n"
+    "attribution = HeadScores.load(RUN / \"jola\" / \"ablation\" / \"attribution.pt\")\n"
+    "print(f\"true mean-ablation on {ablation.n_examples} items; attribution on {attribution.n_examples}\")\n"
+    "print(f\"Spearman(attribution, ablation) over {ablation.logprob_drop.numel()} heads: {spearman(attribution.logprob_drop, ablation.logprob_drop):.3f}\")\n"
+    "ablation.to_frame().sort_values(\"logprob_drop\", ascending=False).head(10)",
+    "md:## Agreement between JoLA's gates and ablation importance\n\nThe selection is the heads with an open gate of either type; "
+    "it is compared with the same number of most important heads. `p_permutation` asks how often random head sets "
+    "of that size overlap as much.",
+    "from jolalens.analysis import compare_selection, layer_distribution\n\nmaps = edit.head_maps()\n"
+    "gates = torch.maximum(maps[\"gate_additive\"], maps[\"gate_multiplicative\"])\nn_open = int((gates > 0).sum())\n"
+    "print(f\"{n_open} of {gates.numel()} heads have an open gate\")\n"
+    "rows = [compare_selection(gates, scores.logprob_drop).assign(scores=name) for name, scores in ((\"ablation\", ablation), (\"attribution\", attribution))] if 0 < n_open < gates.numel() else []\n"
+    "pd.concat(rows, ignore_index=True) if rows else \"no contrast: every gate (or none) is open\"",
+    "layer_distribution(gates > 0, n_layers=gates.shape[0], n_heads=gates.shape[1])",
+    "md:Gates on [0, 1]; the log-prob drops are signed (ablating a head can help), so they diverge around 0: red = the head helps the answer, blue = it hurts.",
+    "from jolalens.analysis import side_by_side\n\n"
+    "side_by_side({\"JoLA gate (max of types)\": gates, \"true mean-ablation drop\": ablation.logprob_drop, \"attribution estimate\": attribution.logprob_drop},\n"
+    "             ranges={\"JoLA gate (max of types)\": (0, 1)}, title=f\"{TASK}: JoLA's selection beside ablation importance\")",
 ])
 
 baselines = nb([
-    "md:# JoLA against the baselines, and where each one edits\n\nRun `jolalens.compare` (the code behind `jolalens compare`) for JoLA, ITI, RED, LoFiT, LoRA, BitFit and zero-shot on one task, then ask the interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the same heads? Set `JOLALENS_COMPARE_DIR` to a finished comparison directory (e.g. one from `benchmarks/compare_embedded.py`) to read it instead of running a small one here.",
-    SETUP.replace("from jolalens.tasks import load_task_splits\n", ""),
-    "import tempfile\nfrom pathlib import Path\n\nfrom jolalens.compare import CompareConfig, run_compare, summarise\n\nmodel = jolalens.load_model()\nsizes = dict(n_train=16, n_valid=8, n_test=16, epochs=1) if FAST else dict(n_train=64, n_valid=32, n_test=100, epochs=3)\nout = Path(os.environ.get(\"JOLALENS_COMPARE_DIR\") or tempfile.mkdtemp(prefix=\"jolalens-compare-\"))\nconfig = CompareConfig(\n    methods=(\"jola\", \"iti\", \"red\", \"lofit\", \"lora\", \"bitfit\", \"zeroshot\"), tasks=(TASK,), seeds=(0,),\n    n_train=sizes[\"n_train\"], n_valid=sizes[\"n_valid\"], n_test=sizes[\"n_test\"], budget=1,\n    train=jolalens.TrainConfig(epochs=sizes[\"epochs\"], warmup_steps=2, progress=False),\n)\nif \"JOLALENS_COMPARE_DIR\" in os.environ:\n    from jolalens.compare import collect\n    results = collect(out)\nelse:\n    results = run_compare(model, config, out, log=lambda line: None)\nresults[[\"task\", \"method\", \"seed\", \"score\", \"val_ce\", \"trainable_parameters\", \"fit_seconds\", \"hyperparameters\"]]",
-    "md:## Test accuracy per method\n\nThe dashed line is zero-shot. With budgets this small, differences of a few points are noise: the test subset is tiny and each method saw one hyper-parameter point. `benchmarks/RESULTS.md` has the real runs.",
-    "from jolalens.analysis import method_bar\n\nsummary = summarise(results)\nzero = float(summary.loc[summary[\"method\"] == \"zeroshot\", \"mean\"].iloc[0])\nmethod_bar(summary, x=\"method\", y=\"mean\", title=f\"{TASK}: test accuracy\", reference=zero)",
-    "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|` (an open gate with a tiny vector is not a real selection), ITI by its probes' validation accuracy, LoFiT keeps the heads with the largest stage-1 scales. We compare the top-K of each, with K = LoFiT's K.",
-    "from jolalens.analysis import (\n    jaccard_matrix,\n    layer_distribution,\n    side_by_side,\n    similarity_matrix,\n    top_k,\n)\n\nrun = lambda method: out / \"runs\" / TASK / method / \"seed0\" / \"edit\"  # noqa: E731\njola, iti, lofit = (jolalens.load_edit(run(m), model) for m in (\"jola\", \"iti\", \"lofit\"))\nmaps = jola.head_maps()\njola_effect = maps[\"gate_additive\"] * maps[\"norm_additive\"] + maps[\"gate_multiplicative\"] * maps[\"norm_multiplicative\"]\nk = len(lofit.config.heads)\nlofit_map = torch.zeros_like(jola_effect)\nfor layer, head in lofit.config.heads:\n    lofit_map[layer, head] = 1.0\nselections = {\"JoLA\": top_k(jola_effect, k), \"ITI\": top_k(iti.probe_accuracy, k), \"LoFiT\": set(lofit.config.heads)}\nprint(f\"K = {k} of {jola_effect.numel()} heads\")\njaccard_matrix(selections)",
+    "md:# JoLA against the baselines, and where each one edits\n\nTest accuracy of JoLA, ITI, RED, LoFiT, LoRA, BitFit and "
+    "zero-shot on hundreds of test items, read from a finished `jolalens compare` directory (by default the committed "
+    "paper grid, `benchmarks/results/paper_grid/main`: 200/200 training/validation examples, 500 test items), then the "
+    "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the same heads?",
+    SETUP.replace("import torch\n", "").replace("from jolalens.tasks import load_task_splits\n", ""),
+    "from jolalens.compare import collect, summarise\n\nMETHODS = [\"jola\", \"iti\", \"red\", \"lofit\", \"lora\", \"bitfit\", \"zeroshot\"]\n"
+    "compare_dir = Path(MANIFEST[\"compare_dir\"])\nresults = collect(compare_dir)\n"
+    "results = results[(results[\"task\"] == TASK) & results[\"method\"].isin(METHODS) & (results[\"seed\"] == 0)]\n"
+    "print(f\"{os.path.relpath(compare_dir, Path.cwd().parent)}: {len(results)} runs\")\n"
+    "results[[\"method\", \"score\", \"n_test\", \"val_ce\", \"trainable_parameters\", \"hyperparameters\"]].set_index(\"method\").loc[METHODS]",
+    "md:## Test accuracy per method\n\nThe dashed line is zero-shot. On ARC-e a 4-way chance level is 0.25; with n test items, "
+    "the standard error of an accuracy near 0.3 is about sqrt(0.3 * 0.7 / n).",
+    "from jolalens.analysis import method_bar\n\nsummary = summarise(results).set_index(\"method\").loc[METHODS].reset_index()\n"
+    "n_test = int(results[\"n_test\"].min())\nzero = float(summary.loc[summary[\"method\"] == \"zeroshot\", \"mean\"].iloc[0])\n"
+    "method_bar(summary, x=\"method\", y=\"mean\", y_title=\"test accuracy\", reference=zero, reference_label=\"zero-shot\",\n"
+    "           title=f\"{TASK}: test accuracy on {n_test} items (seed 0)\")",
+    "md:This notebook's own run (`runs/notebooks`, the budget printed above) scored JoLA and zero-shot on its test items too:",
+    "scored = RUN / \"eval\" / \"summary.json\"\n"
+    "pd.DataFrame(json.loads(scored.read_text())).T[[\"n\", \"accuracy\", \"protocol\"]] if scored.is_file() else \"not scored yet: run benchmarks/notebook_runs.py --steps eval\"",
+    "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, "
+    "ITI by its probes' validation accuracy (scaled from chance, 0.5, to 1), LoFiT keeps the heads with the largest stage-1 "
+    "scales. We compare the top-K of each, with K = LoFiT's K.",
+    "from jolalens.analysis import (\n    MAP_RANGES,\n    head_level_maps,\n    jaccard_matrix,\n    side_by_side,\n    similarity_matrix,\n    top_k,\n)\n\n"
+    "model = jolalens.load_model()\nmaps = head_level_maps(compare_dir, TASK, model)\nk = int(maps[\"LoFiT heads\"].sum())\n"
+    "selections = {\"JoLA\": top_k(maps[\"JoLA |edit|\"], k), \"ITI\": top_k(maps[\"ITI probe accuracy\"], k), \"LoFiT\": top_k(maps[\"LoFiT heads\"], k)}\n"
+    "print(f\"K = {k} of {maps['JoLA |edit|'].numel()} heads; random sets of K share about {k * k / maps['JoLA |edit|'].numel():.1f} heads\")\n"
+    "jaccard_matrix(selections)",
     "similarity_matrix(jaccard_matrix(selections), title=f\"Top-{k} head sets, Jaccard\")",
-    "side_by_side({\"JoLA |edit|\": jola_effect, \"ITI probe accuracy\": iti.probe_accuracy, \"LoFiT heads\": lofit_map}, title=\"Where each method edits\")",
-    "import pandas as pd\n\nn_layers, n_heads = jola_effect.shape\npd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)[\"n_selected\"] for name, sel in selections.items()})",
-    "md:Random top-K sets of K heads out of N overlap in K^2/N heads on average, a Jaccard of about K/(2N - K); `jolalens.analysis.compare_selection` adds a permutation p-value when one side is a full score map. RED (MLP outputs), LoRA and BitFit (weights) have no head-level selection to compare.",
+    "side_by_side(maps, ranges={name: r for name, r in MAP_RANGES.items() if name in maps}, title=f\"{TASK}: where each method edits\")",
+    "from jolalens.analysis import layer_distribution\n\nn_layers, n_heads = maps[\"JoLA |edit|\"].shape\n"
+    "pd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)[\"n_selected\"] for name, sel in selections.items()})",
+    "md:RED (MLP outputs), LoRA and BitFit (weights) have no head-level selection to compare.",
 ])
 
-PATHS = {
-    "notebooks/01_explore_selected_heads.ipynb": explore,
-    "notebooks/02_jola_vs_ablation.ipynb": versus,
-    "notebooks/03_jola_vs_baselines.ipynb": baselines,
+NOTEBOOKS = {
+    "01_explore_selected_heads.ipynb": explore,
+    "02_jola_vs_ablation.ipynb": versus,
+    "03_jola_vs_baselines.ipynb": baselines,
 }
-only = [a for a in sys.argv[1:] if not a.startswith("--")]  # e.g. `03` builds only notebook 03
-for path, book in PATHS.items():
-    if only and not any(o in path for o in only):
-        continue
-    if "--execute" in sys.argv:
-        from nbclient import NotebookClient
 
-        NotebookClient(book, timeout=3600, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
-    nbf.write(book, path)
-    print("wrote", path)
+
+def build(names: list[str] | None = None, *, out: Path = Path("notebooks"), execute: bool = False,
+          kernel: str = "python3", timeout: int = 3600) -> list[Path]:
+    """Write (and optionally execute) the notebooks into ``out``; returns their paths."""
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for name, book in NOTEBOOKS.items():
+        if names and not any(n in name for n in names):
+            continue
+        book = nbf.from_dict(book)  # a copy: the module-level notebooks stay unexecuted
+        if execute:
+            from nbclient import NotebookClient
+
+            NotebookClient(book, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(out)}}).execute()
+        path = out / name
+        nbf.write(book, path)
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="e.g. 03: build only notebooks whose name contains it")
+    parser.add_argument("--execute", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("notebooks"))
+    parser.add_argument("--kernel", default="python3")
+    args = parser.parse_args()
+    if args.execute and "JOLALENS_NOTEBOOK_RUNS" not in os.environ and args.out.resolve() != Path("notebooks").resolve():
+        os.environ["JOLALENS_NOTEBOOK_RUNS"] = str(Path("runs/notebooks/arc_easy").resolve())
+    for path in build(args.names, out=args.out, execute=args.execute, kernel=args.kernel):
+        print("wrote", path)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

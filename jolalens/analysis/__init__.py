@@ -24,16 +24,22 @@ from .compare import (
     spearman,
     top_k,
 )
-from .compare_report import head_level_maps, make_compare_figures
+from .compare_report import MAP_RANGES, head_level_maps, make_compare_figures
 from .edit_effects import answer_logprobs, edit_head_effects
 from .figures import (
+    FORMATS,
     PNG_SETUP,
     FigureExportError,
     gate_dynamics,
+    gate_heatmap,
     head_heatmap,
+    history_epochs,
     method_bar,
+    probe_heatmap,
     save_figure,
     save_figures,
+    selection_dynamics,
+    selection_over_training,
     side_by_side,
     similarity_matrix,
     training_curves,
@@ -52,9 +58,16 @@ from .stats import (
 )
 
 __all__ = [
+    "MAP_RANGES",
     "head_level_maps",
     "make_compare_figures",
+    "FORMATS",
     "PNG_SETUP",
+    "gate_heatmap",
+    "history_epochs",
+    "probe_heatmap",
+    "selection_dynamics",
+    "selection_over_training",
     "Ablation",
     "FigureExportError",
     "HeadScores",

@@ -21,7 +21,10 @@ from .ablation import HeadScores
 from .compare import compare_selection, jaccard_matrix, layer_distribution, top_k
 from .figures import method_bar, save_figures, side_by_side, similarity_matrix
 
-__all__ = ["head_level_maps", "make_compare_figures"]
+__all__ = ["MAP_RANGES", "head_level_maps", "make_compare_figures"]
+
+# fixed colour ranges of the head-level maps: a balanced probe's chance is 0.5; LoFiT's map is 0/1
+MAP_RANGES = {"ITI probe accuracy": (0.5, 1.0), "LoFiT heads": (0.0, 1.0)}
 
 
 def head_level_maps(compare_dir: str | Path, task: str, model: nn.Module, seed: int = 0) -> dict[str, Tensor]:
@@ -74,7 +77,8 @@ def make_compare_figures(
     ))
     maps = head_level_maps(compare_dir, task, model, seed)
     if maps:
-        pending.append((side_by_side(maps, title=f"{task}: where the head-level methods edit"), out_dir / f"{task}_head_maps"))
+        pending.append((side_by_side(maps, title=f"{task}: where the head-level methods edit",
+                                              ranges={k: v for k, v in MAP_RANGES.items() if k in maps}), out_dir / f"{task}_head_maps"))
     lofit_map = maps.get("LoFiT heads")
     k = int(lofit_map.sum()) if lofit_map is not None else max(1, round(0.03 * next(iter(maps.values())).numel())) if maps else 0
     if len(maps) >= 2 and k:
@@ -105,5 +109,6 @@ def make_compare_figures(
         written.append(out_dir / f"{task}_vs_{scores.method}_{scores.ablation}.csv")
         pending.append((side_by_side({"JoLA |edit|": maps["JoLA |edit|"], f"{scores.method} ({scores.ablation})": scores.logprob_drop},
                                      title=f"{task}: JoLA beside {scores.method} head scores"), out_dir / f"{task}_jola_vs_{scores.method}"))
-    written.extend(save_figures(pending))
+    # one plotly.min.js beside the pages (offline) instead of 4.7 MB inside each of them
+    written.extend(save_figures(pending, include_plotlyjs="directory"))
     return written

@@ -1,16 +1,18 @@
-"""Plotly figures of where the adaptation happens: head heatmaps, dynamics, similarity, bars.
+"""Plotly head maps (layer x head heatmaps) and similarity matrices, by the rules of figures_style.
 
 Builders are pure: they take tensors or DataFrames and return a ``plotly.graph_objects.Figure``
-(never calling ``show()``), so tests check their data. :func:`save_figure` writes each figure as
-interactive HTML and as a static PNG (through kaleido, which needs a Chromium binary; see
-:data:`PNG_SETUP`).
+(never calling ``show()``), so tests check their data. Colour scales: gates and probabilities
+on a fixed [0, 1] (:func:`gate_heatmap`), probe accuracies from chance to 1
+(:func:`probe_heatmap`), signed maps diverging around 0, other non-negative maps from 0.
+Line figures live in :mod:`.figures_lines`, file export in :mod:`.figures_export` (both
+re-exported here).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,39 +21,40 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..errors import JolaError
 from .compare import head_label
+from .figures_export import FORMATS, PNG_SETUP, FigureExportError, save_figure, save_figures
+from .figures_lines import (
+    gate_dynamics,
+    history_epochs,
+    method_bar,
+    selection_dynamics,
+    selection_over_training,
+    training_curves,
+)
+from .figures_style import DIVERGING, FONT, SEQUENTIAL
 
 __all__ = [
+    "FORMATS",
     "PNG_SETUP",
     "FigureExportError",
     "gate_dynamics",
+    "gate_heatmap",
     "head_heatmap",
+    "history_epochs",
     "method_bar",
+    "probe_heatmap",
     "save_figure",
     "save_figures",
+    "selection_dynamics",
+    "selection_over_training",
     "side_by_side",
     "similarity_matrix",
     "training_curves",
 ]
 
-PNG_SETUP = (
-    "Static PNG export needs kaleido>=1 and a Chromium browser. On Debian/Ubuntu run:\n"
-    "  apt-get update && apt-get install -y chromium\n"
-    "  .venv/bin/pip install 'kaleido>=1.0'\n"
-    "(or `make setup`). kaleido finds `chromium` on PATH; set BROWSER_PATH=/path/to/chrome "
-    "to use another binary."
-)
+log = logging.getLogger(__name__)
 
-_FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13}
-_PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52")  # plotly's default
-# Sequential maps start at white so a zero (closed gate, no effect) reads as "nothing".
-_SEQUENTIAL = "Blues"
-_DIVERGING = "RdBu_r"
-
-
-class FigureExportError(JolaError, RuntimeError):
-    """A figure could not be written as PNG; the message names the set-up that fixes it."""
+Range = tuple[float | None, float | None]
 
 
 def _map(values: Tensor, name: str = "values") -> Tensor:
@@ -65,16 +68,18 @@ def _labels(n_layers: int, n_heads: int) -> list[list[str]]:
     return [[head_label(lay, hd) for hd in range(n_heads)] for lay in range(n_layers)]
 
 
-def _heatmap_trace(values: Tensor, colorbar_title: str, diverging: bool | None) -> go.Heatmap:
+def _heatmap_trace(
+    values: Tensor, colorbar_title: str, diverging: bool | None, zmin: float | None = None, zmax: float | None = None
+) -> go.Heatmap:
+    """Diverging (centred at 0, symmetric) when the map is signed or ``diverging`` says so; else sequential from 0."""
     n_layers, n_heads = values.shape
     finite = values[torch.isfinite(values)]
     lo = float(finite.min()) if finite.numel() else 0.0
     hi = float(finite.max()) if finite.numel() else 0.0
     if diverging is None:
-        diverging = lo < 0 < hi
-    z = values.tolist()
+        diverging = lo < 0
     common = {
-        "z": z,
+        "z": values.tolist(),
         "x": list(range(n_heads)),
         "y": list(range(n_layers)),
         "customdata": _labels(n_layers, n_heads),
@@ -84,9 +89,15 @@ def _heatmap_trace(values: Tensor, colorbar_title: str, diverging: bool | None) 
         "ygap": 1,
     }
     if diverging:
-        bound = max(abs(lo), abs(hi)) or 1.0
-        return go.Heatmap(**common, colorscale=_DIVERGING, zmid=0.0, zmin=-bound, zmax=bound)
-    return go.Heatmap(**common, colorscale=_SEQUENTIAL, zmin=min(lo, 0.0), zmax=hi if hi > min(lo, 0.0) else 1.0)
+        given = [abs(v) for v in (zmin, zmax) if v is not None]
+        bound = max(given) if given else (max(abs(lo), abs(hi)) or 1.0)
+        return go.Heatmap(**common, colorscale=DIVERGING, zmid=0.0, zmin=-bound, zmax=bound)
+    low = 0.0 if zmin is None else float(zmin)
+    high = (hi if hi > low else low + 1.0) if zmax is None else float(zmax)
+    if zmin is None and lo < 0:
+        log.warning("a sequential map got negative values (min %.3g); pass diverging=None to centre it at 0", lo)
+        low = lo
+    return go.Heatmap(**common, colorscale=SEQUENTIAL, zmin=low, zmax=high)
 
 
 def _grid_axes(fig: go.Figure, n_layers: int, n_heads: int, row: int | None = None, col: int | None = None) -> None:
@@ -104,19 +115,22 @@ def head_heatmap(
     title: str = "",
     colorbar_title: str = "",
     diverging: bool | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
 ) -> go.Figure:
     """A layer x head heatmap; hovering shows ``L{l}H{h}`` and the value.
 
-    Signed data get a diverging scale centred on 0; non-negative data a white-based scale
-    from 0, so an untouched head is white either way.
+    Signed data get a diverging scale centred on 0 (symmetric, ``zmid=0``); non-negative data
+    a white-based sequential scale from 0 to the maximum. ``zmin``/``zmax`` fix the range
+    (for a diverging map, the larger magnitude sets both ends).
     """
     values = _map(values)
     n_layers, n_heads = values.shape
-    fig = go.Figure(_heatmap_trace(values, colorbar_title, diverging))
+    fig = go.Figure(_heatmap_trace(values, colorbar_title, diverging, zmin, zmax))
     _grid_axes(fig, n_layers, n_heads)
     fig.update_layout(
         title={"text": title},
-        font=_FONT,
+        font=FONT,
         width=max(420, 150 + 34 * n_heads),
         height=max(360, 140 + 22 * n_layers),
         margin={"l": 70, "r": 40, "t": 70, "b": 60},
@@ -125,16 +139,50 @@ def head_heatmap(
     return fig
 
 
+def gate_heatmap(
+    gates: Float[Tensor, "n_layers n_heads"],
+    *,
+    title: str = "",
+    colorbar_title: str = "P(gate open)",
+    zmin: float = 0.0,
+    zmax: float = 1.0,
+) -> go.Figure:
+    """Gate values or P(gate open) per head on a fixed [0, 1] scale, so runs compare by eye."""
+    return head_heatmap(gates, title=title, colorbar_title=colorbar_title, diverging=False, zmin=zmin, zmax=zmax)
+
+
+def probe_heatmap(
+    accuracy: Float[Tensor, "n_layers n_heads"],
+    *,
+    chance: float = 0.5,
+    title: str = "",
+    colorbar_title: str = "probe accuracy",
+) -> go.Figure:
+    """ITI probe accuracy per head scaled from ``chance`` (0.5 for a balanced probe) to 1."""
+    if not 0.0 <= chance < 1.0:
+        raise ValueError(f"chance must be in [0, 1), got {chance}")
+    return head_heatmap(accuracy, title=title, colorbar_title=colorbar_title, diverging=False, zmin=chance, zmax=1.0)
+
+
 def side_by_side(
     maps: Mapping[str, Float[Tensor, "n_layers n_heads"]],
     *,
     title: str = "",
     diverging: bool | None = None,
+    ranges: Mapping[str, Range] | None = None,
 ) -> go.Figure:
-    """Several head maps next to each other (e.g. JoLA gates beside ablation scores), one colour bar each."""
+    """Several head maps next to each other (e.g. JoLA gates beside ablation scores), one colour bar each.
+
+    ``ranges`` fixes a panel's colour range by name, e.g. ``{"JoLA gate": (0, 1)}``; every
+    other panel follows :func:`head_heatmap`'s rule (signed: diverging at 0; else from 0).
+    """
     if not maps:
         raise ValueError("side_by_side needs at least one map")
     tensors = {name: _map(v, name) for name, v in maps.items()}
+    ranges = dict(ranges or {})
+    unknown = sorted(set(ranges) - set(tensors))
+    if unknown:
+        raise ValueError(f"ranges names panel(s) {unknown} that maps lacks; panels: {list(tensors)}")
     shapes = {tuple(v.shape) for v in tensors.values()}
     if len(shapes) != 1:
         raise ValueError(f"maps differ in shape: {sorted(shapes)}")
@@ -144,7 +192,11 @@ def side_by_side(
     fig = make_subplots(rows=1, cols=n, subplot_titles=list(tensors), horizontal_spacing=spacing)
     width_each = (1.0 - spacing * (n - 1)) / n
     for i, (name, values) in enumerate(tensors.items()):
-        trace = _heatmap_trace(values, name, diverging)
+        zmin, zmax = ranges.get(name, (None, None))
+        panel_diverging = diverging
+        if diverging is None and name in ranges:  # a fixed range: diverging only when it reaches below 0
+            panel_diverging = zmin is not None and zmin < 0
+        trace = _heatmap_trace(values, name, panel_diverging, zmin, zmax)
         trace.colorbar.x = (i + 1) * width_each + i * spacing + 0.01
         trace.colorbar.len = 0.9
         trace.colorbar.title.text = ""
@@ -154,89 +206,11 @@ def side_by_side(
             fig.update_yaxes(title_text=None, row=1, col=i + 1)
     fig.update_layout(
         title={"text": title},
-        font=_FONT,
+        font=FONT,
         width=max(480, n * (190 + 34 * n_heads)),
         height=max(380, 150 + 22 * n_layers),
         margin={"l": 70, "r": 60, "t": 90, "b": 60},
         plot_bgcolor="white",
-    )
-    return fig
-
-
-def gate_dynamics(
-    gate_history: Sequence[Mapping[str, Tensor]],
-    *,
-    key: str = "gate_additive",
-    max_heads: int = 12,
-    title: str = "",
-) -> go.Figure:
-    """One line per head of ``gate_history[epoch][key]`` over epochs, named ``L{l}H{h}``.
-
-    Only the ``max_heads`` heads with the largest final values are drawn (legend stays legible);
-    the mean over all heads is drawn dashed.
-    """
-    if not gate_history:
-        raise ValueError("gate_history is empty: train for at least one epoch")
-    if any(key not in entry for entry in gate_history):
-        available = sorted(gate_history[0])
-        raise KeyError(f"{key!r} is missing from gate_history entries; available: {available}")
-    stack = torch.stack([_map(entry[key], key) for entry in gate_history])  # [epochs, L, H]
-    epochs = list(range(1, stack.shape[0] + 1))
-    n_layers, n_heads = stack.shape[1:]
-    final = stack[-1].flatten()
-    order = torch.sort(-final, stable=True).indices[: max(0, max_heads)]
-    fig = go.Figure()
-    for idx in order.tolist():
-        lay, hd = divmod(idx, n_heads)
-        fig.add_trace(
-            go.Scatter(x=epochs, y=stack[:, lay, hd].tolist(), mode="lines+markers", name=head_label(lay, hd))
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=epochs,
-            y=stack.flatten(1).mean(1).tolist(),
-            mode="lines",
-            name="mean (all heads)",
-            line={"dash": "dash", "color": "black"},
-        )
-    )
-    fig.update_layout(
-        title={"text": title or f"{key} over training"},
-        xaxis_title="epoch",
-        yaxis_title=key,
-        font=_FONT,
-        width=760,
-        height=440,
-        margin={"l": 70, "r": 30, "t": 70, "b": 60},
-        legend={"title": {"text": "head"}},
-        template="plotly_white",
-    )
-    return fig
-
-
-def training_curves(history: pd.DataFrame, *, title: str = "") -> go.Figure:
-    """Losses (train/val CE, penalty) and open-gate fractions per epoch from ``result.history``."""
-    if "epoch" not in history.columns or history.empty:
-        raise ValueError("history needs an 'epoch' column and at least one row")
-    loss_cols = [c for c in ("train_ce", "val_ce", "train_penalty") if c in history.columns]
-    frac_cols = [c for c in history.columns if c.startswith("open_frac")]
-    if not loss_cols and not frac_cols:
-        raise ValueError(f"history has none of train_ce/val_ce/open_frac_*: columns {list(history.columns)}")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "fraction of gates open"], horizontal_spacing=0.12)
-    for col in loss_cols:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=col), row=1, col=1)
-    for col in frac_cols:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=col), row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="value", row=1, col=1)
-    fig.update_yaxes(title_text="fraction open", range=[0, 1.05], row=1, col=2)
-    fig.update_layout(
-        title={"text": title or "training"},
-        font=_FONT,
-        width=1000,
-        height=430,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
-        template="plotly_white",
     )
     return fig
 
@@ -252,7 +226,7 @@ def similarity_matrix(matrix: pd.DataFrame, *, title: str = "", value_name: str 
             z=z,
             x=[str(c) for c in matrix.columns],
             y=names,
-            colorscale=_SEQUENTIAL,
+            colorscale=SEQUENTIAL,
             zmin=0.0,
             zmax=1.0,
             text=[[f"{v:.2f}" for v in row] for row in z],
@@ -265,149 +239,10 @@ def similarity_matrix(matrix: pd.DataFrame, *, title: str = "", value_name: str 
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title={"text": title},
-        font=_FONT,
+        font=FONT,
         width=side + 80,
         height=side,
         margin={"l": 140, "r": 40, "t": 70, "b": 80},
         plot_bgcolor="white",
     )
     return fig
-
-
-def method_bar(
-    frame: pd.DataFrame,
-    *,
-    x: str = "method",
-    y: str = "overlap_at_k",
-    color: str | None = None,
-    error: str | None = None,
-    title: str = "",
-    reference: float | None = None,
-    reference_label: str = "chance",
-) -> go.Figure:
-    """Bars of one metric per method (grouped by ``color`` if given); ``reference`` draws a dashed line.
-
-    Use ``reference`` for a chance level (e.g. the random-set expected overlap) or a baseline,
-    named by ``reference_label``.
-    """
-    missing = [c for c in (x, y, color, error) if c is not None and c not in frame.columns]
-    if missing:
-        raise ValueError(f"frame lacks column(s) {missing}; it has {list(frame.columns)}")
-    if frame.empty:
-        raise ValueError("method_bar got an empty frame")
-    groups = [(None, frame)] if color is None else list(frame.groupby(color, sort=False))
-    # with error bars, the values sit inside the bars at their base, clear of the whiskers
-    values_inside = error is not None and bool(frame[error].notna().any())
-    fig = go.Figure()
-    for i, (name, part) in enumerate(groups):
-        label = str(name) if name is not None else y
-        # a bar without a spread (one seed: std is NaN) gets no error bar, not a zero-width one
-        spread = part[error].notna() if error else pd.Series(False, index=part.index)
-        for with_error, sub in ((True, part[spread]), (False, part[~spread])):
-            if sub.empty:
-                continue
-            fig.add_trace(
-                go.Bar(
-                    x=sub[x].astype(str).tolist(),
-                    y=sub[y].tolist(),
-                    name=label,
-                    legendgroup=label,
-                    offsetgroup=label,  # both parts of a group share its slot in each x category
-                    showlegend=color is not None and not any(t.name == label for t in fig.data),
-                    marker_color=_PALETTE[i % len(_PALETTE)],
-                    error_y={"type": "data", "array": sub[error].tolist()} if with_error else None,
-                    text=[f"{v:.2f}" for v in sub[y]],
-                    textposition="inside" if values_inside else "outside",
-                    insidetextanchor="start",
-                    cliponaxis=False,
-                )
-            )
-    fig.update_xaxes(categoryorder="array", categoryarray=list(dict.fromkeys(frame[x].astype(str))))
-    if reference is not None:
-        fig.add_hline(y=reference, line_dash="dash", line_color="gray", annotation_text=reference_label,
-                      annotation_position="top left")
-    fig.update_layout(
-        title={"text": title},
-        xaxis_title=x,
-        yaxis_title=y,
-        barmode="group",
-        showlegend=color is not None,
-        font=_FONT,
-        width=max(520, 140 + 110 * frame[x].nunique()),
-        height=440,
-        margin={"l": 70, "r": 30, "t": 80, "b": 90},
-        template="plotly_white",
-    )
-    return fig
-
-
-def save_figure(
-    fig: go.Figure, path: str | Path, *, scale: float = 2.0, include_plotlyjs: bool | str = "cdn"
-) -> list[Path]:
-    """Write ``path.html`` (interactive) and ``path.png`` (static); returns both paths.
-
-    ``path`` has no suffix. The HTML loads plotly.js from its CDN by default (small files);
-    pass ``include_plotlyjs=True`` for a self-contained file that opens offline. Raises
-    :class:`FigureExportError` naming the set-up when PNG export is unavailable.
-    """
-    return save_figures([(fig, path)], scale=scale, include_plotlyjs=include_plotlyjs)
-
-
-def save_figures(
-    items: Sequence[tuple[go.Figure, str | Path]], *, scale: float = 2.0, include_plotlyjs: bool | str = "cdn"
-) -> list[Path]:
-    """:func:`save_figure` for many figures, sharing one browser for the PNGs (much faster).
-
-    Every PNG is checked afterwards: one the shared render dropped is rendered again alone, and
-    one that still cannot be written raises :class:`FigureExportError` naming it.
-    """
-    html_paths, png_paths = [], []
-    for fig, path in items:
-        path = Path(path)
-        if path.suffix in {".html", ".png"}:
-            path = path.with_suffix("")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        html, png = path.with_suffix(".html"), path.with_suffix(".png")
-        # a fixed element id (plotly draws a random one): the same figure gives the same bytes
-        fig.write_html(html, include_plotlyjs=include_plotlyjs, full_html=True, div_id=f"jolalens-{path.name}")
-        html_paths.append(html)
-        png_paths.append(png)
-    if not items:
-        return []
-    try:
-        import kaleido  # noqa: F401
-    except ImportError as exc:
-        raise FigureExportError(f"Cannot write {png_paths[0]}: kaleido is not installed.\n{PNG_SETUP}") from exc
-    import plotly.io as pio
-
-    stamps = {png: _stamp(png) for png in png_paths}
-    try:
-        pio.write_images([fig for fig, _ in items], png_paths, format="png", scale=scale)
-    except Exception as exc:  # kaleido/choreographer raise assorted types when Chrome is missing
-        raise _export_error(png_paths[0], exc) from exc
-    # kaleido's batch call returns a figure's render error instead of raising it, after deleting
-    # that figure's old PNG (seen once: a render that timed out on a loaded 2-core machine).
-    # Redo each PNG the batch did not write, one at a time, where an error does raise.
-    for (fig, _), png in zip(items, png_paths, strict=True):
-        if _stamp(png) is None or _stamp(png) == stamps[png]:
-            try:
-                pio.write_image(fig, png, format="png", scale=scale)
-            except Exception as exc:
-                raise _export_error(png, exc) from exc
-            if _stamp(png) is None:
-                raise FigureExportError(f"Cannot write {png}: kaleido reported success but wrote no file.\n{PNG_SETUP}")
-    return [p for pair in zip(html_paths, png_paths, strict=True) for p in pair]
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """A file's (size, mtime in ns), or ``None`` when it is missing or empty."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return (stat.st_size, stat.st_mtime_ns) if stat.st_size else None
-
-
-def _export_error(png: Path, exc: Exception) -> FigureExportError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return FigureExportError(f"Cannot write {png}: {type(exc).__name__}: {first}\n{PNG_SETUP}")

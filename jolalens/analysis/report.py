@@ -32,6 +32,7 @@ from .compare import (
 )
 from .figures import (
     gate_dynamics,
+    gate_heatmap,
     head_heatmap,
     method_bar,
     save_figure,
@@ -119,7 +120,8 @@ def make_figures(
     Always: gate, P(open) and edit-norm heatmaps per edit type present. With ``history.csv``:
     training curves. With ``gate_history.pt``: gate dynamics. With ``ablation/*.pt``: JoLA beside
     each ablation map, the agreement table and a method-comparison bar chart. With ``command``,
-    a section naming the command and each file is appended to ``out_dir/README.md``.
+    ``out_dir/README.md`` is (re)written naming the command and each file: rewritten, never
+    appended to, so running the same command twice leaves the same file.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
@@ -137,17 +139,17 @@ def make_figures(
 
     for kind in kinds:
         save(
-            head_heatmap(maps[f"gate_{kind}"], title=f"JoLA {kind} gate at evaluation", colorbar_title="gate"),
+            gate_heatmap(maps[f"gate_{kind}"], title=f"JoLA {kind} gate at evaluation", colorbar_title="gate value"),
             f"gates_{kind}",
             f"{kind} gate value per head (0 = head not edited)",
         )
         save(
-            head_heatmap(maps[f"p_open_{kind}"], title=f"JoLA P(gate open), {kind}", colorbar_title="P(open)"),
+            gate_heatmap(maps[f"p_open_{kind}"], title=f"JoLA P(gate open), {kind}", colorbar_title="P(gate open)"),
             f"p_open_{kind}",
             f"probability that the {kind} gate is non-zero",
         )
         save(
-            head_heatmap(maps[f"norm_{kind}"], title=f"JoLA {kind} edit-vector norm", colorbar_title="norm"),
+            head_heatmap(maps[f"norm_{kind}"], title=f"JoLA {kind} edit-vector norm", colorbar_title="L2 norm"),
             f"norm_{kind}",
             f"L2 norm of the {kind} edit vector per head",
         )
@@ -176,7 +178,8 @@ def make_figures(
         name = f"{scores.method} ({scores.ablation})"
         jola_maps = {f"JoLA {k} gate": maps[f"gate_{k}"] for k in kinds}
         save(
-            side_by_side({**jola_maps, f"{name}: log-prob drop": scores.logprob_drop}, title=f"JoLA vs {name}"),
+            side_by_side({**jola_maps, f"{name}: log-prob drop": scores.logprob_drop}, title=f"JoLA vs {name}",
+                         ranges=dict.fromkeys(jola_maps, (0.0, 1.0))),
             f"jola_vs_{path.stem}",
             f"JoLA gates beside the {name} head scores",
         )
@@ -200,13 +203,13 @@ def make_figures(
     if tables:
         pd.concat(tables, ignore_index=True).to_csv(out_dir / "agreement.csv", index=False)
         written.append(out_dir / "agreement.csv")
-    written.extend(save_figures(pending))
+    # one plotly.min.js beside the pages (offline) instead of 4.7 MB inside each of them
+    written.extend(save_figures(pending, include_plotlyjs="directory"))
 
     if command:
         lines = [f"\n## {run_dir.name}\n", f"Made by `{command}` from `{run_dir}`:\n"]
         lines += [f"- `{stem}.png` / `{stem}.html`: {what}" for stem, what in described]
-        with (out_dir / "README.md").open("a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
+        (out_dir / "README.md").write_text("\n".join(lines).lstrip("\n") + "\n", encoding="utf-8")
     return written
 
 

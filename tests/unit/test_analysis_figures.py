@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def test_heatmap_holds_the_values_and_labels():
     assert [list(row) for row in trace.z] == values.tolist()
     assert trace.customdata[1][2] == "L1H2"
     assert "%{customdata}" in trace.hovertemplate
-    assert trace.colorscale[0][1] in {"rgb(247,251,255)", "#f7fbff"}  # sequential, white at 0
+    assert trace.colorscale[0][1] in {"rgb(255,245,240)", "#fff5f0"}  # sequential Reds, (near) white at 0
     assert trace.zmin == 0.0 and trace.zmax == 7.0
     assert fig.layout.yaxis.autorange == "reversed"  # layer 0 on top
     signed = head_heatmap(values - 3.0).data[0]
@@ -55,7 +56,9 @@ def test_gate_dynamics_lines_per_head():
     names = [t.name for t in fig.data]
     assert names == ["L1H1", "L1H0", "mean (all heads)"]
     assert list(fig.data[0].y) == pytest.approx([1.0, 0.9, 0.8])
-    assert list(fig.data[0].x) == [1, 2, 3]
+    assert list(fig.data[0].x) == [1, 2, 3], "an older history without epoch keys counts from 1"
+    with_initial = [{**entry, "epoch": torch.tensor(e)} for e, entry in enumerate(history)]
+    assert list(gate_dynamics(with_initial).data[0].x) == [0, 1, 2], "the trainer's epoch 0 is drawn"
     with pytest.raises(KeyError, match="gate_multiplicative"):
         gate_dynamics(history, key="gate_multiplicative")
 
@@ -64,7 +67,7 @@ def test_training_curves_and_similarity_and_bars():
     hist = pd.DataFrame({"epoch": [1, 2], "train_ce": [2.0, 1.5], "val_ce": [2.1, 1.7],
                          "open_frac_additive": [1.0, 0.4]})
     fig = training_curves(hist)
-    assert {t.name for t in fig.data} == {"train_ce", "val_ce", "open_frac_additive"}
+    assert {t.name for t in fig.data} == {"train cross-entropy", "validation cross-entropy", "additive gates open"}
     matrix = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["s0", "s1"], columns=["s0", "s1"])
     sim = similarity_matrix(matrix).data[0]
     assert [list(r) for r in sim.z] == [[1.0, 0.25], [0.25, 1.0]]
@@ -113,11 +116,18 @@ def test_saved_html_is_the_same_bytes_for_the_same_figure(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="PNG export needs chromium (see PNG_SETUP)")
-def test_save_figure_writes_html_and_png(tmp_path):
+def test_save_figure_writes_offline_html_png_pdf_and_svg(tmp_path):
     paths = save_figure(head_heatmap(torch.rand(3, 4), title="t"), tmp_path / "heat.png")
-    assert [p.name for p in paths] == ["heat.html", "heat.png"]
+    assert [p.name for p in paths] == ["heat.html", "heat.png", "heat.pdf", "heat.svg"]
+    assert all(p.stat().st_size > 0 for p in paths)
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "L2H3" in paths[0].read_text()
+    assert paths[2].read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in paths[3].read_bytes()[:2000]
+    html = paths[0].read_text()
+    assert "L2H3" in html
+    # plotly.js itself is inside (opens offline), and no script is fetched from a CDN
+    assert "Copyright (c) Plotly" in html or "plotly.js v" in html
+    assert not re.findall(r"<script[^>]*\bsrc=", html), "no script is loaded from elsewhere (a CDN)"
 
 
 def test_save_figure_names_the_fix_without_chrome(tmp_path, monkeypatch):
@@ -166,3 +176,14 @@ def test_save_figures_raises_naming_a_png_that_cannot_be_written(tmp_path, monke
     fig = head_heatmap(torch.rand(2, 2))
     with pytest.raises(FigureExportError, match=r"b\.png.*wrote no file"):
         save_figures([(fig, tmp_path / "a"), (fig, tmp_path / "b")])
+
+
+def test_directory_mode_puts_one_plotly_js_beside_the_pages(tmp_path):
+    """What the report writers use: offline pages without 4.7 MB of plotly.js inside each."""
+    fig = head_heatmap(torch.rand(2, 2))
+    paths = save_figures([(fig, tmp_path / "a"), (fig, tmp_path / "b")], include_plotlyjs="directory", formats=("html",))
+    assert [p.name for p in paths] == ["a.html", "b.html"]
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    assert re.findall(r'<script[^>]*src="([^"]+)"', paths[0].read_text()) == ["plotly.min.js"]
+    with pytest.raises(ValueError, match="unknown figure format"):
+        save_figures([(fig, tmp_path / "c")], formats=("jpg",))

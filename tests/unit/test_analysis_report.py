@@ -79,6 +79,10 @@ def test_make_figures_writes_every_supported_figure(run_dir, tmp_path, captured)
     assert dyn.data[0].name == "L1H2" and list(dyn.data[0].y) == pytest.approx([0.3, 0.6, 0.9])
     readme = (out / "README.md").read_text()
     assert "`jolalens figures --run run --out figures`" in readme and "`jola_vs_mean.png`" in readme
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0), "gate maps on the fixed [0, 1] scale"
+    assert (side.data[0].zmin, side.data[0].zmax) == (0.0, 1.0) and (side.data[1].zmin, side.data[1].zmax) == (0.0, 2.0)
+    make_figures(run_dir, out, command="jolalens figures --run run --out figures")
+    assert (out / "README.md").read_text() == readme, "a second run rewrites the index, it does not append"
 
 
 def test_all_gates_open_skips_agreement_but_keeps_the_side_by_side(run_dir, tmp_path, captured):
@@ -107,3 +111,16 @@ def test_head_maps_from_a_saved_edit(tiny, tmp_path):
     assert set(maps) == set(expected)
     for key, value in expected.items():
         torch.testing.assert_close(maps[key], value)
+
+
+def test_cli_figures_writes_beside_the_run_not_into_the_repository(run_dir, tmp_path, captured, monkeypatch):
+    """`jolalens figures --run DIR` once appended to the tracked figures/README.md on every run."""
+    from jolalens.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "README.md").write_text("tracked\n")
+    assert main(["figures", "--run", str(run_dir)]) == 0
+    assert (tmp_path / "figures" / "README.md").read_text() == "tracked\n"
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["README.md"]
+    assert (run_dir / "figures" / "README.md").is_file() and (run_dir / "figures" / "agreement.csv").is_file()

@@ -63,7 +63,8 @@ def test_training_lowers_validation_ce_and_records_history(tiny):
     h = result.history
     assert list(h.columns[:5]) == ["epoch", "step", "train_ce", "train_penalty", "val_ce"]
     assert h["val_ce"].min() < h["val_ce"].iloc[0]
-    assert len(result.gate_history) == len(h)
+    # gate_history[0] is the initial state (epoch 0), then one entry per epoch trained
+    assert [int(e["epoch"]) for e in result.gate_history] == [0, *h["epoch"].tolist()]
     assert set(result.gate_history[0]) >= {"gate_additive", "p_open_multiplicative", "norm_additive"}
     assert result.best_epoch == int(h.loc[h["val_ce"].idxmin(), "epoch"])
     assert not result.edit.training
