@@ -43,8 +43,10 @@ from jolalens.tasks import load_task_splits  # noqa: E402
 
 log = logging.getLogger("notebook_runs")
 
-# The committed paper-grid comparison (200/200 examples, 500 test items, loglik): notebook 03
-# reads it by default instead of re-running seven methods on a CPU.
+# A paper-grid comparison (200/200 examples, 500 test items, loglik), made by
+# `python benchmarks/paper_grid.py --only main --tasks arc_easy`: notebook 03 reads it when it exists
+# instead of re-running seven methods on a CPU (raw runs are not kept in git; without it a fresh,
+# smaller comparison is run).
 PAPER_GRID_MAIN = Path(__file__).resolve().parent / "results" / "paper_grid" / "main"
 COMPARE_METHODS = ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot")
 
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if "eval" in steps:
         manifest["test_accuracy"] = timed("eval", lambda: eval_step(model, splits, args.task, protocol, out))
     if "compare" in steps:
-        default = PAPER_GRID_MAIN if protocol == Protocol.LOGLIK.value and budget is not FAST else None
+        use_grid = protocol == Protocol.LOGLIK.value and budget is not FAST and PAPER_GRID_MAIN.is_dir()
+        default = PAPER_GRID_MAIN if use_grid else None
         given = None if args.fresh_compare else (args.compare_dir or default)
         if given is not None:
             manifest["compare_dir"] = str(_check_compare_dir(given.resolve(), args.task, protocol))
