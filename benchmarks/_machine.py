@@ -68,9 +68,13 @@ class ModelShape:
         n_heads = int(cfg.num_attention_heads)
         d_head = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
         return cls(
-            n_layers=int(cfg.num_hidden_layers), d_model=int(cfg.hidden_size), n_heads=n_heads,
-            n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads), d_head=d_head,
-            d_mlp=int(cfg.intermediate_size), vocab=int(cfg.vocab_size),
+            n_layers=int(cfg.num_hidden_layers),
+            d_model=int(cfg.hidden_size),
+            n_heads=n_heads,
+            n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+            d_head=d_head,
+            d_mlp=int(cfg.intermediate_size),
+            vocab=int(cfg.vocab_size),
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -96,13 +100,16 @@ def forward_flops(shape: ModelShape, tokens: int, unembedded: int, keys: float) 
     ``keys``: the sum over real query tokens of the real keys each attends to (causal: a row of
     ``n`` tokens after a cached prefix of ``p`` gives ``n*p + n*(n+1)/2``).
     """
-    return 2.0 * body_params(shape) * tokens + 2.0 * shape.d_model * shape.vocab * unembedded + attention_flops(shape, keys)
+    return (
+        2.0 * body_params(shape) * tokens
+        + 2.0 * shape.d_model * shape.vocab * unembedded
+        + attention_flops(shape, keys)
+    )
 
 
 def causal_keys(n: int, cached: int = 0) -> int:
     """Keys attended by ``n`` new tokens after ``cached`` cached ones, causal mask."""
     return n * cached + n * (n + 1) // 2
-
 
 
 def sync(device: str | torch.device) -> None:
@@ -111,7 +118,9 @@ def sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(n: int = 2048, seconds: float = 3.0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def matmul_rate(
+    n: int = 2048, seconds: float = 3.0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
     """Dense ``n x n`` matmul rate in GFLOP/s at the current thread count: best and median of ~1 s chunks.
 
     The best chunk is the ceiling that we compare against (the machine is shared; the median
@@ -140,8 +149,13 @@ def matmul_rate(n: int = 2048, seconds: float = 3.0, device: str = "cpu", dtype:
         rates.append(2.0 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
         cpu_rates.append(2.0 * n**3 * reps / max(time.process_time() - c0, 1e-9) / 1e9)
     return {
-        "n": n, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "threads": torch.get_num_threads(),
-        "gflops_best": max(rates), "gflops_median": statistics.median(rates), "chunks": len(rates),
+        "n": n,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "gflops_best": max(rates),
+        "gflops_median": statistics.median(rates),
+        "chunks": len(rates),
         # per CPU-second of this process (all threads together): less sensitive to other jobs
         "gflops_per_cpu_s_best": max(cpu_rates),
     }
@@ -171,8 +185,11 @@ def median_after_warmup(times: list[float], warmup: int) -> float:
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on, including the load average at the time (shared box)."""
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
     }
     try:
         info["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]

@@ -42,7 +42,9 @@ def _tokenizer(ckpt: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", type=Path, required=True)
-    ap.add_argument("--data-dir", type=Path, required=True, help="train.json/valid.json/test.json (instruction, answer)")
+    ap.add_argument(
+        "--data-dir", type=Path, required=True, help="train.json/valid.json/test.json (instruction, answer)"
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=0, help="timing mode: stop after this many steps")
     ap.add_argument("--epochs", type=int, default=1, help="accuracy mode (--max-steps 0): epochs to train")
@@ -63,7 +65,9 @@ def main() -> None:
     set_seed(args.seed)
     t_load = time.perf_counter()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model = JoLAModel.jola_from_pretrained(str(args.ckpt), cache_dir=None, applied_module="attention", torch_dtype=dtype)
+    model = JoLAModel.jola_from_pretrained(
+        str(args.ckpt), cache_dir=None, applied_module="attention", torch_dtype=dtype
+    )
     model.unfreeze_jola_params()
     model.to(args.device)
     tok = _tokenizer(args.ckpt)
@@ -81,8 +85,15 @@ def main() -> None:
             mask = inputs["attention_mask"]
             lengths = mask.sum(-1).tolist()
             answer_pos = int((inputs["labels"][:, 1:] != -100).sum())
-            tokens.append({"tokens": int(sum(lengths)), "answer_tokens": answer_pos, "padded": int(mask.numel()),
-                           "keys": int(sum(n * (n + 1) // 2 for n in lengths)), "logit_rows": int(mask.numel())})
+            tokens.append(
+                {
+                    "tokens": int(sum(lengths)),
+                    "answer_tokens": answer_pos,
+                    "padded": int(mask.numel()),
+                    "keys": int(sum(n * (n + 1) // 2 for n in lengths)),
+                    "logit_rows": int(mask.numel()),
+                }
+            )
             return super().compute_loss(model, inputs, return_outputs)
 
     step_times: list[float] = []
@@ -100,15 +111,33 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out_dir:
         targs = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-            lr_scheduler_type="cosine", warmup_steps=args.warmup_steps, num_train_epochs=args.epochs,
-            max_steps=args.max_steps if args.max_steps > 0 else -1, save_strategy="no", eval_strategy="no",
-            logging_steps=10**6, report_to=[], seed=args.seed, use_cpu=not args.device.startswith("cuda"),
-            dataloader_num_workers=0, bf16=dtype is torch.bfloat16, disable_tqdm=True,
+            output_dir=out_dir,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=args.warmup_steps,
+            num_train_epochs=args.epochs,
+            max_steps=args.max_steps if args.max_steps > 0 else -1,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=10**6,
+            report_to=[],
+            seed=args.seed,
+            use_cpu=not args.device.startswith("cuda"),
+            dataloader_num_workers=0,
+            bf16=dtype is torch.bfloat16,
+            disable_tqdm=True,
         )
         trainer = TimedTrainer(
-            model=model, train_dataset=data["train"], eval_dataset=None, tokenizer=tok, data_collator=collator,
-            args=targs, callbacks=[StepTimer()], gate_scheduler="expon", max_seq_length=400,
+            model=model,
+            train_dataset=data["train"],
+            eval_dataset=None,
+            tokenizer=tok,
+            data_collator=collator,
+            args=targs,
+            callbacks=[StepTimer()],
+            gate_scheduler="expon",
+            max_seq_length=400,
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         t0 = time.perf_counter()
@@ -127,13 +156,29 @@ def main() -> None:
     import transformers
     import trl
 
-    print(json.dumps({
-        "system": "jola==0.0.1 (released)", "versions": {"jola": getattr(jola, "__version__", "0.0.1"),
-        "transformers": transformers.__version__, "trl": trl.__version__, "torch": torch.__version__},
-        "step_s": step_times, "cpu_s": step_cpu, "batches": tokens[: len(step_times)], "load_s": load_s, "train_s": train_s,
-        "trainable_params": trainable, "peak_rss_mb": _machine.peak_rss_mb(), "peak_gpu_mb": _machine.peak_gpu_mb(args.device),
-        "threads": torch.get_num_threads(), "shape": _machine.ModelShape.from_hf_config(model.config).to_dict(),
-    }))
+    print(
+        json.dumps(
+            {
+                "system": "jola==0.0.1 (released)",
+                "versions": {
+                    "jola": getattr(jola, "__version__", "0.0.1"),
+                    "transformers": transformers.__version__,
+                    "trl": trl.__version__,
+                    "torch": torch.__version__,
+                },
+                "step_s": step_times,
+                "cpu_s": step_cpu,
+                "batches": tokens[: len(step_times)],
+                "load_s": load_s,
+                "train_s": train_s,
+                "trainable_params": trainable,
+                "peak_rss_mb": _machine.peak_rss_mb(),
+                "peak_gpu_mb": _machine.peak_gpu_mb(args.device),
+                "threads": torch.get_num_threads(),
+                "shape": _machine.ModelShape.from_hf_config(model.config).to_dict(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,26 +45,40 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--figures", type=Path, default=FIGURES)
     args = parser.parse_args()
-    sizes = (dict(n_train=200, n_valid=200, n_test=500, epochs=20, warmup=50) if args.paper
-             else dict(n_train=64, n_valid=32, n_test=200, epochs=4, warmup=5))
+    sizes = (
+        dict(n_train=200, n_valid=200, n_test=500, epochs=20, warmup=50)
+        if args.paper
+        else dict(n_train=64, n_valid=32, n_test=200, epochs=4, warmup=5)
+    )
     out = args.out if not args.paper else args.out.with_name(args.out.name + "_paper")
     tasks = tuple(t for t in args.tasks.split(",") if t)
     config = CompareConfig(
-        methods=tuple(args.methods.split(",")), tasks=tasks, seeds=tuple(int(s) for s in args.seeds.split(",")),
-        n_train=sizes["n_train"], n_valid=sizes["n_valid"], n_test=sizes["n_test"], budget=2,
+        methods=tuple(args.methods.split(",")),
+        tasks=tasks,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        n_train=sizes["n_train"],
+        n_valid=sizes["n_valid"],
+        n_test=sizes["n_test"],
+        budget=2,
         train=TrainConfig(epochs=sizes["epochs"], warmup_steps=sizes["warmup"], progress=False),
     )
     t0 = time.perf_counter()
     model = load_model()
     results = run_compare(model, config, out)
-    (out / "machine.json").write_text(json.dumps({
-        "command": "python benchmarks/compare_embedded.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "cuda": torch.cuda.is_available(),
-        "torch": torch.__version__,
-        "last_invocation_seconds": round(time.perf_counter() - t0, 1),
-    }, indent=2) + "\n")
+    (out / "machine.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/compare_embedded.py " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                "cpus": os.cpu_count(),
+                "cuda": torch.cuda.is_available(),
+                "torch": torch.__version__,
+                "last_invocation_seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     # Figures for seed 0 of each task: scores, head maps, head-set agreement, JoLA vs attribution.
     for task in tasks:
         if not (out / "runs" / task / "jola" / "seed0" / "result.json").is_file():

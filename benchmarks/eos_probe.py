@@ -42,17 +42,26 @@ def cell_summary(run_dir: Path, task: str) -> dict:
 
     result = json.loads((run_dir / "result.json").read_text())
     gen = json.loads((run_dir / "gen_result.json").read_text())
-    items = pd.read_csv(run_dir / "gen_test_items.csv.gz", dtype={"output": str, "prediction": str},
-                        keep_default_na=False, na_values=[""])
+    items = pd.read_csv(
+        run_dir / "gen_test_items.csv.gz",
+        dtype={"output": str, "prediction": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
     outputs = items["output"].fillna("").astype(str)
     top = items["prediction"].value_counts()
-    return {"loglik_accuracy": result["score"], "gen_accuracy": gen["accuracy"],
-            "no_answer": float(items["prediction"].isna().mean()),
-            "listing": float(sum(len(labels_named(o, task)) > 1 for o in outputs) / len(items)),
-            "most_written": {str(k): int(v) for k, v in top.head(3).items()},
-            "hyperparameters": result["hyperparameters"], "val_ce": result["val_ce"],
-            "best_epoch": result["info"].get("best_epoch"), "closed_fraction": result["info"].get("closed_fraction"),
-            "device": result["device"]}
+    return {
+        "loglik_accuracy": result["score"],
+        "gen_accuracy": gen["accuracy"],
+        "no_answer": float(items["prediction"].isna().mean()),
+        "listing": float(sum(len(labels_named(o, task)) > 1 for o in outputs) / len(items)),
+        "most_written": {str(k): int(v) for k, v in top.head(3).items()},
+        "hyperparameters": result["hyperparameters"],
+        "val_ce": result["val_ce"],
+        "best_epoch": result["info"].get("best_epoch"),
+        "closed_fraction": result["info"].get("closed_fraction"),
+        "device": result["device"],
+    }
 
 
 def main() -> int:
@@ -62,7 +71,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-batch-size", type=int, default=32, help="as the grid's runs")
-    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/eos_probe/<task>_budget<budget>")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/eos_probe/<task>_budget<budget>"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the script")
     args = parser.parse_args()
 
@@ -77,8 +88,14 @@ def main() -> int:
     if not (grid_cell / "gen_result.json").is_file():
         parser.error(f"the grid's cell {grid_cell} has no generation-protocol result to compare with")
     base = group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size)
-    config = replace(base, methods=("jola",), tasks=(args.task,), seeds=(0,), budget=args.budget,
-                     train=replace(base.train, answer_eos=True))
+    config = replace(
+        base,
+        methods=("jola",),
+        tasks=(args.task,),
+        seeds=(0,),
+        budget=args.budget,
+        train=replace(base.train, answer_eos=True),
+    )
     model = load_model(device=args.device, dtype="float32")
     t0 = time.perf_counter()
     run_compare(model, config, args.out / "main")
@@ -86,20 +103,31 @@ def main() -> int:
     if not (run_dir / "gen_result.json").is_file():
         rescore_generation(model, Cell("gen", args.task, "jola", 0), args.out, config)
     compress_items(run_dir)
-    summary = {"task": args.task, "budget": args.budget, "seconds": round(time.perf_counter() - t0),
-               "command": "python benchmarks/eos_probe.py " + " ".join(sys.argv[1:]),
-               "with_eos": cell_summary(run_dir, args.task), "grid_without_eos": cell_summary(grid_cell, args.task)}
+    summary = {
+        "task": args.task,
+        "budget": args.budget,
+        "seconds": round(time.perf_counter() - t0),
+        "command": "python benchmarks/eos_probe.py " + " ".join(sys.argv[1:]),
+        "with_eos": cell_summary(run_dir, args.task),
+        "grid_without_eos": cell_summary(grid_cell, args.task),
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [("JoLA, the grid's cell (no EOS)", summary["grid_without_eos"]), ("JoLA, EOS trained", summary["with_eos"])]
-    lines = [f"# JoLA on {args.task}, seed 0: training the end-of-sequence token", "",
-             f"`{summary['command']}`; the same {config.n_test} test items, data, seed and settings as the grid "
-             f"(except the EOS token); {summary['seconds']} s.", "",
-             "| run | lr | best epoch | log-likelihood accuracy % | generation accuracy % | no answer % | lists labels % | most written | device |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# JoLA on {args.task}, seed 0: training the end-of-sequence token",
+        "",
+        f"`{summary['command']}`; the same {config.n_test} test items, data, seed and settings as the grid "
+        f"(except the EOS token); {summary['seconds']} s.",
+        "",
+        "| run | lr | best epoch | log-likelihood accuracy % | generation accuracy % | no answer % | lists labels % | most written | device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['hyperparameters'].get('lr')} | {r['best_epoch']} | {100 * r['loglik_accuracy']:.1f} | "
-                     f"{100 * r['gen_accuracy']:.1f} | {100 * r['no_answer']:.0f} | {100 * r['listing']:.0f} | "
-                     f"{', '.join(f'{k} ({v})' for k, v in r['most_written'].items())} | {r['device']} |")
+        lines.append(
+            f"| {name} | {r['hyperparameters'].get('lr')} | {r['best_epoch']} | {100 * r['loglik_accuracy']:.1f} | "
+            f"{100 * r['gen_accuracy']:.1f} | {100 * r['no_answer']:.0f} | {100 * r['listing']:.0f} | "
+            f"{', '.join(f'{k} ({v})' for k, v in r['most_written'].items())} | {r['device']} |"
+        )
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -43,22 +43,45 @@ def main() -> None:
         n_tokens = sum(len(tok(ex.instruction).input_ids) for ex in items)
         res = evaluate(model, items, name, protocol=Protocol.LOGLIK, batch_size=args.batch_size, progress=False)
         s = res.summary
-        runs.append({"task": name, "n_items": len(items), "seconds": round(s["seconds"], 2),
-                     "items_per_s": round(s["items_per_s"], 2), "accuracy": round(s["accuracy"], 4),
-                     "mean_instruction_tokens": round(n_tokens / len(items), 1),
-                     "target_s": 60, "meets_target": s["seconds"] <= 60})
+        runs.append(
+            {
+                "task": name,
+                "n_items": len(items),
+                "seconds": round(s["seconds"], 2),
+                "items_per_s": round(s["items_per_s"], 2),
+                "accuracy": round(s["accuracy"], 4),
+                "mean_instruction_tokens": round(n_tokens / len(items), 1),
+                "target_s": 60,
+                "meets_target": s["seconds"] <= 60,
+            }
+        )
         print(runs[-1])
-    info = {"model": args.model, "batch_size": args.batch_size, "model_load_s": round(load_s, 1),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "runs": runs}
+    info = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "model_load_s": round(load_s, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "runs": runs,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "eval_speed.json").write_text(json.dumps(info, indent=2) + "\n")
-    lines = ["# Log-likelihood evaluation speed", "",
-             f"Model {args.model}, batch {args.batch_size}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads on {os.cpu_count()} CPUs ({info['machine']}). Timing excludes model load "
-             f"({info['model_load_s']} s). Target: 500 items <= 60 s.", "",
-             "| task | items | seconds | items/s | mean instruction tokens | accuracy | <= 60 s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['n_items']} | {r['seconds']} | {r['items_per_s']} | {r['mean_instruction_tokens']} | {r['accuracy']} | {'yes' if r['meets_target'] else 'no'} |" for r in runs]
+    lines = [
+        "# Log-likelihood evaluation speed",
+        "",
+        f"Model {args.model}, batch {args.batch_size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads on {os.cpu_count()} CPUs ({info['machine']}). Timing excludes model load "
+        f"({info['model_load_s']} s). Target: 500 items <= 60 s.",
+        "",
+        "| task | items | seconds | items/s | mean instruction tokens | accuracy | <= 60 s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['n_items']} | {r['seconds']} | {r['items_per_s']} | {r['mean_instruction_tokens']} | {r['accuracy']} | {'yes' if r['meets_target'] else 'no'} |"
+        for r in runs
+    ]
     (OUT / "eval_speed.md").write_text("\n".join(lines) + "\n")
 
 

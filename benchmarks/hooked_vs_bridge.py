@@ -62,8 +62,16 @@ def main() -> None:
             finally:
                 runners.has_hf_view = saved
         t_ll = time.perf_counter() - t0
-        rows.append({"model": name, "backend": backend, "val_ce": ce, "val_ce_s": round(t_ce, 2),
-                     "loglik_s": round(t_ll, 2), "first_scores": scores[0]})
+        rows.append(
+            {
+                "model": name,
+                "backend": backend,
+                "val_ce": ce,
+                "val_ce_s": round(t_ce, 2),
+                "loglik_s": round(t_ll, 2),
+                "first_scores": scores[0],
+            }
+        )
         print(rows[-1])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"n": args.n, "rows": rows}, indent=2) + "\n")

@@ -41,8 +41,11 @@ def sign_tests(cells: pd.DataFrame, reference: str = "jola") -> str:
     for method in sorted(set(cells["method"]) - {reference}):
         other = cells[cells["method"] == method].set_index(["task", "seed"])["accuracy"]
         if method == "zeroshot":  # zero-shot has one run per task: pair it with every seed
-            other = ref.reset_index().merge(other.reset_index(level="seed", drop=True).rename("o"),
-                                            left_on="task", right_index=True).set_index(["task", "seed"])["o"]
+            other = (
+                ref.reset_index()
+                .merge(other.reset_index(level="seed", drop=True).rename("o"), left_on="task", right_index=True)
+                .set_index(["task", "seed"])["o"]
+            )
         both = pd.concat([ref, other], axis=1, join="inner").dropna()
         diff = both.iloc[:, 0] - both.iloc[:, 1]
         hi, lo = int((diff > 1e-12).sum()), int((diff < -1e-12).sum())

@@ -39,12 +39,23 @@ def main() -> None:
     rows = []
     for scale in [float(x) for x in args.gate_lr_scales.split(",")]:
         for lam in [float(x) for x in args.lams.split(",")]:
-            cfg = TrainConfig(epochs=args.epochs, seed=args.seed, gate_lr_scale=scale, progress=False,
-                              lr=args.lr, warmup_steps=args.warmup, patience=args.epochs)
+            cfg = TrainConfig(
+                epochs=args.epochs,
+                seed=args.seed,
+                gate_lr_scale=scale,
+                progress=False,
+                lr=args.lr,
+                warmup_steps=args.warmup,
+                patience=args.epochs,
+            )
             result = train_jola(model, splits.train, splits.valid, config=cfg, sparsity=SparsityConfig(lam=lam))
             s = result.summary()
-            row = {"lam": lam, "gate_lr_scale": scale, **{k: v for k, v in s.items() if k != "closed_fraction"},
-                   **{f"closed_{k}": v for k, v in s["closed_fraction"].items()}}
+            row = {
+                "lam": lam,
+                "gate_lr_scale": scale,
+                **{k: v for k, v in s.items() if k != "closed_fraction"},
+                **{f"closed_{k}": v for k, v in s["closed_fraction"].items()},
+            }
             rows.append(row)
             print(json.dumps(row))
     out = Path(args.out)
@@ -52,13 +63,18 @@ def main() -> None:
     machine = f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
     payload = {"machine": machine, "args": vars(args), "rows": rows}
     (out / f"lambda_sweep_{args.task}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"Task {args.task}, {args.n_train}/{args.n_valid} train/valid, seed {args.seed}, "
-             f"{args.epochs} epochs, lr {args.lr}, {args.warmup} warm-up steps; {machine}. Validation data only.", "",
-             "| lam | gate_lr_scale | val CE epoch 1 | best val CE | best epoch | closed additive | closed multiplicative | s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Task {args.task}, {args.n_train}/{args.n_valid} train/valid, seed {args.seed}, "
+        f"{args.epochs} epochs, lr {args.lr}, {args.warmup} warm-up steps; {machine}. Validation data only.",
+        "",
+        "| lam | gate_lr_scale | val CE epoch 1 | best val CE | best epoch | closed additive | closed multiplicative | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['lam']} | {r['gate_lr_scale']} | {r['val_ce_first_epoch']:.4f} | {r['val_ce_best']:.4f} | "
-                     f"{r['best_epoch']} | {r.get('closed_additive', 0):.0%} | {r.get('closed_multiplicative', 0):.0%} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['lam']} | {r['gate_lr_scale']} | {r['val_ce_first_epoch']:.4f} | {r['val_ce_best']:.4f} | "
+            f"{r['best_epoch']} | {r.get('closed_additive', 0):.0%} | {r.get('closed_multiplicative', 0):.0%} | {r['seconds']:.0f} |"
+        )
     (out / f"lambda_sweep_{args.task}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -72,10 +72,23 @@ class PhaseMemory:
             yield
         finally:
             end = current_rss_mb()
-            self.phases.append({"phase": name, "start_mb": start, "peak_mb": max(self._peak, end), "end_mb": end,
-                                "seconds": time.perf_counter() - t0})
-            log.info("%-22s start %6.0f MB  peak %6.0f MB  end %6.0f MB  (%.0f s)", name, start, self.phases[-1]["peak_mb"], end,
-                     self.phases[-1]["seconds"])
+            self.phases.append(
+                {
+                    "phase": name,
+                    "start_mb": start,
+                    "peak_mb": max(self._peak, end),
+                    "end_mb": end,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            log.info(
+                "%-22s start %6.0f MB  peak %6.0f MB  end %6.0f MB  (%.0f s)",
+                name,
+                start,
+                self.phases[-1]["peak_mb"],
+                end,
+                self.phases[-1]["seconds"],
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -88,10 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-valid", type=int, default=16)
     ap.add_argument("--n-test", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--attribution-batch-size", type=int, default=2, help="examples per attribution batch (the demo's 2)")
+    ap.add_argument(
+        "--attribution-batch-size", type=int, default=2, help="examples per attribution batch (the demo's 2)"
+    )
     ap.add_argument("--convert", action="store_true", help="also time the first-use GGUF conversion (fresh cache dir)")
     ap.add_argument("--figures", action="store_true", help="also make the demo's figures (HTML and PNG)")
-    ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/memory_profile"), help="writes OUT.json and OUT.md")
+    ap.add_argument(
+        "--out", type=Path, default=Path("runs/benchmarks/memory_profile"), help="writes OUT.json and OUT.md"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,22 +134,33 @@ def main(argv: list[str] | None = None) -> None:
     with mem.phase("load_model"):
         model = jolalens.load_model()
     budget = DemoBudget()
-    splits = load_task_splits(budget.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=budget.seed)
+    splits = load_task_splits(
+        budget.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=budget.seed
+    )
     with mem.phase("evaluate (loglik, bs 16)"):
         evaluate(model, splits.test, budget.task, protocol="loglik", progress=False)
     with mem.phase("train_jola (bs 8)"):
         result = jolalens.train_jola(
-            model, splits.train, splits.valid,
-            config=jolalens.TrainConfig(lr=budget.lr, epochs=args.epochs, warmup_steps=budget.warmup_steps,
-                                        patience=args.epochs, progress=False),
+            model,
+            splits.train,
+            splits.valid,
+            config=jolalens.TrainConfig(
+                lr=budget.lr, epochs=args.epochs, warmup_steps=budget.warmup_steps, patience=args.epochs, progress=False
+            ),
         )
     with mem.phase("evaluate with edit"):
         evaluate(model, splits.test, budget.task, edit=result.edit, protocol="loglik", progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
         with mem.phase(f"attribution_scores (bs {args.attribution_batch_size})"):
             result.save(Path(run_dir) / "run", overwrite=True)
-            scores = attribution_scores(model, splits.valid, ablation="mean", reference=splits.train,
-                                        batch_size=args.attribution_batch_size, progress=False)
+            scores = attribution_scores(
+                model,
+                splits.valid,
+                ablation="mean",
+                reference=splits.train,
+                batch_size=args.attribution_batch_size,
+                progress=False,
+            )
             scores.save(Path(run_dir) / "run" / "ablation" / "attribution_mean.pt")
         if args.figures:
             from jolalens.analysis import make_figures
@@ -140,21 +168,33 @@ def main(argv: list[str] | None = None) -> None:
 
             with mem.phase("make_figures"):
                 try:
-                    make_figures(Path(run_dir) / "run", Path(run_dir) / "figures", model=model, command="memory_profile")
+                    make_figures(
+                        Path(run_dir) / "run", Path(run_dir) / "figures", model=model, command="memory_profile"
+                    )
                 except FigureExportError as exc:
                     log.warning("figures not written: %s", exc)
     mem.close()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result_json = {
         "command": " ".join(["python", "benchmarks/memory_profile.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": _machine.machine_info(), "phases": mem.phases, "process_peak_rss_mb": _machine.peak_rss_mb(),
+        "machine": _machine.machine_info(),
+        "phases": mem.phases,
+        "process_peak_rss_mb": _machine.peak_rss_mb(),
         "children_peak_rss_mb": children,
     }
-    lines = [f"# Peak resident memory by phase of the demo\n\nCommand: `{result_json['command']}`\n",
-             "| phase | start MB | peak MB | end MB | seconds |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {p['phase']} | {p['start_mb']:.0f} | {p['peak_mb']:.0f} | {p['end_mb']:.0f} | {p['seconds']:.0f} |" for p in mem.phases]
-    lines.append(f"\nProcess peak RSS: {result_json['process_peak_rss_mb']:.0f} MB; largest waited-for child: {children:.0f} MB "
-                 "(a forked child starts with its parent's resident pages, so this can echo the parent's peak)")
+    lines = [
+        f"# Peak resident memory by phase of the demo\n\nCommand: `{result_json['command']}`\n",
+        "| phase | start MB | peak MB | end MB | seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p['phase']} | {p['start_mb']:.0f} | {p['peak_mb']:.0f} | {p['end_mb']:.0f} | {p['seconds']:.0f} |"
+        for p in mem.phases
+    ]
+    lines.append(
+        f"\nProcess peak RSS: {result_json['process_peak_rss_mb']:.0f} MB; largest waited-for child: {children:.0f} MB "
+        "(a forked child starts with its parent's resident pages, so this can echo the parent's peak)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(args.out) + ".json").write_text(json.dumps(result_json, indent=2) + "\n")
     Path(str(args.out) + ".md").write_text("\n".join(lines) + "\n")

@@ -70,20 +70,31 @@ class Budget:
 
 
 # lr 2e-2 is the point the paper grid's search picked on ARC-e (benchmarks/results/paper_grid/main)
-FULL = Budget(n_train=200, n_valid=100, n_test=300, epochs=8, warmup_steps=20, lr=2e-2, n_ablation=16,
-              compare_sizes=(64, 32, 300, 3))
+FULL = Budget(
+    n_train=200,
+    n_valid=100,
+    n_test=300,
+    epochs=8,
+    warmup_steps=20,
+    lr=2e-2,
+    n_ablation=16,
+    compare_sizes=(64, 32, 300, 3),
+)
 # what a loaded 2-core CPU finishes in well under an hour; gates close less far than at FULL
-MODEST = Budget(n_train=96, n_valid=48, n_test=200, epochs=6, warmup_steps=8, lr=2e-2, n_ablation=8,
-                compare_sizes=(64, 32, 200, 3))
-FAST = Budget(n_train=16, n_valid=8, n_test=8, epochs=1, warmup_steps=2, lr=2e-2, n_ablation=1,
-              compare_sizes=(16, 8, 16, 1))
+MODEST = Budget(
+    n_train=96, n_valid=48, n_test=200, epochs=6, warmup_steps=8, lr=2e-2, n_ablation=8, compare_sizes=(64, 32, 200, 3)
+)
+FAST = Budget(
+    n_train=16, n_valid=8, n_test=8, epochs=1, warmup_steps=2, lr=2e-2, n_ablation=1, compare_sizes=(16, 8, 16, 1)
+)
 BUDGETS = {"full": FULL, "modest": MODEST, "fast": FAST}
 
 
 def train_step(model: Any, splits: Any, budget: Budget, out: Path) -> dict[str, Any]:
     """Train JoLA and save the run directory (with the epoch-0 gates in gate_history.pt)."""
-    config = jolalens.TrainConfig(epochs=budget.epochs, lr=budget.lr, warmup_steps=budget.warmup_steps,
-                                  patience=budget.epochs, progress=False)
+    config = jolalens.TrainConfig(
+        epochs=budget.epochs, lr=budget.lr, warmup_steps=budget.warmup_steps, patience=budget.epochs, progress=False
+    )
     result = jolalens.train_jola(model, splits.train, splits.valid, config=config)
     result.save(out / "jola", overwrite=True)
     return result.summary()
@@ -95,9 +106,18 @@ def ablation_step(model: Any, splits: Any, budget: Budget, out: Path) -> dict[st
     times = {}
     # one example and 3 heads a pass: a pass holds 3 x choices sequences of 49k-vocabulary logits
     # (the default 8 examples x 9 heads took 8.6 GB of RAM on ARC-e)
-    scorers = (("attribution", lambda: attribution_scores(model, items, ablation="mean", reference=splits.train, batch_size=2)),
-               ("mean", lambda: ablation_scores(model, items, ablation="mean", reference=splits.train, batch_size=1,
-                                                heads_per_pass=3)))
+    scorers = (
+        (
+            "attribution",
+            lambda: attribution_scores(model, items, ablation="mean", reference=splits.train, batch_size=2),
+        ),
+        (
+            "mean",
+            lambda: ablation_scores(
+                model, items, ablation="mean", reference=splits.train, batch_size=1, heads_per_pass=3
+            ),
+        ),
+    )
     for name, scorer in scorers:
         t0 = time.perf_counter()
         scores = scorer()
@@ -125,8 +145,14 @@ def compare_step(model: Any, task: str, protocol: str, budget: Budget, out: Path
 
     n_train, n_valid, n_test, epochs = budget.compare_sizes
     config = CompareConfig(
-        methods=COMPARE_METHODS, tasks=(task,), seeds=(0,), n_train=n_train, n_valid=n_valid, n_test=n_test,
-        protocol=protocol, budget=1,
+        methods=COMPARE_METHODS,
+        tasks=(task,),
+        seeds=(0,),
+        n_train=n_train,
+        n_valid=n_valid,
+        n_test=n_test,
+        protocol=protocol,
+        budget=1,
         train=jolalens.TrainConfig(epochs=epochs, warmup_steps=2, progress=False),
     )
     run_compare(model, config, out / "compare", log=log.info)
@@ -136,8 +162,10 @@ def compare_step(model: Any, task: str, protocol: str, budget: Budget, out: Path
 def _check_compare_dir(path: Path, task: str, protocol: str) -> Path:
     config = json.loads((path / "compare_config.json").read_text())
     if config["protocol"]["protocol"] != protocol:
-        raise SystemExit(f"{path} was scored with protocol {config['protocol']['protocol']!r}, not {protocol!r}: "
-                         "pass --compare-dir of a matching comparison, or --fresh-compare")
+        raise SystemExit(
+            f"{path} was scored with protocol {config['protocol']['protocol']!r}, not {protocol!r}: "
+            "pass --compare-dir of a matching comparison, or --fresh-compare"
+        )
     missing = [m for m in COMPARE_METHODS if not (path / "runs" / task / m / "seed0" / "result.json").is_file()]
     if missing:
         raise SystemExit(f"{path} lacks finished {task} runs of {missing}: pass --fresh-compare")
@@ -151,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: runs/notebooks/<task>")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="run sizes (see the Budget table)")
     parser.add_argument("--fast", action="store_true", help="--budget fast: exercises the code, shows nothing")
-    parser.add_argument("--compare-dir", type=Path, default=None,
-                        help="a finished comparison for notebook 03 (default: the committed paper grid, loglik only)")
+    parser.add_argument(
+        "--compare-dir",
+        type=Path,
+        default=None,
+        help="a finished comparison for notebook 03 (default: the committed paper grid, loglik only)",
+    )
     parser.add_argument("--fresh-compare", action="store_true", help="run a small comparison instead of reading one")
     parser.add_argument("--steps", default="train,ablation,eval,compare", help="comma list of steps to (re)run")
     args = parser.parse_args(argv)
@@ -165,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest.update(
         command=" ".join(["python", *map(shlex.quote, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])]),
-        task=args.task, protocol=protocol, fast=budget is FAST, budget_name="fast" if args.fast else args.budget,
+        task=args.task,
+        protocol=protocol,
+        fast=budget is FAST,
+        budget_name="fast" if args.fast else args.budget,
         budget=budget.__dict__,
         machine=f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
-                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
     )
     steps = set(args.steps.split(","))
     model = jolalens.load_model()
@@ -196,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         if given is not None:
             manifest["compare_dir"] = str(_check_compare_dir(given.resolve(), args.task, protocol))
         else:
-            manifest["compare_dir"] = str(timed("compare", lambda: compare_step(model, args.task, protocol, budget, out)).resolve())
+            manifest["compare_dir"] = str(
+                timed("compare", lambda: compare_step(model, args.task, protocol, budget, out)).resolve()
+            )
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("wrote %s", manifest_path)
     return 0

@@ -49,8 +49,18 @@ from pathlib import Path
 OUT = Path(__file__).parent / "results" / "paper_grid"
 
 COMMONSENSE = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "siqa", "winogrande")
-MMLU = ("mmlu_business", "mmlu_economics", "mmlu_health", "mmlu_history", "mmlu_law",
-        "mmlu_math", "mmlu_other", "mmlu_philosophy", "mmlu_physics", "mmlu_psychology")
+MMLU = (
+    "mmlu_business",
+    "mmlu_economics",
+    "mmlu_health",
+    "mmlu_history",
+    "mmlu_law",
+    "mmlu_math",
+    "mmlu_other",
+    "mmlu_philosophy",
+    "mmlu_physics",
+    "mmlu_psychology",
+)
 GEM = ("common_gen", "e2e_nlg", "web_nlg", "xsum")
 BASELINES = ("zeroshot", "jola", "iti", "red", "lofit", "bitfit", "lora")
 SEED_ORDER = ("red", "bitfit", "lofit", "iti", "lora")  # by seed-0 average (RED 36.7 ... ITI 35.9; LoRA unfinished)
@@ -96,8 +106,17 @@ def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
     protocol = Protocol.GEN if group == "nlg" else Protocol.LOGLIK
     tasks = {"main": COMMONSENSE, "rerun": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
     methods = tuple(dict.fromkeys(BASELINES + ABLATIONS))
-    return CompareConfig(methods=methods, tasks=tasks, seeds=SEEDS, n_train=n_train, n_valid=n_valid,
-                         n_test=n_test, protocol=protocol, budget=2, train=train)
+    return CompareConfig(
+        methods=methods,
+        tasks=tasks,
+        seeds=SEEDS,
+        n_train=n_train,
+        n_valid=n_valid,
+        n_test=n_test,
+        protocol=protocol,
+        budget=2,
+        train=train,
+    )
 
 
 def plan() -> list[Cell]:
@@ -115,7 +134,9 @@ def plan() -> list[Cell]:
     cells += [Cell("nlg", t, m, 0) for t in GEM for m in ("zeroshot", "jola", "red")]
     cells += [Cell("nlu", t, m, 0) for t in MMLU for m in ("zeroshot", "jola", "iti", "red")]
     # n = 200 is the main table's protocol: those runs are the curves' middle point
-    cells += [Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES if n != 200 for t in DATASIZE_TASKS for m in DATASIZE_METHODS]
+    cells += [
+        Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES if n != 200 for t in DATASIZE_TASKS for m in DATASIZE_METHODS
+    ]
     cells += [Cell("gen", t, m, 0) for m in BASELINES for t in COMMONSENSE]
     cells += [Cell("main", t, m, s) for m in SEED_ORDER for s in (1, 2) for t in COMMONSENSE]
     cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
@@ -126,12 +147,19 @@ def plan() -> list[Cell]:
     return cells
 
 
-def selected(only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None,
-             skip: tuple[str, ...] = ()) -> list[Cell]:
+def selected(
+    only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None, skip: tuple[str, ...] = ()
+) -> list[Cell]:
     """The plan, restricted to some groups, methods and/or tasks (``None``: all of them), less the
     cells whose key matches a ``skip`` pattern (shell wildcards, e.g. ``main__piqa__*``)."""
-    return [c for c in plan() if (only is None or c.group in only) and (methods is None or c.method in methods)
-            and (tasks is None or c.task in tasks) and not any(fnmatch.fnmatchcase(c.key, pat) for pat in skip)]
+    return [
+        c
+        for c in plan()
+        if (only is None or c.group in only)
+        and (methods is None or c.method in methods)
+        and (tasks is None or c.task in tasks)
+        and not any(fnmatch.fnmatchcase(c.key, pat) for pat in skip)
+    ]
 
 
 def _done(cell: Cell, out: Path) -> bool:
@@ -143,7 +171,9 @@ def _done(cell: Cell, out: Path) -> bool:
 
 def _ready(cell: Cell, out: Path) -> bool:
     """Re-scoring needs the main run's kept edit first."""
-    return cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
+    return (
+        cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
+    )
 
 
 def uncached_tasks(cells: list[Cell]) -> list[str]:
@@ -172,8 +202,9 @@ def edit_kept(run_dir: Path, method: str) -> bool:
     return method == "zeroshot" or (run_dir / "edit" / "jola_weights.safetensors").is_file()
 
 
-def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path | None = None,
-                       provenance: dict | None = None) -> dict:
+def rescore_generation(
+    model, cell: Cell, out: Path, config, *, edit_dir: Path | None = None, provenance: dict | None = None
+) -> dict:
     """Score a main-table run's edit with the generation protocol on the same test items.
 
     ``edit_dir``: where the edit is (default: the main run's own ``edit/``); ``provenance`` is
@@ -186,14 +217,29 @@ def rescore_generation(model, cell: Cell, out: Path, config, *, edit_dir: Path |
     run_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
     splits = load_task_splits(cell.task, n_train=0, n_valid=0, n_test=config.n_test, seed=cell.seed)
     edit = None if cell.method == "zeroshot" else load_edit(edit_dir or run_dir / "edit", model)
-    result = evaluate(model, splits.test, cell.task, edit=edit, protocol=Protocol.GEN,
-                      style=config.train.prompt_style, max_length=config.train.max_length, progress=False)
+    result = evaluate(
+        model,
+        splits.test,
+        cell.task,
+        edit=edit,
+        protocol=Protocol.GEN,
+        style=config.train.prompt_style,
+        max_length=config.train.max_length,
+        progress=False,
+    )
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv.gz", index=False)
-    row = {"task": cell.task, "method": cell.method, "seed": cell.seed, "protocol": "gen",
-           "accuracy": float(result.summary["accuracy"]), "n_test": len(splits.test),
-           "unparsed": float(result.summary["unparsed"]),
-           "eval_seconds": round(float(result.summary["seconds"]), 1), "device": str(next(model.parameters()).device),
-           **(provenance or {})}
+    row = {
+        "task": cell.task,
+        "method": cell.method,
+        "seed": cell.seed,
+        "protocol": "gen",
+        "accuracy": float(result.summary["accuracy"]),
+        "n_test": len(splits.test),
+        "unparsed": float(result.summary["unparsed"]),
+        "eval_seconds": round(float(result.summary["seconds"]), 1),
+        "device": str(next(model.parameters()).device),
+        **(provenance or {}),
+    }
     tmp = run_dir / ".gen_result.json.tmp"
     tmp.write_text(json.dumps(row, indent=2) + "\n")
     tmp.replace(run_dir / "gen_result.json")
@@ -215,9 +261,13 @@ def reextract_generation(run_dir: Path, task: str, test: list) -> tuple[float, f
     path, result_path = run_dir / "gen_test_items.csv.gz", run_dir / "gen_result.json"
     if not (path.is_file() and result_path.is_file()):
         return None
-    items = pd.read_csv(path, dtype={"answer": str, "output": str, "prediction": str}, keep_default_na=False, na_values=[""])
+    items = pd.read_csv(
+        path, dtype={"answer": str, "output": str, "prediction": str}, keep_default_na=False, na_values=[""]
+    )
     if len(items) != len(test) or list(items["answer"].astype(str)) != [ex.answer for ex in test]:
-        raise ValueError(f"{path}: its items are not the first {len(test)} test items of {task}; rescore it on a GPU instead")
+        raise ValueError(
+            f"{path}: its items are not the first {len(test)} test items of {task}; rescore it on a GPU instead"
+        )
     outputs = items["output"].fillna("").astype(str)
     predictions = [extract_answer(o, task, ex.choices) for o, ex in zip(outputs, test, strict=True)]
     row = json.loads(result_path.read_text())
@@ -227,7 +277,9 @@ def reextract_generation(run_dir: Path, task: str, test: list) -> tuple[float, f
         return before, before  # unchanged: leave the files (and their gzip timestamps) alone
     items["prediction"] = predictions
     items["correct"] = [p is not None and p == ex.answer for p, ex in zip(predictions, test, strict=True)]
-    row.update(accuracy=float(items["correct"].mean()), unparsed=float(sum(p is None for p in predictions) / len(items)))
+    row.update(
+        accuracy=float(items["correct"].mean()), unparsed=float(sum(p is None for p in predictions) / len(items))
+    )
     if stored != predictions:
         items.to_csv(path, index=False)
     result_path.write_text(json.dumps(row, indent=2) + "\n")
@@ -250,8 +302,11 @@ def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
         raise FileNotFoundError(f"{again.run_dir(out)} has no edit weights either; delete that run to retrain it")
     main_score = json.loads((main_dir / "result.json").read_text())["score"]
     rerun_score = json.loads((again.run_dir(out) / "result.json").read_text())["score"]
-    provenance = {"edit_from": f"rerun/runs/{cell.task}/{cell.method}/seed{cell.seed}",
-                  "loglik_score_main": main_score, "loglik_score_rerun": rerun_score}
+    provenance = {
+        "edit_from": f"rerun/runs/{cell.task}/{cell.method}/seed{cell.seed}",
+        "loglik_score_main": main_score,
+        "loglik_score_rerun": rerun_score,
+    }
     return rescore_generation(model, cell, out, config, edit_dir=again.run_dir(out) / "edit", provenance=provenance)
 
 
@@ -311,8 +366,11 @@ def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = N
         parts[-1].append(path)
         size += cost
     if len(parts) > SNAPSHOT_MAX_PARTS:
-        print(f"snapshot: {len(parts)} parts of {SNAPSHOT_PART_BYTES >> 20} MiB exceed the {SNAPSHOT_MAX_PARTS} "
-              "files a lease returns; the last ones will not come back (run fewer cells per call)", file=sys.stderr)
+        print(
+            f"snapshot: {len(parts)} parts of {SNAPSHOT_PART_BYTES >> 20} MiB exceed the {SNAPSHOT_MAX_PARTS} "
+            "files a lease returns; the last ones will not come back (run fewer cells per call)",
+            file=sys.stderr,
+        )
     written = []
     for i, part in enumerate(parts, start=1):
         buf = io.BytesIO()
@@ -342,26 +400,47 @@ def tables(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto); default: start a local one")
+    parser.add_argument(
+        "--address", default=None, help="an existing Ray cluster (e.g. auto); default: start a local one"
+    )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--cpus-per-cell", type=float, default=1.0)
-    parser.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPU share of a cell, e.g. 0.08: 12 cells per GPU (0: CPU)")
+    parser.add_argument(
+        "--gpus-per-cell", type=float, default=0.0, help="GPU share of a cell, e.g. 0.08: 12 cells per GPU (0: CPU)"
+    )
     parser.add_argument("--max-retries", type=int, default=2, help="reruns of a cell whose worker died")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="speed only; not part of the protocol")
     parser.add_argument("--snapshot", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated groups (main, gen, nlu, nlg, datasize_n200, ...)")
-    parser.add_argument("--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells")
-    parser.add_argument("--tasks", default=None, help="comma-separated tasks (openbookqa, mmlu_law, ...): only their cells")
-    parser.add_argument("--skip", default=None,
-                        help="comma-separated cell keys or shell patterns to leave out, e.g. 'main__piqa__*' (see --plan)")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated methods (zeroshot, jola, ...): only their cells"
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated tasks (openbookqa, mmlu_law, ...): only their cells"
+    )
+    parser.add_argument(
+        "--skip",
+        default=None,
+        help="comma-separated cell keys or shell patterns to leave out, e.g. 'main__piqa__*' (see --plan)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (8 examples, 1 epoch) to check the machinery")
-    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products on a GPU (recorded in the run's logs/<run>/invocation.json)")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 matrix products on a GPU (recorded in the run's logs/<run>/invocation.json)",
+    )
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--tables", action="store_true")
-    parser.add_argument("--check-data", action="store_true",
-                        help="exit 2, naming them, if the selected cells' tasks are not all cached here")
-    parser.add_argument("--reextract", action="store_true",
-                        help="read the stored generations' answers again with the current extractor (no model needed)")
+    parser.add_argument(
+        "--check-data",
+        action="store_true",
+        help="exit 2, naming them, if the selected cells' tasks are not all cached here",
+    )
+    parser.add_argument(
+        "--reextract",
+        action="store_true",
+        help="read the stored generations' answers again with the current extractor (no model needed)",
+    )
     args = parser.parse_args()
     args.only = None if args.only is None else set(args.only.split(","))
     args.methods = None if args.methods is None else set(args.methods.split(","))
@@ -370,8 +449,14 @@ def main() -> int:
     keys = [c.key for c in plan()]
     unmatched = [pat for pat in args.skip if not any(fnmatch.fnmatchcase(k, pat) for k in keys)]
     if unmatched:
-        parser.error(f"--skip: {unmatched} match no cell of the plan; cell keys look like main__piqa__red__seed1 (--plan lists them)")
-    for name, given, field in (("--only", args.only, "group"), ("--methods", args.methods, "method"), ("--tasks", args.tasks, "task")):
+        parser.error(
+            f"--skip: {unmatched} match no cell of the plan; cell keys look like main__piqa__red__seed1 (--plan lists them)"
+        )
+    for name, given, field in (
+        ("--only", args.only, "group"),
+        ("--methods", args.methods, "method"),
+        ("--tasks", args.tasks, "task"),
+    ):
         known = {getattr(c, field) for c in plan()}
         if given and not given <= known:
             parser.error(f"{name}: unknown {sorted(given - known)}; choose from {sorted(known)}")
@@ -383,8 +468,11 @@ def main() -> int:
             counts.setdefault(c.group, [0, 0])[0] += done
             counts[c.group][1] += 1
             print(f"{i:4d} {c.key}{'  (done)' if done else ''}")
-        print("done: " + ", ".join(f"{g} {d}/{n}" for g, (d, n) in counts.items())
-              + f"; all {sum(d for d, _ in counts.values())}/{len(cells)}")
+        print(
+            "done: "
+            + ", ".join(f"{g} {d}/{n}" for g, (d, n) in counts.items())
+            + f"; all {sum(d for d, _ in counts.values())}/{len(cells)}"
+        )
         return 0
     if args.tables:
         tables(args.out)
@@ -392,9 +480,12 @@ def main() -> int:
     if args.check_data:
         missing = uncached_tasks(selected(args.only, args.methods, args.tasks, args.skip))
         if missing:
-            print(f"tasks not cached here: {', '.join(missing)}. Load each once to cache it, e.g. python -c "
-                  f"\"from jolalens.tasks import load_task_splits; load_task_splits('{missing[0]}', n_train=0, "
-                  f"n_valid=0, n_test=1)\"; it names any archive it lacks and how to fetch it.", file=sys.stderr)
+            print(
+                f"tasks not cached here: {', '.join(missing)}. Load each once to cache it, e.g. python -c "
+                f"\"from jolalens.tasks import load_task_splits; load_task_splits('{missing[0]}', n_train=0, "
+                f'n_valid=0, n_test=1)"; it names any archive it lacks and how to fetch it.',
+                file=sys.stderr,
+            )
             return 2
         print("every task of the selected cells is cached")
         return 0
@@ -413,13 +504,21 @@ def main() -> int:
     return run_grid(args)
 
 
-def group_runs(cells: list[Cell], *, smoke: bool = False, eval_batch_size: int = 8) -> list[tuple[str, object, set[tuple[str, str, int]]]]:
+def group_runs(
+    cells: list[Cell], *, smoke: bool = False, eval_batch_size: int = 8
+) -> list[tuple[str, object, set[tuple[str, str, int]]]]:
     """The ``jolalens compare --engine ray`` call of each group the cells touch: (group, its
     CompareConfig, the (task, method, seed) cells of it to run), groups in plan order; ``gen``
     cells are not compare runs and are left out."""
     groups = list(dict.fromkeys(c.group for c in cells if c.group != "gen"))
-    return [(g, group_config(g, smoke=smoke, eval_batch_size=eval_batch_size),
-             {(c.task, c.method, c.seed) for c in cells if c.group == g}) for g in groups]
+    return [
+        (
+            g,
+            group_config(g, smoke=smoke, eval_batch_size=eval_batch_size),
+            {(c.task, c.method, c.seed) for c in cells if c.group == g},
+        )
+        for g in groups
+    ]
 
 
 def use_tf32() -> None:
@@ -459,8 +558,12 @@ def _run_groups_then_gen(args: argparse.Namespace, cells: list[Cell], engine, de
     if gen:  # the main runs' edits with the generation protocol, one after another in this process
         model = load_model(device=device, dtype="float32")
         for cell in gen:
-            config = replace(group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size),
-                             methods=(cell.method,), tasks=(cell.task,), seeds=(cell.seed,))
+            config = replace(
+                group_config("main", smoke=args.smoke, eval_batch_size=args.eval_batch_size),
+                methods=(cell.method,),
+                tasks=(cell.task,),
+                seeds=(cell.seed,),
+            )
             try:
                 row = score_generation(model, cell, out, config, log)
                 log(f"done {cell.key}: gen accuracy {row['accuracy']:.3f}")
@@ -479,17 +582,30 @@ def run_grid(args: argparse.Namespace) -> int:
     t0 = time.time()
     cells = selected(args.only, args.methods, args.tasks, args.skip)
     device = "cuda" if args.gpus_per_cell > 0 else "cpu"
-    engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
-                             gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries,
-                             worker_setup="benchmarks.paper_grid.use_tf32" if args.tf32 else None)
+    engine = RayEngineConfig(
+        address=args.address,
+        num_cpus=args.num_cpus,
+        cpus_per_cell=args.cpus_per_cell,
+        gpus_per_cell=args.gpus_per_cell,
+        max_retries=args.max_retries,
+        worker_setup="benchmarks.paper_grid.use_tf32" if args.tf32 else None,
+    )
     load_model()  # converts the embedded GGUF once, before the workers race for it
     log_dir = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-ray-{os.getpid()}"
     log_dir.mkdir(parents=True)
-    machine = {"command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
-               "cpus": os.cpu_count(), "device": device, "torch": torch.__version__, "engine": "ray",
-               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tf32": bool(args.tf32),
-               "cpus_per_cell": args.cpus_per_cell, "gpus_per_cell": args.gpus_per_cell}
+    machine = {
+        "command": "python benchmarks/paper_grid.py " + " ".join(sys.argv[1:]),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "device": device,
+        "torch": torch.__version__,
+        "engine": "ray",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "tf32": bool(args.tf32),
+        "cpus_per_cell": args.cpus_per_cell,
+        "gpus_per_cell": args.gpus_per_cell,
+    }
     (log_dir / "invocation.json").write_text(json.dumps(machine, indent=2) + "\n")
     since = file_stamps(out) if args.snapshot else {}  # the snapshots send back only what is new
     stop = threading.Event()

@@ -48,8 +48,19 @@ from paper_grid import COMMONSENSE, DATASIZE_METHODS, DATASIZE_TASKS, DATASIZES,
 
 OUT = Path(__file__).parent / "results" / "paper_grid"
 FIGURES = Path(__file__).parents[1] / "figures" / "paper_grid"
-ORDER = ("zeroshot", "jola", "iti", "red", "lofit", "lora", "bitfit",
-         "jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
+ORDER = (
+    "zeroshot",
+    "jola",
+    "iti",
+    "red",
+    "lofit",
+    "lora",
+    "bitfit",
+    "jola_additive",
+    "jola_multiplicative",
+    "jola_shared_gate",
+    "jola_no_gate",
+)
 
 
 def read_items(run: Path, name: str = "test_items") -> pd.DataFrame | None:
@@ -78,13 +89,20 @@ def _near_tie_section(cells: pd.DataFrame) -> list[str]:
     ties = searched[searched["search_margin"] < NEAR_TIE].sort_values("search_margin")
     if searched.empty:
         return []
-    lines = ["", "## Near ties in the hyper-parameter search", "",
-             f"{len(ties)} of {len(searched)} searched runs kept a point whose validation cross-entropy was less than "
-             f"{NEAR_TIE:g} below the other's. Run-to-run noise alone flipped such a choice once (JoLA on PIQA, "
-             "`repeat/`), so in these runs the kept point, and for JoLA the heads it reports, is arbitrary."]
+    lines = [
+        "",
+        "## Near ties in the hyper-parameter search",
+        "",
+        f"{len(ties)} of {len(searched)} searched runs kept a point whose validation cross-entropy was less than "
+        f"{NEAR_TIE:g} below the other's. Run-to-run noise alone flipped such a choice once (JoLA on PIQA, "
+        "`repeat/`), so in these runs the kept point, and for JoLA the heads it reports, is arbitrary.",
+    ]
     if len(ties):
         lines += ["", "| task | method | seed | validation CE gap | kept |", "|---|---|---|---|---|"]
-        lines += [f"| {r.task} | {r.method} | {r.seed} | {r.search_margin:.1e} | {r.hyperparameters} |" for r in ties.itertuples()]
+        lines += [
+            f"| {r.task} | {r.method} | {r.seed} | {r.search_margin:.1e} | {r.hyperparameters} |"
+            for r in ties.itertuples()
+        ]
     return lines
 
 
@@ -119,13 +137,21 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
                 continue
             result = json.loads((run / "result.json").read_text())
             shares = items["prediction"].astype(str).value_counts(normalize=True)
-            row = {"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
-                   "accuracy": float(items["correct"].mean()), "n_test": len(items),
-                   "label_prior_accuracy": label_prior_accuracy(items["prediction"], items["answer"]),
-                   "top_label": str(shares.index[0]), "top_label_share": float(shares.iloc[0]),
-                   "val_ce": result.get("val_ce"), "fit_seconds": result.get("fit_seconds"),
-                   "device": result.get("device", "cpu"), "hyperparameters": json.dumps(result.get("hyperparameters", {})),
-                   "search_margin": search_margin(run)}
+            row = {
+                "task": task_dir.name,
+                "method": run.parent.name,
+                "seed": int(run.name[4:]),
+                "accuracy": float(items["correct"].mean()),
+                "n_test": len(items),
+                "label_prior_accuracy": label_prior_accuracy(items["prediction"], items["answer"]),
+                "top_label": str(shares.index[0]),
+                "top_label_share": float(shares.iloc[0]),
+                "val_ce": result.get("val_ce"),
+                "fit_seconds": result.get("fit_seconds"),
+                "device": result.get("device", "cpu"),
+                "hyperparameters": json.dumps(result.get("hyperparameters", {})),
+                "search_margin": search_margin(run),
+            }
             p_zero = items_p(items, zero)
             if pd.notna(p_zero):
                 row["minus_zeroshot"] = row["accuracy"] - float(zero["correct"].astype(bool).mean())
@@ -152,14 +178,19 @@ def open_gate_maps(edit_dir: Path) -> dict[str, torch.Tensor]:
     rows: dict[str, dict[int, torch.Tensor]] = {}
     for key, log_alpha in load_file(str(edit_dir / "jola_weights.safetensors")).items():
         if ".log_alpha_" in key:
-            rows.setdefault(key.rsplit("log_alpha_", 1)[1], {})[int(key.split(".")[1])] = config.gate.deterministic(log_alpha) > 0
+            rows.setdefault(key.rsplit("log_alpha_", 1)[1], {})[int(key.split(".")[1])] = (
+                config.gate.deterministic(log_alpha) > 0
+            )
     return {kind: torch.stack([layers[i] for i in sorted(layers)]) for kind, layers in rows.items()}
 
 
 def open_heads(edit_dir: Path) -> set[tuple[str, int, int]]:
     """(kind, layer, head) of every gate a saved JoLA edit keeps open at evaluation."""
-    return {(kind, layer, head) for kind, open_ in open_gate_maps(edit_dir).items()
-            for layer, head in open_.nonzero().tolist()}
+    return {
+        (kind, layer, head)
+        for kind, open_ in open_gate_maps(edit_dir).items()
+        for layer, head in open_.nonzero().tolist()
+    }
 
 
 HEAD_GROUPS = ("main", "nlu", "nlg")  # groups whose JoLA runs are compared across tasks
@@ -191,33 +222,54 @@ def head_set_pairs(runs: dict[tuple[str, int], torch.Tensor]) -> pd.DataFrame:
     rows = []
     keys = sorted(runs)
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             ma, mb = runs[a], runs[b]
             n, ka, kb, both = ma.numel(), int(ma.sum()), int(mb.sum()), int((ma & mb).sum())
             expected = ka * kb / n
-            rows.append({"run_a": f"{a[0]}/seed{a[1]}", "run_b": f"{b[0]}/seed{b[1]}",
-                         "pair": ("same task, other seed" if a[0] == b[0] else
-                                  "other task, same seed (same start)" if a[1] == b[1] else "other task, other seed"),
-                         "k_a": ka, "k_b": kb, "overlap": both, "expected_overlap": expected,
-                         "jaccard": both / (ka + kb - both), "chance_jaccard": expected / (ka + kb - expected),
-                         "p": hypergeometric_p_value(both, n, ka, kb)})
+            rows.append(
+                {
+                    "run_a": f"{a[0]}/seed{a[1]}",
+                    "run_b": f"{b[0]}/seed{b[1]}",
+                    "pair": (
+                        "same task, other seed"
+                        if a[0] == b[0]
+                        else "other task, same seed (same start)"
+                        if a[1] == b[1]
+                        else "other task, other seed"
+                    ),
+                    "k_a": ka,
+                    "k_b": kb,
+                    "overlap": both,
+                    "expected_overlap": expected,
+                    "jaccard": both / (ka + kb - both),
+                    "chance_jaccard": expected / (ka + kb - expected),
+                    "p": hypergeometric_p_value(both, n, ka, kb),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
     if pairs.empty:
         return []
-    lines = ["", "## JoLA's open heads across tasks and seeds", "",
-             "Every JoLA run (main table, MMLU, GEM) that closed some gates but not all; a head is open if either of its "
-             "gates is. The seed fixes the initial gates and edit vectors, so two tasks' runs with the same seed start "
-             "alike; other task and other seed is the control. Chance: random head sets of the same sizes (expected overlap k_a k_b / N; hypergeometric p). "
-             "All pairs: `jola_head_pairs.csv`.", "",
-             "| pairs | n | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## JoLA's open heads across tasks and seeds",
+        "",
+        "Every JoLA run (main table, MMLU, GEM) that closed some gates but not all; a head is open if either of its "
+        "gates is. The seed fixes the initial gates and edit vectors, so two tasks' runs with the same seed start "
+        "alike; other task and other seed is the control. Chance: random head sets of the same sizes (expected overlap k_a k_b / N; hypergeometric p). "
+        "All pairs: `jola_head_pairs.csv`.",
+        "",
+        "| pairs | n | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, g in pairs.groupby("pair", sort=True):
         ratio = (g["overlap"] / g["expected_overlap"]).mean()
-        lines.append(f"| {kind} | {len(g)} | {g['jaccard'].mean():.2f} | {g['chance_jaccard'].mean():.2f} "
-                     f"| {ratio:.2f} | {int((g['p'] < 0.05).sum())} |")
+        lines.append(
+            f"| {kind} | {len(g)} | {g['jaccard'].mean():.2f} | {g['chance_jaccard'].mean():.2f} "
+            f"| {ratio:.2f} | {int((g['p'] < 0.05).sum())} |"
+        )
     return lines
 
 
@@ -234,23 +286,38 @@ def head_pairs_by_family(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     same = pairs[pairs["run_a"].str.endswith(tag) & pairs["run_b"].str.endswith(tag)]
     if same.empty:
         return pd.DataFrame()
-    fam = [" / ".join(sorted((FAMILIES.get(a.split("/")[0], "other"), FAMILIES.get(b.split("/")[0], "other"))))
-           for a, b in zip(same["run_a"], same["run_b"], strict=True)]
+    fam = [
+        " / ".join(sorted((FAMILIES.get(a.split("/")[0], "other"), FAMILIES.get(b.split("/")[0], "other"))))
+        for a, b in zip(same["run_a"], same["run_b"], strict=True)
+    ]
     same = same.assign(families=fam, ratio=same["overlap"] / same["expected_overlap"])
-    return (same.groupby("families", sort=True)
-            .agg(pairs=("ratio", "size"), jaccard=("jaccard", "mean"), chance_jaccard=("chance_jaccard", "mean"),
-                 ratio=("ratio", "mean"), above_chance=("p", lambda p: int((p < 0.05).sum())))
-            .reset_index())
+    return (
+        same.groupby("families", sort=True)
+        .agg(
+            pairs=("ratio", "size"),
+            jaccard=("jaccard", "mean"),
+            chance_jaccard=("chance_jaccard", "mean"),
+            ratio=("ratio", "mean"),
+            above_chance=("p", lambda p: int((p < 0.05).sum())),
+        )
+        .reset_index()
+    )
 
 
 def _family_section(table: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
-    lines = ["", "Seed 0 only, pairs of different tasks grouped by task family:", "",
-             "| families | pairs | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r.families} | {r.pairs} | {r.jaccard:.2f} | {r.chance_jaccard:.2f} | {r.ratio:.2f} | {r.above_chance} |"
-              for r in table.itertuples()]
+    lines = [
+        "",
+        "Seed 0 only, pairs of different tasks grouped by task family:",
+        "",
+        "| families | pairs | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.families} | {r.pairs} | {r.jaccard:.2f} | {r.chance_jaccard:.2f} | {r.ratio:.2f} | {r.above_chance} |"
+        for r in table.itertuples()
+    ]
     return lines
 
 
@@ -270,9 +337,12 @@ def _shared_heads_lines(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0
     shared = ", ".join(f"L{i // n_heads}H{i % n_heads} ({int(counts.flatten()[i])})" for i in order)
     half = n_layers // 2
     lower = counts[:half].sum().item() / max(counts.sum().item(), 1)
-    return ["", f"Seed {seed}, {n_runs} tasks: the heads open in the most tasks are {shared}; "
-            f"{100 * lower:.0f}% of the open heads lie in layers 0-{half - 1}, {100 * (1 - lower):.0f}% in layers "
-            f"{half}-{n_layers - 1} (`figures/paper_grid/jola_open_heads_across_tasks.html`)."]
+    return [
+        "",
+        f"Seed {seed}, {n_runs} tasks: the heads open in the most tasks are {shared}; "
+        f"{100 * lower:.0f}% of the open heads lie in layers 0-{half - 1}, {100 * (1 - lower):.0f}% in layers "
+        f"{half}-{n_layers - 1} (`figures/paper_grid/jola_open_heads_across_tasks.html`).",
+    ]
 
 
 def head_count_figure(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0):
@@ -280,8 +350,11 @@ def head_count_figure(runs: dict[tuple[str, int], torch.Tensor], seed: int = 0):
     from jolalens.analysis.figures import head_heatmap
 
     counts, n_runs = _open_counts(runs, seed)
-    return head_heatmap(counts.float(), title=f"JoLA: in how many of {n_runs} tasks each head is open (seed {seed})",
-                        colorbar_title="tasks")
+    return head_heatmap(
+        counts.float(),
+        title=f"JoLA: in how many of {n_runs} tasks each head is open (seed {seed})",
+        colorbar_title="tasks",
+    )
 
 
 def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.DataFrame:
@@ -296,14 +369,22 @@ def repeat_table(out: Path, first: str = "main", second: str = "repeat") -> pd.D
             continue
         ca, cb = a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
         ra, rb = (json.loads((r / "result.json").read_text()) for r in (run_a, run_b))
-        row = {"task": run_b.parent.parent.name, "method": run_b.parent.name, "seed": int(run_b.name[4:]),
-               "accuracy_first": float(ca.mean()), "accuracy_second": float(cb.mean()),
-               "difference": float(cb.mean() - ca.mean()),
-               "changed_predictions": int((a["prediction"].astype(str) != b["prediction"].astype(str)).sum()),
-               "mcnemar_p": p_runs,
-               "same_hyperparameters": ra.get("hyperparameters") == rb.get("hyperparameters"),
-               "val_ce_first": ra.get("val_ce"), "val_ce_second": rb.get("val_ce")}
-        if all((r / "edit" / "jola_weights.safetensors").is_file() for r in (run_a, run_b)) and row["method"].startswith("jola"):
+        row = {
+            "task": run_b.parent.parent.name,
+            "method": run_b.parent.name,
+            "seed": int(run_b.name[4:]),
+            "accuracy_first": float(ca.mean()),
+            "accuracy_second": float(cb.mean()),
+            "difference": float(cb.mean() - ca.mean()),
+            "changed_predictions": int((a["prediction"].astype(str) != b["prediction"].astype(str)).sum()),
+            "mcnemar_p": p_runs,
+            "same_hyperparameters": ra.get("hyperparameters") == rb.get("hyperparameters"),
+            "val_ce_first": ra.get("val_ce"),
+            "val_ce_second": rb.get("val_ce"),
+        }
+        if all((r / "edit" / "jola_weights.safetensors").is_file() for r in (run_a, run_b)) and row[
+            "method"
+        ].startswith("jola"):
             ha, hb = open_heads(run_a / "edit"), open_heads(run_b / "edit")
             row["open_heads_first"], row["open_heads_second"] = len(ha), len(hb)
             row["open_heads_jaccard"] = len(ha & hb) / len(ha | hb) if ha | hb else 1.0
@@ -345,9 +426,14 @@ def spaced_accuracy(gen_items: pd.DataFrame, loglik_items: pd.DataFrame | None, 
         return float("nan")
     choices = [literal_eval(c) for c in loglik_items.sort_values("item")["choices"]]
     gen = gen_items.sort_values("item")
-    read = [extract_answer(o, task, c, spaced_labels=True) for o, c in zip(gen["output"].fillna("").astype(str), choices, strict=True)]
+    read = [
+        extract_answer(o, task, c, spaced_labels=True)
+        for o, c in zip(gen["output"].fillna("").astype(str), choices, strict=True)
+    ]
     # read_items parses BoolQ's "true" as a bool: compare as lower-case text
-    return float(np.mean([p is not None and p.lower() == str(a).lower() for p, a in zip(read, gen["answer"], strict=True)]))
+    return float(
+        np.mean([p is not None and p.lower() == str(a).lower() for p, a in zip(read, gen["answer"], strict=True)])
+    )
 
 
 def _spaced_section(gen: pd.DataFrame) -> list[str]:
@@ -355,13 +441,21 @@ def _spaced_section(gen: pd.DataFrame) -> list[str]:
     changed = gen[(gen["accuracy_spaced"] - gen["accuracy"]).abs() > 1e-9].sort_values(["method", "task", "seed"])
     if changed.empty:
         return []
-    lines = ["", "### The same generations, reading a label written with a space (\"option 2\")", "",
-             "The protocol's extractor, like the paper's, reads `option2` but not `option 2`. Cells whose accuracy "
-             "changes when the space is allowed (`extract_answer(..., spaced_labels=True)`; a line naming two labels "
-             "still holds no answer). Every other cell is unchanged.", "",
-             "| method | task | seed | accuracy (protocol) | accuracy (spaced labels read) |", "|---|---|---|---|---|"]
-    return lines + [f"| {r.method} | {r.task} | {r.seed} | {_pct(r.accuracy)} | {_pct(r.accuracy_spaced)} |"
-                    for r in changed.itertuples()]
+    lines = [
+        "",
+        '### The same generations, reading a label written with a space ("option 2")',
+        "",
+        "The protocol's extractor, like the paper's, reads `option2` but not `option 2`. Cells whose accuracy "
+        "changes when the space is allowed (`extract_answer(..., spaced_labels=True)`; a line naming two labels "
+        "still holds no answer). Every other cell is unchanged.",
+        "",
+        "| method | task | seed | accuracy (protocol) | accuracy (spaced labels read) |",
+        "|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r.method} | {r.task} | {r.seed} | {_pct(r.accuracy)} | {_pct(r.accuracy_spaced)} |"
+        for r in changed.itertuples()
+    ]
 
 
 def multi_reference_rouge(out: Path, group: str = "nlg") -> pd.DataFrame:
@@ -391,17 +485,25 @@ def multi_reference_rouge(out: Path, group: str = "nlg") -> pd.DataFrame:
             items = read_items(run, "test_items")
             result = json.loads((run / "result.json").read_text())
             if result["n_test"] not in tests:
-                tests[result["n_test"]] = load_task_splits(task_dir.name, n_train=0, n_valid=0, n_test=result["n_test"],
-                                                           download=False).test
+                tests[result["n_test"]] = load_task_splits(
+                    task_dir.name, n_train=0, n_valid=0, n_test=result["n_test"], download=False
+                ).test
             test = tests[result["n_test"]]
             if items is None or len(items) != len(test):
                 continue
             items = items.sort_values("item")
             by_input = [refs[ex.meta.get("input", ex.instruction)] for ex in test]
             _, _, rouge = nlg_scores(items["prediction"].fillna("").astype(str).tolist(), by_input)
-            rows.append({"task": task_dir.name, "method": run.parent.name, "seed": int(run.name[4:]),
-                         "rougeL_own_reference": float(result["score"]), "rougeL_all_references": float(np.mean(rouge)),
-                         "references_per_item": float(np.mean([len(r) for r in by_input]))})
+            rows.append(
+                {
+                    "task": task_dir.name,
+                    "method": run.parent.name,
+                    "seed": int(run.name[4:]),
+                    "rougeL_own_reference": float(result["score"]),
+                    "rougeL_all_references": float(np.mean(rouge)),
+                    "references_per_item": float(np.mean([len(r) for r in by_input])),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -411,27 +513,42 @@ def uncached_run_tasks(out: Path, group: str = "nlg") -> list[str]:
     from jolalens.tasks.sources import cached_split_sizes
 
     runs_dir = out / group / "runs"
-    with_runs = sorted(d.name for d in runs_dir.glob("*") if any(d.glob("*/seed*/result.json"))) if runs_dir.is_dir() else []
+    with_runs = (
+        sorted(d.name for d in runs_dir.glob("*") if any(d.glob("*/seed*/result.json"))) if runs_dir.is_dir() else []
+    )
     return [task for task in with_runs if not cached_split_sizes(task)]
 
 
 def _multi_reference_section(table: pd.DataFrame, uncached: list[str] | tuple[str, ...] = ()) -> list[str]:
     if table.empty and not uncached:
         return []
-    lines = ["", "### GEM outputs against every reference of their input", "",
-             "The protocol scores each test pair against its own reference, the same for every method; here the same "
-             "stored outputs are scored against all the test references of the same input (best reference, as "
-             "`rouge_score` does), as GEM's metrics would (`multi_reference_rouge`).", ""]
+    lines = [
+        "",
+        "### GEM outputs against every reference of their input",
+        "",
+        "The protocol scores each test pair against its own reference, the same for every method; here the same "
+        "stored outputs are scored against all the test references of the same input (best reference, as "
+        "`rouge_score` does), as GEM's metrics would (`multi_reference_rouge`).",
+        "",
+    ]
     if uncached:
-        lines += [f"**Not scored on this machine: {', '.join(uncached)}.** Their test data is not in the task cache. "
-                  "Load each once where the network reaches PyPI (`python -c \"from jolalens.tasks import load_task_splits; "
-                  "load_task_splits('TASK', n_train=0, n_valid=0, n_test=1)\"`) and rerun this report.", ""]
+        lines += [
+            f"**Not scored on this machine: {', '.join(uncached)}.** Their test data is not in the task cache. "
+            'Load each once where the network reaches PyPI (`python -c "from jolalens.tasks import load_task_splits; '
+            "load_task_splits('TASK', n_train=0, n_valid=0, n_test=1)\"`) and rerun this report.",
+            "",
+        ]
     if table.empty:
         return lines
-    lines += ["| task | method | seed | references per item | ROUGE-L, own reference | ROUGE-L, all references |",
-              "|---|---|---|---|---|---|"]
-    return lines + [f"| {r.task} | {r.method} | {r.seed} | {r.references_per_item:.1f} | {r.rougeL_own_reference:.1f} | "
-                    f"{r.rougeL_all_references:.1f} |" for r in table.itertuples()]
+    lines += [
+        "| task | method | seed | references per item | ROUGE-L, own reference | ROUGE-L, all references |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r.task} | {r.method} | {r.seed} | {r.references_per_item:.1f} | {r.rougeL_own_reference:.1f} | "
+        f"{r.rougeL_all_references:.1f} |"
+        for r in table.itertuples()
+    ]
 
 
 def _pct(x: float) -> str:
@@ -441,8 +558,9 @@ def _pct(x: float) -> str:
 def _task_table(first: str, rows: list[tuple[str, str]], tasks: list[str], cell) -> list[str]:
     """A markdown table with one column per task: ``rows`` are (label, method) pairs and
     ``cell(method, task)`` writes each cell."""
-    return (["| " + " | ".join([first, *tasks]) + " |", "|---|" + "---|" * len(tasks)]
-            + [f"| {label} | " + " | ".join(cell(method, task) for task in tasks) + " |" for label, method in rows])
+    return ["| " + " | ".join([first, *tasks]) + " |", "|---|" + "---|" * len(tasks)] + [
+        f"| {label} | " + " | ".join(cell(method, task) for task in tasks) + " |" for label, method in rows
+    ]
 
 
 def report(out: Path, *, attribution: bool = True) -> str:
@@ -455,13 +573,23 @@ def report(out: Path, *, attribution: bool = True) -> str:
     seed0 = cells[cells["seed"] == 0]
     tasks = sorted(seed0["task"].unique())
     methods = [m for m in ORDER if m in set(seed0["method"])]
-    lines = ["# The #7 grid: report", "",
-             "Written by `python benchmarks/paper_grid_report.py` from the runs under this directory.", "",
-             "## Main table: test accuracy (%)", "", markdown_table(summary, methods_order=ORDER), "",
-             "`fit s`: mean wall time per cell over the cells run on the grid's usual device (cells run on a CPU "
-             "instead are left out of it).", "",
-             "## Against zero-shot, seed 0: accuracy − zero-shot (points), McNemar p, label-prior accuracy", "",
-             "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.", ""]
+    lines = [
+        "# The #7 grid: report",
+        "",
+        "Written by `python benchmarks/paper_grid_report.py` from the runs under this directory.",
+        "",
+        "## Main table: test accuracy (%)",
+        "",
+        markdown_table(summary, methods_order=ORDER),
+        "",
+        "`fit s`: mean wall time per cell over the cells run on the grid's usual device (cells run on a CPU "
+        "instead are left out of it).",
+        "",
+        "## Against zero-shot, seed 0: accuracy − zero-shot (points), McNemar p, label-prior accuracy",
+        "",
+        "Each cell: `Δ vs zero-shot (p) | label-prior accuracy`. Bold where p < 0.05.",
+        "",
+    ]
 
     def delta_cell(method: str, task: str) -> str:
         c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
@@ -470,7 +598,9 @@ def report(out: Path, *, attribution: bool = True) -> str:
         c = c.iloc[0]
         if method == "zeroshot":
             return f"{_pct(c['accuracy'])} \\| {_pct(c['label_prior_accuracy'])}"
-        delta = f"{100 * c['minus_zeroshot']:+.1f} (p={c['mcnemar_p']:.2g})" if pd.notna(c.get("minus_zeroshot")) else "–"
+        delta = (
+            f"{100 * c['minus_zeroshot']:+.1f} (p={c['mcnemar_p']:.2g})" if pd.notna(c.get("minus_zeroshot")) else "–"
+        )
         if pd.notna(c.get("mcnemar_p")) and c["mcnemar_p"] < 0.05:
             delta = f"**{delta}**"
         return f"{delta} \\| {_pct(c['label_prior_accuracy'])}"
@@ -479,25 +609,45 @@ def report(out: Path, *, attribution: bool = True) -> str:
     lines += _task_table("method", rows, tasks, delta_cell)
     jola = seed0[seed0["method"].str.startswith("jola")].copy()
     if not jola.empty:
-        lines += ["", "## JoLA: closed gates at the kept epoch (fraction of the 270 heads), seed 0", "",
-                  "| method | task | closed additive | closed multiplicative | best epoch | lr |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## JoLA: closed gates at the kept epoch (fraction of the 270 heads), seed 0",
+            "",
+            "| method | task | closed additive | closed multiplicative | best epoch | lr |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in jola.sort_values(["method", "task"]).itertuples():
-            lines.append(f"| {r.method} | {r.task} | {_pct(getattr(r, 'closed_additive', float('nan')))}% | "
-                         f"{_pct(getattr(r, 'closed_multiplicative', float('nan')))}% | {int(getattr(r, 'best_epoch', -1))} | {json.loads(r.hyperparameters).get('lr')} |")
+            lines.append(
+                f"| {r.method} | {r.task} | {_pct(getattr(r, 'closed_additive', float('nan')))}% | "
+                f"{_pct(getattr(r, 'closed_multiplicative', float('nan')))}% | {int(getattr(r, 'best_epoch', -1))} | {json.loads(r.hyperparameters).get('lr')} |"
+            )
     wins = []
     for method in methods if "jola" in methods else []:
         if method in ("jola", "zeroshot"):
             continue
-        both = seed0[seed0["method"].isin(["jola", method])].pivot(index="task", columns="method", values="accuracy").dropna()
+        both = (
+            seed0[seed0["method"].isin(["jola", method])]
+            .pivot(index="task", columns="method", values="accuracy")
+            .dropna()
+        )
         if len(both):
-            wins.append(f"| {method} | {int((both['jola'] > both[method]).sum())} | {int((both['jola'] == both[method]).sum())} | "
-                        f"{int((both['jola'] < both[method]).sum())} | {len(both)} |")
+            wins.append(
+                f"| {method} | {int((both['jola'] > both[method]).sum())} | {int((both['jola'] == both[method]).sum())} | "
+                f"{int((both['jola'] < both[method]).sum())} | {len(both)} |"
+            )
     if wins:
-        lines += ["", "## JoLA against each method, seed 0: tasks won / tied / lost", "",
-                  "| method | JoLA better | tie | JoLA worse | tasks |", "|---|---|---|---|---|", *wins]
+        lines += [
+            "",
+            "## JoLA against each method, seed 0: tasks won / tied / lost",
+            "",
+            "| method | JoLA better | tie | JoLA worse | tasks |",
+            "|---|---|---|---|---|",
+            *wins,
+        ]
     lines += _jola_every_seed_section(jola_against_every_seed(cells))
-    lines += _jola_every_seed_section(jola_against_every_seed(cells, ablations=True),
-                                      "JoLA against its ablations over every seed both have run")
+    lines += _jola_every_seed_section(
+        jola_against_every_seed(cells, ablations=True), "JoLA against its ablations over every seed both have run"
+    )
     gen = gen_table(out)
     lines += _seed_section(cells, gen)
     lines += _baseline_seed_section(cells, gen)
@@ -506,35 +656,61 @@ def report(out: Path, *, attribution: bool = True) -> str:
     lines += _repeat_section(out)
     lines += _near_tie_section(cells)
     if not gen.empty:
-        both = gen.merge(cells[["task", "method", "seed", "accuracy"]], on=["task", "method", "seed"], suffixes=("_gen", "_loglik"))
+        both = gen.merge(
+            cells[["task", "method", "seed", "accuracy"]], on=["task", "method", "seed"], suffixes=("_gen", "_loglik")
+        )
         tasks_gen = sorted(both["task"].unique())
-        lines += ["", "## The same edits scored with the generation protocol, seed 0: test accuracy (%)", "",
-                  "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
-                  "with no readable answer / share whose first line lists two or more labels). Beam search with 4 beams; the answer is read off the first generated line "
-                  "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); a line that names two "
-                  "different labels, such as the prompt's format line `answer1/answer2/answer3/answer4`, holds no "
-                  "answer. The same 500 items.", ""]
+        lines += [
+            "",
+            "## The same edits scored with the generation protocol, seed 0: test accuracy (%)",
+            "",
+            "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
+            "with no readable answer / share whose first line lists two or more labels). Beam search with 4 beams; the answer is read off the first generated line "
+            "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); a line that names two "
+            "different labels, such as the prompt's format line `answer1/answer2/answer3/answer4`, holds no "
+            "answer. The same 500 items.",
+            "",
+        ]
 
         def gen_cell(method: str, task: str) -> str:
             c = both[(both["method"] == method) & (both["task"] == task) & (both["seed"] == 0)]
-            return "–" if c.empty else (f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
-                                        f"{_pct(c.iloc[0]['unparsed'])}% / {_pct(c.iloc[0]['listing'])}%)")
+            return (
+                "–"
+                if c.empty
+                else (
+                    f"{_pct(c.iloc[0]['accuracy_gen'])} ({_pct(c.iloc[0]['accuracy_loglik'])}; "
+                    f"{_pct(c.iloc[0]['unparsed'])}% / {_pct(c.iloc[0]['listing'])}%)"
+                )
+            )
 
         lines += _task_table("method", [(m, m) for m in ORDER if m in set(both["method"])], tasks_gen, gen_cell)
         lines += _spaced_section(gen)
         scored = set(zip(both["task"], both["method"], both["seed"], strict=True))
-        waiting = pd.Series([r.method for r in seed0.itertuples() if r.task in tasks_gen
-                             and (r.task, r.method, 0) not in scored], dtype=object).value_counts()
+        waiting = pd.Series(
+            [r.method for r in seed0.itertuples() if r.task in tasks_gen and (r.task, r.method, 0) not in scored],
+            dtype=object,
+        ).value_counts()
         if len(waiting):
-            lines += ["", "Seed-0 runs not scored with this protocol yet (`gen` cells of the queue), by method: "
-                      + ", ".join(f"{m} {n}" for m, n in waiting.sort_index().items()) + "."]
-    for group, title, scale in (("nlu", "NLU (MMLU domains): test accuracy (%)", 100.0),
-                                ("nlg", "NLG (GEM): ROUGE-L", 1.0)):
+            lines += [
+                "",
+                "Seed-0 runs not scored with this protocol yet (`gen` cells of the queue), by method: "
+                + ", ".join(f"{m} {n}" for m, n in waiting.sort_index().items())
+                + ".",
+            ]
+    for group, title, scale in (
+        ("nlu", "NLU (MMLU domains): test accuracy (%)", 100.0),
+        ("nlg", "NLG (GEM): ROUGE-L", 1.0),
+    ):
         results = collect(out / group) if (out / group / "runs").is_dir() else pd.DataFrame()
         if not results.empty and (results.get("status") == "done").any():
-            lines += ["", f"## {title}", "", markdown_table(summarise(results), methods_order=ORDER, scale=scale),
-                      "`fit s`: as in the main table, cells run on another device than the group's usual one are left out "
-                      "(–: all of the method's cells were)."]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                markdown_table(summarise(results), methods_order=ORDER, scale=scale),
+                "`fit s`: as in the main table, cells run on another device than the group's usual one are left out "
+                "(–: all of the method's cells were).",
+            ]
             if group == "nlu":
                 cells = cell_table(out, group)
                 lines += _prior_section(cells) + _pooled_section(pooled_vs_zeroshot(out, group), cells)
@@ -542,22 +718,33 @@ def report(out: Path, *, attribution: bool = True) -> str:
                 lines += _paired_score_section(paired_score_differences(out, group))
                 uncached = uncached_run_tasks(out, group)
                 if uncached:
-                    print(f"warning: {', '.join(uncached)} not in the task cache; the multi-reference GEM section "
-                          "leaves them out and says so", file=sys.stderr)
+                    print(
+                        f"warning: {', '.join(uncached)} not in the task cache; the multi-reference GEM section "
+                        "leaves them out and says so",
+                        file=sys.stderr,
+                    )
                 lines += _multi_reference_section(multi_reference_rouge(out, group), uncached)
     curve = datasize_curve(out)
     if not curve.empty:
         cells = curve.assign(text=[f"{_pct(r.mean)} ({_pct(r.label_prior)})" for r in curve.itertuples()])
         pivot = cells[cells["method"] != "zeroshot"].pivot(index=["task", "method"], columns="n_train", values="text")
         zeroshot = cells[cells["method"] == "zeroshot"].set_index("task")["text"]
-        lines += ["", "## Data size: test accuracy (%) by number of training examples", "",
-                  "Seed 0; each cell: accuracy (label-prior accuracy). The n = 200 column is the main table's "
-                  "runs (same protocol and data).", "",
-                  "| task | method | zero-shot | " + " | ".join(str(n) for n in pivot.columns) + " |",
-                  "|---|---|---|" + "---|" * len(pivot.columns)]
+        lines += [
+            "",
+            "## Data size: test accuracy (%) by number of training examples",
+            "",
+            "Seed 0; each cell: accuracy (label-prior accuracy). The n = 200 column is the main table's "
+            "runs (same protocol and data).",
+            "",
+            "| task | method | zero-shot | " + " | ".join(str(n) for n in pivot.columns) + " |",
+            "|---|---|---|" + "---|" * len(pivot.columns),
+        ]
         for (task, method), vals in pivot.iterrows():
-            lines.append(f"| {task} | {method} | {zeroshot.get(task, '–')} | " + " | ".join(
-                "–" if pd.isna(v) else v for v in vals) + " |")
+            lines.append(
+                f"| {task} | {method} | {zeroshot.get(task, '–')} | "
+                + " | ".join("–" if pd.isna(v) else v for v in vals)
+                + " |"
+            )
     head_runs = selective_jola_runs(out)
     pairs = head_set_pairs(head_runs)
     if not pairs.empty:
@@ -614,30 +801,61 @@ def datasize_figure(curve: pd.DataFrame):
         rows = curve[curve["task"] == task]
         for method in DATASIZE_METHODS:
             line = rows[(rows["method"] == method) & (rows["n_train"] > 0)]
-            fig.add_trace(go.Scatter(x=line["n_train"], y=100 * line["mean"], mode="lines+markers", name=method,
-                                     legendgroup=method, showlegend=col == 1, line={"color": colours[method]},
-                                     marker={"symbol": symbols[method], "size": 9}),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=line["n_train"],
+                    y=100 * line["mean"],
+                    mode="lines+markers",
+                    name=method,
+                    legendgroup=method,
+                    showlegend=col == 1,
+                    line={"color": colours[method]},
+                    marker={"symbol": symbols[method], "size": 9},
+                ),
+                row=1,
+                col=col,
+            )
         zeroshot = rows.loc[rows["method"] == "zeroshot", "mean"]
         if len(zeroshot):  # a legend entry, not a text label: a label would sit on the curves
             level = 100 * float(zeroshot.iloc[0])
-            fig.add_trace(go.Scatter(x=list(DATASIZE_X_RANGE), y=[level, level], mode="lines", name="zero-shot",
-                                     legendgroup="zeroshot", showlegend=col == 1,
-                                     line={"color": "grey", "dash": "dot"}, hoverinfo="y"),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(DATASIZE_X_RANGE),
+                    y=[level, level],
+                    mode="lines",
+                    name="zero-shot",
+                    legendgroup="zeroshot",
+                    showlegend=col == 1,
+                    line={"color": "grey", "dash": "dot"},
+                    hoverinfo="y",
+                ),
+                row=1,
+                col=col,
+            )
         low, high = 100 * rows["mean"].min(), 100 * rows["mean"].max()
         fig.update_yaxes(range=[low - 2, high + 2], row=1, col=col)  # no magnified 0.2-point differences
-    fig.update_xaxes(type="log", tickvals=list(DATASIZES), range=[math.log10(x) for x in DATASIZE_X_RANGE],
-                     title_text="training examples")
+    fig.update_xaxes(
+        type="log",
+        tickvals=list(DATASIZES),
+        range=[math.log10(x) for x in DATASIZE_X_RANGE],
+        title_text="training examples",
+    )
     fig.update_yaxes(title_text="test accuracy (%)", col=1)
-    fig.update_layout(title="Data size: test accuracy by number of training examples, SmolLM2-135M, seed 0",
-                      width=450 * len(tasks), height=420)
+    fig.update_layout(
+        title="Data size: test accuracy by number of training examples, SmolLM2-135M, seed 0",
+        width=450 * len(tasks),
+        height=420,
+    )
     return fig
 
 
-ABLATIONS = {"jola": "JoLA (both edits, separate gates)", "jola_additive": "additive only",
-             "jola_multiplicative": "multiplicative only", "jola_shared_gate": "one shared gate",
-             "jola_no_gate": "no gates"}
+ABLATIONS = {
+    "jola": "JoLA (both edits, separate gates)",
+    "jola_additive": "additive only",
+    "jola_multiplicative": "multiplicative only",
+    "jola_shared_gate": "one shared gate",
+    "jola_no_gate": "no gates",
+}
 
 
 def _prior_section(cells: pd.DataFrame) -> list[str]:
@@ -647,10 +865,17 @@ def _prior_section(cells: pd.DataFrame) -> list[str]:
 
     def prior_cell(method: str, task: str) -> str:
         c = seed0[(seed0["method"] == method) & (seed0["task"] == task)]
-        return "–" if c.empty else " \\| ".join(_pct(c.iloc[0][k]) for k in ("accuracy", "label_prior_accuracy", "top_label_share"))
+        return (
+            "–"
+            if c.empty
+            else " \\| ".join(_pct(c.iloc[0][k]) for k in ("accuracy", "label_prior_accuracy", "top_label_share"))
+        )
 
-    return (["", "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.", ""]
-            + _task_table("method", [(m, m) for m in ORDER if m in set(seed0["method"])], tasks, prior_cell))
+    return [
+        "",
+        "Each cell: accuracy | label-prior accuracy | share of the most frequent answer (%), seed 0.",
+        "",
+    ] + _task_table("method", [(m, m) for m in ORDER if m in set(seed0["method"])], tasks, prior_cell)
 
 
 def pooled_vs_zeroshot(out: Path, group: str = "nlu") -> pd.DataFrame:
@@ -674,9 +899,18 @@ def pooled_vs_zeroshot(out: Path, group: str = "nlu") -> pd.DataFrame:
             continue
         ca, cz = np.concatenate(ours), np.concatenate(zero)
         better, worse = int((ca & ~cz).sum()), int((~ca & cz).sum())
-        rows.append({"method": method, "tasks": len(tasks), "items": len(ca), "accuracy": float(ca.mean()),
-                     "zeroshot_accuracy": float(cz.mean()), "better": better, "worse": worse,
-                     "mcnemar_p": mcnemar_exact_p(better, worse)})
+        rows.append(
+            {
+                "method": method,
+                "tasks": len(tasks),
+                "items": len(ca),
+                "accuracy": float(ca.mean()),
+                "zeroshot_accuracy": float(cz.mean()),
+                "better": better,
+                "worse": worse,
+                "mcnemar_p": mcnemar_exact_p(better, worse),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -685,20 +919,27 @@ def _pooled_section(pooled: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     if pooled.empty:
         return []
     seed0 = cells[(cells["seed"] == 0) & cells["mcnemar_p"].notna()]
-    lines = ["", "All tasks' test items pooled, seed 0, against zero-shot on the same items (exact McNemar); "
-             "the last column counts single tasks with p < 0.05 (up / down).", "",
-             "| method | tasks | items | accuracy (%) | zero-shot on the same items (%) | items won / lost | p | tasks p < 0.05 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "All tasks' test items pooled, seed 0, against zero-shot on the same items (exact McNemar); "
+        "the last column counts single tasks with p < 0.05 (up / down).",
+        "",
+        "| method | tasks | items | accuracy (%) | zero-shot on the same items (%) | items won / lost | p | tasks p < 0.05 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in pooled.itertuples():
         mine = seed0[(seed0["method"] == r.method) & (seed0["mcnemar_p"] < 0.05)]
         up, down = int((mine["minus_zeroshot"] > 0).sum()), int((mine["minus_zeroshot"] < 0).sum())
-        lines.append(f"| {r.method} | {r.tasks} | {r.items} | {_pct(r.accuracy)} | {_pct(r.zeroshot_accuracy)} "
-                     f"| {r.better} / {r.worse} | {r.mcnemar_p:.2g} | {up} / {down} |")
+        lines.append(
+            f"| {r.method} | {r.tasks} | {r.items} | {_pct(r.accuracy)} | {_pct(r.zeroshot_accuracy)} "
+            f"| {r.better} / {r.worse} | {r.mcnemar_p:.2g} | {up} / {down} |"
+        )
     return lines
 
 
-def paired_score_differences(out: Path, group: str = "nlg", against: str = "jola", *,
-                             metric: str = "rougeL", resamples: int = 10_000) -> pd.DataFrame:
+def paired_score_differences(
+    out: Path, group: str = "nlg", against: str = "jola", *, metric: str = "rougeL", resamples: int = 10_000
+) -> pd.DataFrame:
     """Seed 0, per task: ``against`` minus each other method on the same items, with a 95% paired-bootstrap interval.
 
     For per-item scores such as ROUGE-L, where McNemar's test does not apply. The resampling is seeded."""
@@ -717,20 +958,37 @@ def paired_score_differences(out: Path, group: str = "nlg", against: str = "jola
             diff = ours[metric].to_numpy(float) - theirs[metric].to_numpy(float)
             interval = paired_bootstrap(diff, resamples=resamples, confidence=0.95, seed=0)
             low, high = interval.low, interval.high
-            rows.append({"task": task_dir.name, "method": other_dir.name, "items": len(diff), "difference": float(diff.mean()),
-                         "ci_low": float(low), "ci_high": float(high),
-                         "items_higher": int((diff > 0).sum()), "items_lower": int((diff < 0).sum())})
+            rows.append(
+                {
+                    "task": task_dir.name,
+                    "method": other_dir.name,
+                    "items": len(diff),
+                    "difference": float(diff.mean()),
+                    "ci_low": float(low),
+                    "ci_high": float(high),
+                    "items_higher": int((diff > 0).sum()),
+                    "items_lower": int((diff < 0).sum()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _paired_score_section(paired: pd.DataFrame, against: str = "jola") -> list[str]:
     if paired.empty:
         return []
-    lines = ["", f"{against} minus each method on the same items, seed 0: mean ROUGE-L difference with a 95% paired-bootstrap "
-             "interval (10,000 resamples), and the items where it scores higher / lower.", "",
-             "| task | against | items | difference | 95% interval | higher / lower |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.method} | {r.items} | {r.difference:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
-              f"| {r.items_higher} / {r.items_lower} |" for r in paired.itertuples()]
+    lines = [
+        "",
+        f"{against} minus each method on the same items, seed 0: mean ROUGE-L difference with a 95% paired-bootstrap "
+        "interval (10,000 resamples), and the items where it scores higher / lower.",
+        "",
+        "| task | against | items | difference | 95% interval | higher / lower |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.task} | {r.method} | {r.items} | {r.difference:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
+        f"| {r.items_higher} / {r.items_lower} |"
+        for r in paired.itertuples()
+    ]
     return lines
 
 
@@ -740,19 +998,29 @@ def _seed_section(cells: pd.DataFrame, gen: pd.DataFrame, method: str = "jola") 
     if runs["seed"].nunique() < 2:
         return []
     if not gen.empty:
-        runs = runs.merge(gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
-                          on=["task", "method", "seed"], how="left")
-    lines = ["", f"## {method} seed by seed: test accuracy (%), the test against zero-shot, what was kept", "",
-             "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
-             "(McNemar p), label-prior accuracy, closed additive / multiplicative gates, kept epoch and lr.", "",
-             "| task | seed | accuracy (gen) | Δ vs zero-shot (p) | label-prior | closed | epoch | lr |",
-             "|---|---|---|---|---|---|---|---|"]
+        runs = runs.merge(
+            gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
+            on=["task", "method", "seed"],
+            how="left",
+        )
+    lines = [
+        "",
+        f"## {method} seed by seed: test accuracy (%), the test against zero-shot, what was kept",
+        "",
+        "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
+        "(McNemar p), label-prior accuracy, closed additive / multiplicative gates, kept epoch and lr.",
+        "",
+        "| task | seed | accuracy (gen) | Δ vs zero-shot (p) | label-prior | closed | epoch | lr |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs.sort_values(["task", "seed"]).to_dict("records"):
         closed = "/".join(_pct(r.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
-        lines.append(f"| {r['task']} | {r['seed']} | {_pct(r['accuracy'])} ({_pct(r.get('gen_accuracy', float('nan')))}) | "
-                     f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
-                     f"{_pct(r['label_prior_accuracy'])} | {closed}% | {int(r.get('best_epoch', -1))} | "
-                     f"{json.loads(r['hyperparameters']).get('lr')} |")
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {_pct(r['accuracy'])} ({_pct(r.get('gen_accuracy', float('nan')))}) | "
+            f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
+            f"{_pct(r['label_prior_accuracy'])} | {closed}% | {int(r.get('best_epoch', -1))} | "
+            f"{json.loads(r['hyperparameters']).get('lr')} |"
+        )
     return lines
 
 
@@ -764,25 +1032,35 @@ def _baseline_seed_section(cells: pd.DataFrame, gen: pd.DataFrame) -> list[str]:
     if runs.empty:
         return []
     if not gen.empty:
-        runs = runs.merge(gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
-                          on=["task", "method", "seed"], how="left")
+        runs = runs.merge(
+            gen[["task", "method", "seed", "accuracy"]].rename(columns={"accuracy": "gen_accuracy"}),
+            on=["task", "method", "seed"],
+            how="left",
+        )
     order = {m: i for i, m in enumerate(ORDER)}
     runs = runs.assign(rank=runs["method"].map(order)).sort_values(["rank", "task", "seed"])
-    lines = ["", "## The other methods seed by seed: test accuracy (%), the test against zero-shot, what was kept", "",
-             "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
-             "(McNemar p), answers changed from zero-shot's on the same test items, label-prior accuracy, "
-             "the kept hyper-parameters, the most frequent answer and its share. Only the method-task pairs "
-             "with more than one seed.", "",
-             "| method | task | seed | accuracy (gen) | Δ vs zero-shot (p) | changed | label-prior | kept | top answer |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The other methods seed by seed: test accuracy (%), the test against zero-shot, what was kept",
+        "",
+        "Log-likelihood accuracy (generation-protocol accuracy of the same edit), accuracy − zero-shot "
+        "(McNemar p), answers changed from zero-shot's on the same test items, label-prior accuracy, "
+        "the kept hyper-parameters, the most frequent answer and its share. Only the method-task pairs "
+        "with more than one seed.",
+        "",
+        "| method | task | seed | accuracy (gen) | Δ vs zero-shot (p) | changed | label-prior | kept | top answer |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs.to_dict("records"):
         changed = r.get("changed_vs_zeroshot", float("nan"))
-        lines.append(f"| {r['method']} | {r['task']} | {r['seed']} | {_pct(r['accuracy'])} "
-                     f"({_pct(r.get('gen_accuracy', float('nan')))}) | "
-                     f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
-                     f"{'–' if pd.isna(changed) else int(changed)} / {r['n_test']} | "
-                     f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} | "
-                     f"{r.get('top_label', '–')} {100 * r.get('top_label_share', float('nan')):.0f}% |")
+        lines.append(
+            f"| {r['method']} | {r['task']} | {r['seed']} | {_pct(r['accuracy'])} "
+            f"({_pct(r.get('gen_accuracy', float('nan')))}) | "
+            f"{100 * r.get('minus_zeroshot', float('nan')):+.1f} (p={r.get('mcnemar_p', float('nan')):.2g}) | "
+            f"{'–' if pd.isna(changed) else int(changed)} / {r['n_test']} | "
+            f"{_pct(r['label_prior_accuracy'])} | {r['hyperparameters']} | "
+            f"{r.get('top_label', '–')} {100 * r.get('top_label_share', float('nan')):.0f}% |"
+        )
     return lines
 
 
@@ -796,9 +1074,13 @@ def jola_against_every_seed(cells: pd.DataFrame, ablations: bool = False) -> pd.
     acc = cells.set_index(["method", "task", "seed"])["accuracy"]
     jola = cells[cells["method"] == "jola"]
     rows = []
-    for method in [m for m in ORDER if m != "jola" and m.startswith("jola_") == ablations and m in set(cells["method"])]:
-        pairs = [(r.task, r.seed, r.accuracy, acc.get((method, r.task, 0 if method == "zeroshot" else r.seed)))
-                 for r in jola.itertuples()]
+    for method in [
+        m for m in ORDER if m != "jola" and m.startswith("jola_") == ablations and m in set(cells["method"])
+    ]:
+        pairs = [
+            (r.task, r.seed, r.accuracy, acc.get((method, r.task, 0 if method == "zeroshot" else r.seed)))
+            for r in jola.itertuples()
+        ]
         pairs = [p for p in pairs if p[3] is not None and pd.notna(p[3])]
         if not pairs:
             continue
@@ -806,32 +1088,52 @@ def jola_against_every_seed(cells: pd.DataFrame, ablations: bool = False) -> pd.
         higher, lower = int((diff > 0).sum()), int((diff < 0).sum())
         by_task = pd.Series(diff).groupby([t for t, *_ in pairs]).mean()
         tasks_higher, tasks_lower = int((by_task > 0).sum()), int((by_task < 0).sum())
-        rows.append({"method": method, "cells": len(pairs), "tasks": len({t for t, *_ in pairs}),
-                     "seeds": len({s for _, s, *_ in pairs}),
-                     "jola_accuracy": float(np.mean([a for *_, a, _ in pairs])),
-                     "method_accuracy": float(np.mean([b for *_, b in pairs])), "mean_difference": float(diff.mean()),
-                     "higher": higher, "tie": len(pairs) - higher - lower, "lower": lower,
-                     "sign_p": sign_test_p(higher, lower), "tasks_higher": tasks_higher, "tasks_lower": tasks_lower,
-                     "task_sign_p": sign_test_p(tasks_higher, tasks_lower)})
+        rows.append(
+            {
+                "method": method,
+                "cells": len(pairs),
+                "tasks": len({t for t, *_ in pairs}),
+                "seeds": len({s for _, s, *_ in pairs}),
+                "jola_accuracy": float(np.mean([a for *_, a, _ in pairs])),
+                "method_accuracy": float(np.mean([b for *_, b in pairs])),
+                "mean_difference": float(diff.mean()),
+                "higher": higher,
+                "tie": len(pairs) - higher - lower,
+                "lower": lower,
+                "sign_p": sign_test_p(higher, lower),
+                "tasks_higher": tasks_higher,
+                "tasks_lower": tasks_lower,
+                "task_sign_p": sign_test_p(tasks_higher, tasks_lower),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _jola_every_seed_section(table: pd.DataFrame, title: str = "JoLA against each method over every seed both have run") -> list[str]:
+def _jola_every_seed_section(
+    table: pd.DataFrame, title: str = "JoLA against each method over every seed both have run"
+) -> list[str]:
     if table.empty or table["seeds"].max() < 2:
         return []
-    lines = ["", f"## {title}", "",
-             "Per method: the (task, seed) cells that both JoLA and the method have finished (zero-shot: its one run "
-             "against each JoLA seed), their mean accuracy, JoLA minus the method in points, the cells where JoLA "
-             "is higher / tied / lower, and an exact two-sided sign test over the cells (ties dropped). Not pooled "
-             "over items: the test items are the same in every seed. The seeds of one task share its test items, so "
-             "the last two columns repeat the sign test over tasks, on each task's mean difference over its cells.", "",
-             "| method | cells (tasks, seeds) | JoLA (%) | method (%) | JoLA − method | higher / tie / lower | sign-test p "
-             "| tasks higher / lower | sign-test p, tasks |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.cells} ({r.tasks}, {r.seeds}) | {_pct(r.jola_accuracy)} | {_pct(r.method_accuracy)} "
-              f"| {100 * r.mean_difference:+.1f} | {r.higher} / {r.tie} / {r.lower} | {r.sign_p:.2g} "
-              f"| {r.tasks_higher} / {r.tasks_lower} | {r.task_sign_p:.2g} |"
-              for r in table.itertuples()]
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "Per method: the (task, seed) cells that both JoLA and the method have finished (zero-shot: its one run "
+        "against each JoLA seed), their mean accuracy, JoLA minus the method in points, the cells where JoLA "
+        "is higher / tied / lower, and an exact two-sided sign test over the cells (ties dropped). Not pooled "
+        "over items: the test items are the same in every seed. The seeds of one task share its test items, so "
+        "the last two columns repeat the sign test over tasks, on each task's mean difference over its cells.",
+        "",
+        "| method | cells (tasks, seeds) | JoLA (%) | method (%) | JoLA − method | higher / tie / lower | sign-test p "
+        "| tasks higher / lower | sign-test p, tasks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.method} | {r.cells} ({r.tasks}, {r.seeds}) | {_pct(r.jola_accuracy)} | {_pct(r.method_accuracy)} "
+        f"| {100 * r.mean_difference:+.1f} | {r.higher} / {r.tie} / {r.lower} | {r.sign_p:.2g} "
+        f"| {r.tasks_higher} / {r.tasks_lower} | {r.task_sign_p:.2g} |"
+        for r in table.itertuples()
+    ]
     return lines
 
 
@@ -847,9 +1149,14 @@ def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
     tasks = sorted(set(runs.loc[runs["method"] != "jola", "task"]))
     if not tasks:
         return []
-    lines = ["", "## The paper's ablations, seed 0: test accuracy (%), difference from JoLA, closed gates", "",
-             "Each cell: accuracy (Δ vs JoLA; exact McNemar p of the ablation against JoLA on the same 500 items) "
-             "and the closed additive / multiplicative gates.", ""]
+    lines = [
+        "",
+        "## The paper's ablations, seed 0: test accuracy (%), difference from JoLA, closed gates",
+        "",
+        "Each cell: accuracy (Δ vs JoLA; exact McNemar p of the ablation against JoLA on the same 500 items) "
+        "and the closed additive / multiplicative gates.",
+        "",
+    ]
 
     def ablation_cell(method: str, task: str) -> str:
         c = runs[(runs["method"] == method) & (runs["task"] == task)]
@@ -860,11 +1167,15 @@ def _ablation_section(seed0: pd.DataFrame, runs_dir: Path) -> list[str]:
         delta = ""
         if method != "jola" and not j.empty:
             p_jola = paired_p(runs_dir / task / method / "seed0", runs_dir / task / "jola" / "seed0")
-            delta = f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}" + (f"; p={p_jola:.2g})" if pd.notna(p_jola) else ")")
+            delta = f" ({100 * (c['accuracy'] - j.iloc[0]['accuracy']):+.1f}" + (
+                f"; p={p_jola:.2g})" if pd.notna(p_jola) else ")"
+            )
         closed = "/".join(_pct(c.get(f"closed_{k}", float("nan"))) for k in ("additive", "multiplicative"))
         return f"{_pct(c['accuracy'])}{delta}, closed {closed}%"
 
-    return lines + _task_table("variant", [(label, method) for method, label in ABLATIONS.items()], tasks, ablation_cell)
+    return lines + _task_table(
+        "variant", [(label, method) for method, label in ABLATIONS.items()], tasks, ablation_cell
+    )
 
 
 def answer_shares(items: pd.DataFrame, top: int = 3) -> str:
@@ -882,8 +1193,11 @@ def ablation_later_seeds(cells: pd.DataFrame, gen: pd.DataFrame, runs_dir: Path)
     later = cells[cells["method"].isin(list(ABLATIONS)) & (cells["seed"] > 0)]
     ablated = later[later["method"] != "jola"]
     pairs = sorted(set(zip(ablated["task"], ablated["seed"], strict=True)))
-    gen_acc = ({} if gen.empty else
-               {(r.task, r.method, r.seed): r.accuracy for r in gen[["task", "method", "seed", "accuracy"]].itertuples()})
+    gen_acc = (
+        {}
+        if gen.empty
+        else {(r.task, r.method, r.seed): r.accuracy for r in gen[["task", "method", "seed", "accuracy"]].itertuples()}
+    )
     rows = []
     for task, seed in pairs:
         here = later[(later["task"] == task) & (later["seed"] == seed)]
@@ -892,38 +1206,59 @@ def ablation_later_seeds(cells: pd.DataFrame, gen: pd.DataFrame, runs_dir: Path)
         for method in [m for m in ABLATIONS if m in set(here["method"])]:
             c = here[here["method"] == method].iloc[0]
             items = read_items(runs_dir / task / method / f"seed{seed}")
-            vs_jola = method != "jola" and items is not None and jola_items is not None and same_items(items, jola_items)
-            rows.append({
-                "task": task, "seed": int(seed), "method": method, "accuracy": float(c["accuracy"]),
-                "gen_accuracy": gen_acc.get((task, method, seed), float("nan")),
-                "minus_jola": float(c["accuracy"] - jola_acc.iloc[0]) if method != "jola" and len(jola_acc) else float("nan"),
-                "mcnemar_p": items_p(items, jola_items) if vs_jola else float("nan"),
-                "changed_vs_jola": changed_answers(items, jola_items) if vs_jola else float("nan"),
-                "n_test": int(c["n_test"]), "answers": answer_shares(items) if items is not None else "",
-                "closed_additive": c.get("closed_additive", float("nan")),
-                "closed_multiplicative": c.get("closed_multiplicative", float("nan")),
-                "best_epoch": c.get("best_epoch", float("nan"))})
+            vs_jola = (
+                method != "jola" and items is not None and jola_items is not None and same_items(items, jola_items)
+            )
+            rows.append(
+                {
+                    "task": task,
+                    "seed": int(seed),
+                    "method": method,
+                    "accuracy": float(c["accuracy"]),
+                    "gen_accuracy": gen_acc.get((task, method, seed), float("nan")),
+                    "minus_jola": float(c["accuracy"] - jola_acc.iloc[0])
+                    if method != "jola" and len(jola_acc)
+                    else float("nan"),
+                    "mcnemar_p": items_p(items, jola_items) if vs_jola else float("nan"),
+                    "changed_vs_jola": changed_answers(items, jola_items) if vs_jola else float("nan"),
+                    "n_test": int(c["n_test"]),
+                    "answers": answer_shares(items) if items is not None else "",
+                    "closed_additive": c.get("closed_additive", float("nan")),
+                    "closed_multiplicative": c.get("closed_multiplicative", float("nan")),
+                    "best_epoch": c.get("best_epoch", float("nan")),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _ablation_later_seeds_section(table: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
-    lines = ["", "## The paper's ablations, later seeds: each run against JoLA's run with the same seed", "",
-             "Per (task, seed), JoLA's run first, then each ablation: log-likelihood accuracy (generation-protocol "
-             "accuracy of the same edit), accuracy − JoLA's in points (exact McNemar p on the same test items), "
-             "answers changed from JoLA's, the three most frequent answers with their shares, closed additive / "
-             "multiplicative gates and the kept epoch.", "",
-             "| task | seed | variant | accuracy (gen) | Δ vs JoLA (p) | changed | most frequent answers | closed | epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The paper's ablations, later seeds: each run against JoLA's run with the same seed",
+        "",
+        "Per (task, seed), JoLA's run first, then each ablation: log-likelihood accuracy (generation-protocol "
+        "accuracy of the same edit), accuracy − JoLA's in points (exact McNemar p on the same test items), "
+        "answers changed from JoLA's, the three most frequent answers with their shares, closed additive / "
+        "multiplicative gates and the kept epoch.",
+        "",
+        "| task | seed | variant | accuracy (gen) | Δ vs JoLA (p) | changed | most frequent answers | closed | epoch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table.to_dict("records"):
-        delta = "–" if pd.isna(r["minus_jola"]) else (
-            f"{100 * r['minus_jola']:+.1f}" + ("" if pd.isna(r["mcnemar_p"]) else f" (p={r['mcnemar_p']:.2g})"))
+        delta = (
+            "–"
+            if pd.isna(r["minus_jola"])
+            else (f"{100 * r['minus_jola']:+.1f}" + ("" if pd.isna(r["mcnemar_p"]) else f" (p={r['mcnemar_p']:.2g})"))
+        )
         changed = "–" if pd.isna(r["changed_vs_jola"]) else f"{int(r['changed_vs_jola'])} / {r['n_test']}"
         closed = "/".join(_pct(r[f"closed_{k}"]) for k in ("additive", "multiplicative"))
         epoch = "–" if pd.isna(r["best_epoch"]) else str(int(r["best_epoch"]))
-        lines.append(f"| {r['task']} | {r['seed']} | {ABLATIONS[r['method']]} | {_pct(r['accuracy'])} "
-                     f"({_pct(r['gen_accuracy'])}) | {delta} | {changed} | {r['answers']} | {closed}% | {epoch} |")
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {ABLATIONS[r['method']]} | {_pct(r['accuracy'])} "
+            f"({_pct(r['gen_accuracy'])}) | {delta} | {changed} | {r['answers']} | {closed}% | {epoch} |"
+        )
     return lines
 
 
@@ -933,18 +1268,28 @@ def _repeat_section(out: Path) -> list[str]:
         return []
     rep.to_csv(out / "repeat_cells.csv", index=False)
     same = rep["difference"] == 0
-    lines = ["", "## Run to run: the same cells again, same seed, same kind of GPU", "",
-             f"{len(rep)} runs of the main table were run a second time (`repeat/`). {int(same.sum())} scored exactly "
-             f"the same; the largest difference is {100 * rep['difference'].abs().max():.1f} points; "
-             f"{int(rep['same_hyperparameters'].sum())} chose the same hyper-parameters. "
-             "Differences come from nondeterministic GPU kernels (TF32, atomics), not from the seed.", "",
-             "| task | method | first | second | changed predictions | McNemar p | same hp | JoLA open heads (Jaccard) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Run to run: the same cells again, same seed, same kind of GPU",
+        "",
+        f"{len(rep)} runs of the main table were run a second time (`repeat/`). {int(same.sum())} scored exactly "
+        f"the same; the largest difference is {100 * rep['difference'].abs().max():.1f} points; "
+        f"{int(rep['same_hyperparameters'].sum())} chose the same hyper-parameters. "
+        "Differences come from nondeterministic GPU kernels (TF32, atomics), not from the seed.",
+        "",
+        "| task | method | first | second | changed predictions | McNemar p | same hp | JoLA open heads (Jaccard) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rep[(rep["difference"] != 0) | rep["method"].str.startswith("jola")].itertuples():
-        heads = (f"{int(r.open_heads_first)} / {int(r.open_heads_second)} ({r.open_heads_jaccard:.2f})"
-                 if "open_heads_jaccard" in rep and pd.notna(getattr(r, "open_heads_jaccard", float("nan"))) else "–")
-        lines.append(f"| {r.task} | {r.method} | {_pct(r.accuracy_first)} | {_pct(r.accuracy_second)} | "
-                     f"{r.changed_predictions} | {r.mcnemar_p:.2g} | {'yes' if r.same_hyperparameters else 'no'} | {heads} |")
+        heads = (
+            f"{int(r.open_heads_first)} / {int(r.open_heads_second)} ({r.open_heads_jaccard:.2f})"
+            if "open_heads_jaccard" in rep and pd.notna(getattr(r, "open_heads_jaccard", float("nan")))
+            else "–"
+        )
+        lines.append(
+            f"| {r.task} | {r.method} | {_pct(r.accuracy_first)} | {_pct(r.accuracy_second)} | "
+            f"{r.changed_predictions} | {r.mcnemar_p:.2g} | {'yes' if r.same_hyperparameters else 'no'} | {heads} |"
+        )
     lines.append("")
     lines.append("Rows: every run whose accuracy changed, and every JoLA run. All rows: `repeat_cells.csv`.")
     return lines
@@ -966,11 +1311,24 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
     seed0 = cells[(cells["seed"] == 0) & (cells["method"] != "zeroshot")]
     pivot = seed0.pivot(index="method", columns="task", values="minus_zeroshot") * 100
     pivot = pivot.reindex([m for m in ORDER if m in pivot.index])
-    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=list(pivot.index), colorscale="RdBu", zmid=0,
-                               text=pivot.map(lambda v: "not run" if pd.isna(v) else f"{v:+.1f}").to_numpy(), texttemplate="%{text}",
-                               colorbar={"title": "points"}))
-    fig.update_layout(title="Test accuracy minus zero-shot (points), SmolLM2-135M, seed 0", width=900, height=480,
-                      yaxis={"autorange": "reversed"})
+    fig = go.Figure(
+        go.Heatmap(
+            z=pivot.to_numpy(),
+            x=list(pivot.columns),
+            y=list(pivot.index),
+            colorscale="RdBu",
+            zmid=0,
+            text=pivot.map(lambda v: "not run" if pd.isna(v) else f"{v:+.1f}").to_numpy(),
+            texttemplate="%{text}",
+            colorbar={"title": "points"},
+        )
+    )
+    fig.update_layout(
+        title="Test accuracy minus zero-shot (points), SmolLM2-135M, seed 0",
+        width=900,
+        height=480,
+        yaxis={"autorange": "reversed"},
+    )
     dest.mkdir(parents=True, exist_ok=True)
     written = save_figure(fig, dest / "accuracy_minus_zeroshot")
     curve = datasize_curve(out)
@@ -980,8 +1338,10 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
     if any(seed == 0 for _, seed in runs):
         written += save_figure(head_count_figure(runs), dest / "jola_open_heads_across_tasks")
         seed0 = {task: m for (task, seed), m in sorted(runs.items()) if seed == 0}
-        written += save_figure(similarity_matrix(jaccard_matrix(seed0), title="JoLA's open heads, seed 0: Jaccard across tasks"),
-                               dest / "jola_open_heads_jaccard")
+        written += save_figure(
+            similarity_matrix(jaccard_matrix(seed0), title="JoLA's open heads, seed 0: Jaccard across tasks"),
+            dest / "jola_open_heads_jaccard",
+        )
     model = load_model()
     config = json.loads((out / "main" / "compare_config.json").read_text())["protocol"]
     agreement = []
@@ -991,9 +1351,14 @@ def figures(out: Path, dest: Path, *, attribution_examples: int) -> list[Path]:
         scores = None
         if selective:  # attribution is only worth its CPU time where JoLA actually selected heads
             splits = load_task_splits(task, n_train=config["n_train"], n_valid=config["n_valid"], n_test=0, seed=0)
-            scores = attribution_scores(model, splits.valid[:attribution_examples], ablation="mean",
-                                        reference=splits.train[:attribution_examples], cache_dir=out / "attribution_cache",
-                                        batch_size=2)  # long HellaSwag endings: keep the logits small
+            scores = attribution_scores(
+                model,
+                splits.valid[:attribution_examples],
+                ablation="mean",
+                reference=splits.train[:attribution_examples],
+                cache_dir=out / "attribution_cache",
+                batch_size=2,
+            )  # long HellaSwag endings: keep the logits small
         written += make_compare_figures(out / "main", task, dest / task, model=model, scores=scores)
         if selective:
             row = compare_selection(jola, scores.logprob_drop, threshold=0.0)
@@ -1018,15 +1383,22 @@ def _attribution_section(out: Path) -> list[str]:
         return []
     table = pd.read_csv(out / ATTRIBUTION_CSV)
     n = int(table["attribution_examples"].iloc[0])
-    lines = ["", "## JoLA's open heads against mean-ablation attribution (seed 0)", "",
-             f"Attribution: first-order mean-ablation log-prob drop of the base model on the first {n} "
-             f"validation examples, head means from the first {n} training examples; only tasks "
-             "where some of JoLA's gates closed. k = the number of heads with an open gate. Computed with the "
-             f"figures (`{ATTRIBUTION_CSV}`).", "",
-             "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
-             "|---|---|---|---|---|---|"]
-    return lines + [f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
-                    for r in table.itertuples()]
+    lines = [
+        "",
+        "## JoLA's open heads against mean-ablation attribution (seed 0)",
+        "",
+        f"Attribution: first-order mean-ablation log-prob drop of the base model on the first {n} "
+        f"validation examples, head means from the first {n} training examples; only tasks "
+        "where some of JoLA's gates closed. k = the number of heads with an open gate. Computed with the "
+        f"figures (`{ATTRIBUTION_CSV}`).",
+        "",
+        "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
+        for r in table.itertuples()
+    ]
 
 
 def main() -> int:
@@ -1034,7 +1406,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--figures", type=Path, default=FIGURES)
     parser.add_argument("--no-figures", action="store_true")
-    parser.add_argument("--attribution-examples", type=int, default=48, help="validation (and reference) examples for attribution")
+    parser.add_argument(
+        "--attribution-examples", type=int, default=48, help="validation (and reference) examples for attribution"
+    )
     args = parser.parse_args()
     if not args.no_figures:
         report(args.out, attribution=False)  # figures read the cell table it writes

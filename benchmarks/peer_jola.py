@@ -119,7 +119,9 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
     edit = JolaEdit.for_model(model, JolaConfig(seed=args.seed)).to(args.device)
     gates = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
     vectors = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
-    opt = torch.optim.AdamW([{"params": vectors, "lr": cfg.lr}, {"params": gates, "lr": cfg.lr * cfg.gate_lr_scale}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{"params": vectors, "lr": cfg.lr}, {"params": gates, "lr": cfg.lr * cfg.gate_lr_scale}], lr=cfg.lr
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, len(batches) * cfg.epochs))
     sparsity = SparsityConfig()
     step_s: list[float] = []
@@ -143,13 +145,25 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
             step_s.append(time.perf_counter() - start)
             cpu_s.append(time.process_time() - cpu0)
             lengths = batch.attention_mask.sum(-1).tolist()
-            info.append({"tokens": int(sum(lengths)), "answer_tokens": int(targets.numel()),
-                         "padded": int(batch.attention_mask.numel()), "keys": int(sum(n * (n + 1) // 2 for n in lengths))})
+            info.append(
+                {
+                    "tokens": int(sum(lengths)),
+                    "answer_tokens": int(targets.numel()),
+                    "padded": int(batch.attention_mask.numel()),
+                    "keys": int(sum(n * (n + 1) // 2 for n in lengths)),
+                }
+            )
     hf_cfg = jolalens.hf_view(model).config
     return {
-        "system": f"jolalens {jolalens.__version__}", "step_s": step_s, "cpu_s": cpu_s, "batches": info, "load_s": load_s,
-        "trainable_params": edit.n_trainable(), "peak_rss_mb": _machine.peak_rss_mb(),
-        "peak_gpu_mb": _machine.peak_gpu_mb(args.device), "threads": torch.get_num_threads(),
+        "system": f"jolalens {jolalens.__version__}",
+        "step_s": step_s,
+        "cpu_s": cpu_s,
+        "batches": info,
+        "load_s": load_s,
+        "trainable_params": edit.n_trainable(),
+        "peak_rss_mb": _machine.peak_rss_mb(),
+        "peak_gpu_mb": _machine.peak_gpu_mb(args.device),
+        "threads": torch.get_num_threads(),
         "shape": _machine.ModelShape.from_hf_config(hf_cfg).to_dict(),
     }
 
@@ -175,12 +189,19 @@ def summarise(runs: list[dict[str, Any]], warmup: int, matmul_gflops: float) -> 
     rate = flops / sum(times) / 1e9
     gpu = [r["peak_gpu_mb"] for r in runs if r.get("peak_gpu_mb") is not None]
     return {
-        "system": runs[0]["system"], "timed_steps": len(times), "median_step_s": statistics.median(times),
-        "mean_step_s": sum(times) / len(times), "median_step_cpu_s": statistics.median(cpu),
-        "cpu_gflops_per_thread": flops / sum(cpu) / 1e9, "tokens_per_step": tokens / len(times),
-        "padding_fraction": 1 - tokens / padded if padded else 0.0, "useful_gflops": rate,
-        "fraction_of_matmul": rate / matmul_gflops, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "peak_gpu_mb": max(gpu) if gpu else None, "trainable_params": runs[0]["trainable_params"],
+        "system": runs[0]["system"],
+        "timed_steps": len(times),
+        "median_step_s": statistics.median(times),
+        "mean_step_s": sum(times) / len(times),
+        "median_step_cpu_s": statistics.median(cpu),
+        "cpu_gflops_per_thread": flops / sum(cpu) / 1e9,
+        "tokens_per_step": tokens / len(times),
+        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "useful_gflops": rate,
+        "fraction_of_matmul": rate / matmul_gflops,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_gpu_mb": max(gpu) if gpu else None,
+        "trainable_params": runs[0]["trainable_params"],
         "load_s": [round(r["load_s"], 2) for r in runs],
     }
 
@@ -204,8 +225,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {s['system']} | {s['median_step_s']:.2f} | {s['median_step_cpu_s']:.2f} | {s['useful_gflops']:.1f} | {100 * s['fraction_of_matmul']:.0f}% "
             f"| {s['peak_rss_mb']:.0f} | {s['tokens_per_step']:.0f} | {100 * s['padding_fraction']:.0f}% | {s['trainable_params']} |"
         )
-    lines += ["", f"Speed-up of jolalens per step (median wall): **{result['speedup']:.2f}x**; "
-              f"in CPU seconds (less sensitive to other jobs on a shared box): **{result['speedup_cpu']:.2f}x**", ""]
+    lines += [
+        "",
+        f"Speed-up of jolalens per step (median wall): **{result['speedup']:.2f}x**; "
+        f"in CPU seconds (less sensitive to other jobs on a shared box): **{result['speedup_cpu']:.2f}x**",
+        "",
+    ]
     if result.get("accuracy"):
         lines += ["| system | accuracy (jolalens loglik evaluator) | n test |", "|---|---:|---:|"]
         for name, acc in result["accuracy"].items():
@@ -223,14 +248,20 @@ def released_edit_to_jolalens(model: Any, tensors: dict[str, Any]) -> Any:
     from jolalens import JolaConfig, JolaEdit
 
     edit = JolaEdit.for_model(model, JolaConfig())
-    edit.load_state_dict({
-        "additive": tensors["attn_v"], "multiplicative": tensors["attn_A"],
-        "log_alpha_additive": tensors["log_g1"], "log_alpha_multiplicative": tensors["log_g2"],
-    })
+    edit.load_state_dict(
+        {
+            "additive": tensors["attn_v"],
+            "multiplicative": tensors["attn_A"],
+            "log_alpha_additive": tensors["log_g1"],
+            "log_alpha_multiplicative": tensors["log_g2"],
+        }
+    )
     return edit.eval()
 
 
-def accuracy_run(args: argparse.Namespace, peer_py: Path, data_dir: Path, parts: dict[str, list[Any]]) -> dict[str, Any]:
+def accuracy_run(
+    args: argparse.Namespace, peer_py: Path, data_dir: Path, parts: dict[str, list[Any]]
+) -> dict[str, Any]:
     import torch
 
     import jolalens
@@ -238,15 +269,35 @@ def accuracy_run(args: argparse.Namespace, peer_py: Path, data_dir: Path, parts:
     from jolalens.evaluate import evaluate
 
     edit_path = data_dir / "released_edit.pt"
-    _machine.run_worker([str(peer_py), str(HERE / "_peer_jola_worker.py"), *peer_args(args, data_dir), "--epochs",
-                         str(args.accuracy_epochs), "--save-edit", str(edit_path)], env=thread_env(args))
+    _machine.run_worker(
+        [
+            str(peer_py),
+            str(HERE / "_peer_jola_worker.py"),
+            *peer_args(args, data_dir),
+            "--epochs",
+            str(args.accuracy_epochs),
+            "--save-edit",
+            str(edit_path),
+        ],
+        env=thread_env(args),
+    )
     model = jolalens.load_model(device=args.device)
     released = released_edit_to_jolalens(model, torch.load(edit_path))
-    cfg = TrainConfig(epochs=args.accuracy_epochs, patience=args.accuracy_epochs, batch_size=args.batch_size,
-                      warmup_steps=args.warmup_steps, seed=args.seed, progress=False)
+    cfg = TrainConfig(
+        epochs=args.accuracy_epochs,
+        patience=args.accuracy_epochs,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        progress=False,
+    )
     ours = train_jola(model, parts["train"], parts["valid"], config=cfg).edit
     out = {}
-    for name, edit in (("jola==0.0.1 (released)", released), (f"jolalens {jolalens.__version__}", ours), ("no edit", None)):
+    for name, edit in (
+        ("jola==0.0.1 (released)", released),
+        (f"jolalens {jolalens.__version__}", ours),
+        ("no edit", None),
+    ):
         res = evaluate(model, parts["test"], args.task, edit=edit, protocol="loglik", progress=False)
         out[name] = {"accuracy": res.summary["accuracy"], "n": res.summary["n"]}
     return out
@@ -263,9 +314,22 @@ def peer_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
     from jolalens.models import EMBEDDED_MODELS, _converted_checkpoint
 
     ckpt = _converted_checkpoint(EMBEDDED_MODELS["smollm2-135m-instruct"])
-    return ["--ckpt", str(ckpt), "--data-dir", str(data_dir), "--batch-size", str(args.batch_size),
-            "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--threads", str(args.threads),
-            "--device", args.device]
+    return [
+        "--ckpt",
+        str(ckpt),
+        "--data-dir",
+        str(data_dir),
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -312,9 +376,18 @@ def main(argv: list[str] | None = None) -> None:
     matmul = _machine.matmul_rate(device=args.device)
     total = args.warmup + args.steps
     peer_cmd = [str(peer_py), str(HERE / "_peer_jola_worker.py"), *peer_args(args, data_dir), "--max-steps", str(total)]
-    ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "jolalens", "--max-steps", str(total),
-                *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                  ("task", "n_train", "n_valid", "n_test", "batch_size", "warmup_steps", "threads", "device", "seed")]]
+    ours_cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "jolalens",
+        "--max-steps",
+        str(total),
+        *[
+            f"--{k.replace('_', '-')}={getattr(args, k)}"
+            for k in ("task", "n_train", "n_valid", "n_test", "batch_size", "warmup_steps", "threads", "device", "seed")
+        ],
+    ]
     runs: dict[str, list[dict[str, Any]]] = {"released": [], "jolalens": []}
     for r in range(args.rounds):
         order = [("released", peer_cmd), ("jolalens", ours_cmd)]
@@ -327,12 +400,19 @@ def main(argv: list[str] | None = None) -> None:
     summary = {name: summarise(rs, args.warmup, best) for name, rs in runs.items()}
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/peer_jola.py", *(argv if argv is not None else sys.argv[1:])]),
-        "task": args.task, "n_train": args.n_train, "batch_size": args.batch_size, "device": args.device,
-        "threads": threads, "machine": machine, "matmul": {**matmul, "gflops_best": best, "after": matmul_after},
+        "task": args.task,
+        "n_train": args.n_train,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "threads": threads,
+        "machine": machine,
+        "matmul": {**matmul, "gflops_best": best, "after": matmul_after},
         "flop_formula": "2 x forward; forward = 2*P_body*real_tokens + 4*L*H*d_head*real_keys + 2*d_model*vocab*answer_tokens",
-        "summary": summary, "speedup": summary["released"]["median_step_s"] / summary["jolalens"]["median_step_s"],
+        "summary": summary,
+        "speedup": summary["released"]["median_step_s"] / summary["jolalens"]["median_step_s"],
         "speedup_cpu": summary["released"]["median_step_cpu_s"] / summary["jolalens"]["median_step_cpu_s"],
-        "runs": runs, "peer_versions": runs["released"][0].get("versions"),
+        "runs": runs,
+        "peer_versions": runs["released"][0].get("versions"),
     }
     if args.accuracy_epochs:
         result["accuracy"] = accuracy_run(args, peer_py, data_dir, parts)

@@ -91,12 +91,23 @@ def jolalens_worker(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
     if warm:
         evaluate(model, warm, args.task, protocol=protocol, batch_size=args.batch_size, progress=False)
     _machine.sync(args.device)
-    res, wall, cpu = _timed(lambda: evaluate(model, timed, args.task, protocol=protocol, batch_size=args.batch_size, progress=False))
+    res, wall, cpu = _timed(
+        lambda: evaluate(model, timed, args.task, protocol=protocol, batch_size=args.batch_size, progress=False)
+    )
     _machine.sync(args.device)
-    choices = [list(ex.choices).index(p) if p in ex.choices else -1 for ex, p in zip(timed, res.items["prediction"], strict=True)]
-    return {"system": f"jolalens {jolalens.__version__} ({protocol})", "seconds": wall, "cpu_seconds": cpu,
-            "choices": choices, "accuracy": float(res.summary["accuracy"]), "peak_rss_mb": _machine.peak_rss_mb(),
-            "peak_gpu_mb": _machine.peak_gpu_mb(args.device)}
+    choices = [
+        list(ex.choices).index(p) if p in ex.choices else -1
+        for ex, p in zip(timed, res.items["prediction"], strict=True)
+    ]
+    return {
+        "system": f"jolalens {jolalens.__version__} ({protocol})",
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "choices": choices,
+        "accuracy": float(res.summary["accuracy"]),
+        "peak_rss_mb": _machine.peak_rss_mb(),
+        "peak_gpu_mb": _machine.peak_gpu_mb(args.device),
+    }
 
 
 def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,9 +150,15 @@ def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
         score(warm)
     choices, wall, cpu = _timed(lambda: score(timed))
     correct = [ex.choices[c] == ex.answer for ex, c in zip(timed, choices, strict=True)]
-    return {"system": f"lm-eval {lm_eval.__version__} HFLM", "seconds": wall, "cpu_seconds": cpu, "choices": choices,
-            "accuracy": sum(correct) / len(correct), "peak_rss_mb": _machine.peak_rss_mb(),
-            "peak_gpu_mb": _machine.peak_gpu_mb(args.device)}
+    return {
+        "system": f"lm-eval {lm_eval.__version__} HFLM",
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "choices": choices,
+        "accuracy": sum(correct) / len(correct),
+        "peak_rss_mb": _machine.peak_rss_mb(),
+        "peak_gpu_mb": _machine.peak_gpu_mb(args.device),
+    }
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -168,22 +185,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# jolalens vs lm-evaluation-harness: multiple-choice log-likelihood ({result['task']}, "
-        f"{result['n_items']} items, batch {result['batch_size']}, {result['device']})", "",
+        f"{result['n_items']} items, batch {result['batch_size']}, {result['device']})",
+        "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} threads, "
         f"load average at start {result['machine'].get('loadavg_1_5_15')} (shared box)  ",
         f"Dense fp32 matmul rate (2048^2, same threads): best {result['matmul']['gflops_best']:.1f} GFLOP/s  ",
         f"Useful work: {result['useful']['tokens']} tokens, {result['useful']['flops'] / 1e9:.0f} GFLOP "
-        f"(shared prefix of {result['useful']['shared_prefix']} tokens counted once)", "",
+        f"(shared prefix of {result['useful']['shared_prefix']} tokens counted once)",
+        "",
         "| system | items/s (median) | CPU s | useful GFLOP/s | of matmul rate | peak RSS MB | accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["summary"].values():
-        lines.append(f"| {s['system']} | {s['items_per_s']:.2f} | {s['median_cpu_s']:.0f} | {s['useful_gflops']:.1f} | "
-                     f"{100 * s['fraction_of_matmul']:.0f}% | {s['peak_rss_mb']:.0f} | {s['accuracy']:.3f} |")
-    lines += ["", f"jolalens loglik / lm-eval throughput: **{result['ratio']:.2f}x** (goal >= 3x); in CPU seconds: "
-              f"**{result['ratio_cpu']:.2f}x**", "",
-              f"Per-item choices, lm-eval vs jolalens loglik: {result['choice_disagreements']} of {result['n_items']} differ."]
+        lines.append(
+            f"| {s['system']} | {s['items_per_s']:.2f} | {s['median_cpu_s']:.0f} | {s['useful_gflops']:.1f} | "
+            f"{100 * s['fraction_of_matmul']:.0f}% | {s['peak_rss_mb']:.0f} | {s['accuracy']:.3f} |"
+        )
+    lines += [
+        "",
+        f"jolalens loglik / lm-eval throughput: **{result['ratio']:.2f}x** (goal >= 3x); in CPU seconds: "
+        f"**{result['ratio_cpu']:.2f}x**",
+        "",
+        f"Per-item choices, lm-eval vs jolalens loglik: {result['choice_disagreements']} of {result['n_items']} differ.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -204,37 +229,59 @@ def main(argv: list[str] | None = None) -> int:
     names = ["lm_eval", *protocols()]
     model = jolalens.load_model()
     shape = _machine.ModelShape.from_hf_config(jolalens.hf_view(model).config)
-    useful = useful_flops(model, load_items(args.task, args.n_items + args.warmup_items, args.seed)[args.warmup_items :], shape)
+    useful = useful_flops(
+        model, load_items(args.task, args.n_items + args.warmup_items, args.seed)[args.warmup_items :], shape
+    )
     del model
     machine = _machine.machine_info()
     matmul = _machine.matmul_rate(device=args.device)
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
-    common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-              ("task", "n_items", "warmup_items", "batch_size", "threads", "device", "seed")]
+    common = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("task", "n_items", "warmup_items", "batch_size", "threads", "device", "seed")
+    ]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             log.info("round %d/%d: %s", r + 1, args.rounds, name)
-            runs[name].append(_machine.run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", name, *common], env=env))
-            log.info("  %.1f s (%.1f CPU s), accuracy %.3f", runs[name][-1]["seconds"], runs[name][-1]["cpu_seconds"],
-                     runs[name][-1]["accuracy"])
+            runs[name].append(
+                _machine.run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", name, *common], env=env)
+            )
+            log.info(
+                "  %.1f s (%.1f CPU s), accuracy %.3f",
+                runs[name][-1]["seconds"],
+                runs[name][-1]["cpu_seconds"],
+                runs[name][-1]["accuracy"],
+            )
     best = max(matmul["gflops_best"], _machine.matmul_rate(device=args.device)["gflops_best"])
     summary = {}
     for name, rs in runs.items():
         wall = statistics.median(r["seconds"] for r in rs)
         summary[name] = {
-            "system": rs[0]["system"], "items_per_s": args.n_items / wall, "median_s": wall,
+            "system": rs[0]["system"],
+            "items_per_s": args.n_items / wall,
+            "median_s": wall,
             "median_cpu_s": statistics.median(r["cpu_seconds"] for r in rs),
-            "useful_gflops": useful["flops"] / wall / 1e9, "fraction_of_matmul": useful["flops"] / wall / 1e9 / best,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "accuracy": rs[0]["accuracy"],
+            "useful_gflops": useful["flops"] / wall / 1e9,
+            "fraction_of_matmul": useful["flops"] / wall / 1e9 / best,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "accuracy": rs[0]["accuracy"],
         }
     ref, ours = runs["lm_eval"][0]["choices"], runs["loglik"][0]["choices"]
     disagree = sum(a != b for a, b in zip(ref, ours, strict=True))
     result = {
         "command": " ".join(["python", "benchmarks/peer_lm_eval.py", *(argv if argv is not None else sys.argv[1:])]),
-        "task": args.task, "n_items": args.n_items, "batch_size": args.batch_size, "device": args.device,
-        "threads": torch.get_num_threads(), "machine": machine, "matmul": {**matmul, "gflops_best": best},
-        "useful": useful, "summary": summary, "runs": runs, "choice_disagreements": disagree,
+        "task": args.task,
+        "n_items": args.n_items,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "machine": machine,
+        "matmul": {**matmul, "gflops_best": best},
+        "useful": useful,
+        "summary": summary,
+        "runs": runs,
+        "choice_disagreements": disagree,
         "ratio": summary["lm_eval"]["median_s"] / summary["loglik"]["median_s"],
         "ratio_cpu": summary["lm_eval"]["median_cpu_s"] / summary["loglik"]["median_cpu_s"],
     }

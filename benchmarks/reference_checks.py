@@ -46,8 +46,20 @@ log = logging.getLogger(__name__)
 ENV = Path(os.environ.get("JOLALENS_REFERENCE_ENV", "/work/envs/pyreft"))
 SIDE = Path(__file__).parent / "reference" / "reference_side.py"
 # pyreft's full requirement list drags in jupyter, wandb, gcsfs...; the references need only these
-PINS = ["transformers==4.45.1", "numpy<2", "huggingface-hub>=0.23.2,<1.0", "datasets>=2.18,<3", "pyarrow<18",
-        "scikit-learn", "gguf", "tqdm", "protobuf", "sentencepiece", "accelerate", "matplotlib"]
+PINS = [
+    "transformers==4.45.1",
+    "numpy<2",
+    "huggingface-hub>=0.23.2,<1.0",
+    "datasets>=2.18,<3",
+    "pyarrow<18",
+    "scikit-learn",
+    "gguf",
+    "tqdm",
+    "protobuf",
+    "sentencepiece",
+    "accelerate",
+    "matplotlib",
+]
 
 
 def build_env(path: Path = ENV) -> None:
@@ -57,7 +69,9 @@ def build_env(path: Path = ENV) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     constraints.write_text("torch==2.13.0\n")
     subprocess.run([*pip, "torch==2.13.0"], check=True)
-    subprocess.run([*pip, "-c", str(constraints), "--no-deps", "pyreft==0.1.0", "pyvene==0.1.8", "repeng==0.4.0"], check=True)
+    subprocess.run(
+        [*pip, "-c", str(constraints), "--no-deps", "pyreft==0.1.0", "pyvene==0.1.8", "repeng==0.4.0"], check=True
+    )
     subprocess.run([*pip, "-c", str(constraints), *PINS], check=True)
 
 
@@ -66,8 +80,12 @@ def reference_python(path: Path = ENV) -> tuple[Path | None, str]:
     python = path / "bin" / "python"
     if not python.is_file():
         return None, f"no reference env at {path} (build it: python benchmarks/reference_checks.py --build-env)"
-    probe = subprocess.run([str(python), "-c", "import pyreft, repeng, transformers; print(transformers.__version__)"],
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [str(python), "-c", "import pyreft, repeng, transformers; print(transformers.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if probe.returncode != 0:
         return None, f"{path} cannot import pyreft and repeng: {probe.stderr.strip().splitlines()[-1:]}"
     return python, f"transformers {probe.stdout.strip().splitlines()[-1]}"
@@ -81,12 +99,20 @@ def _llama_config(view: Any) -> dict[str, Any]:
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope type {rope.get('rope_type')} is not mapped to transformers 4.45 here")
     return {
-        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads, "head_dim": getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
-        "rms_norm_eps": c.rms_norm_eps, "rope_theta": theta, "max_position_embeddings": c.max_position_embeddings,
-        "tie_word_embeddings": bool(c.tie_word_embeddings), "hidden_act": c.hidden_act,
-        "attention_bias": bool(getattr(c, "attention_bias", False)), "mlp_bias": bool(getattr(c, "mlp_bias", False)),
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": theta,
+        "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": bool(c.tie_word_embeddings),
+        "hidden_act": c.hidden_act,
+        "attention_bias": bool(getattr(c, "attention_bias", False)),
+        "mlp_bias": bool(getattr(c, "mlp_bias", False)),
     }
 
 
@@ -100,7 +126,9 @@ def _examples(model_name: str) -> list[Example]:
         from jolalens.tasks import load_task_splits
 
         return list(load_task_splits("arc_easy", n_train=24, n_valid=1, n_test=1, seed=0).train)
-    return [Example(f"pick the letter for item {'x' * (3 * i)}", "abc"[i % 3], choices=("a", "b", "c")) for i in range(24)]
+    return [
+        Example(f"pick the letter for item {'x' * (3 * i)}", "abc"[i % 3], choices=("a", "b", "c")) for i in range(24)
+    ]
 
 
 def run_checks(model: Any, model_name: str, python: Path, *, rank: int = 4, strength: float = 2.0) -> dict[str, Any]:
@@ -117,24 +145,41 @@ def run_checks(model: Any, model_name: str, python: Path, *, rank: int = 4, stre
     repe_rows = []
     for i, ex in enumerate(examples):
         wrong = [c for c in ex.choices or () if c != ex.answer][i % 2 if len(ex.choices or ()) > 2 else 0]
-        repe_rows += [tokenize_example(tok, ex, max_length=256), tokenize_example(tok, ex, max_length=256, answer=wrong)]
+        repe_rows += [
+            tokenize_example(tok, ex, max_length=256),
+            tokenize_example(tok, ex, max_length=256, answer=wrong),
+        ]
     layers = list(range(1, n_layers - 1))
     control_ids = lo_rows[0][0]
     spec = {
         "config": _llama_config(view),
-        "loreft": {"rank": rank, "rows": [ids for ids, _ in lo_rows],
-                   "locations": [_windows(n, lo_cfg.first_n, lo_cfg.last_n) for n in prompt_lens]},
-        "repe": {"positive": [ids for ids, _ in repe_rows[0::2]], "negative": [ids for ids, _ in repe_rows[1::2]],
-                 "layers": layers, "pad_id": pad, "batch_size": 8, "strength": strength, "control_ids": control_ids},
+        "loreft": {
+            "rank": rank,
+            "rows": [ids for ids, _ in lo_rows],
+            "locations": [_windows(n, lo_cfg.first_n, lo_cfg.last_n) for n in prompt_lens],
+        },
+        "repe": {
+            "positive": [ids for ids, _ in repe_rows[0::2]],
+            "negative": [ids for ids, _ in repe_rows[1::2]],
+            "layers": layers,
+            "pad_id": pad,
+            "batch_size": 8,
+            "strength": strength,
+            "control_ids": control_ids,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "spec.json").write_text(json.dumps(spec))
-        weights = {k: v.detach().float().clone().contiguous() for k, v in view.state_dict().items()}  # clone: tied embeddings
+        weights = {
+            k: v.detach().float().clone().contiguous() for k, v in view.state_dict().items()
+        }  # clone: tied embeddings
         save_file(weights, str(work / "model.safetensors"))
         save_file(edit.to_safetensors(), str(work / "loreft.safetensors"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"HF_HUB_OFFLINE": "1"}
-        done = subprocess.run([str(python), str(SIDE), str(work)], capture_output=True, text=True, env=env, timeout=1800)
+        done = subprocess.run(
+            [str(python), str(SIDE), str(work)], capture_output=True, text=True, env=env, timeout=1800
+        )
         if done.returncode != 0:
             raise RuntimeError(f"reference side failed:\n{done.stderr[-3000:]}")
         ref = load_file(str(work / "reference_out.safetensors"))
@@ -155,10 +200,16 @@ def run_checks(model: Any, model_name: str, python: Path, *, rank: int = 4, stre
         diffs_hf.append(float((ours_hf[i, : len(ids)] - theirs).abs().max()))
         diffs_tl.append(float((ours_tl[i, : len(ids)] - theirs).abs().max()))
         effect.append(float((plain[i, : len(ids)] - theirs).abs().max()))
-    out["loreft"] = {"rank": rank, "positions": "f7+l7 shared", "rows": len(lo_rows), "prompt_lens": prompt_lens,
-                     "param_copy_max_abs": float(ref["loreft_param_copy_max_abs"]),
-                     "max_abs_logit_diff_hf_view": max(diffs_hf), "max_abs_logit_diff_hook_points": max(diffs_tl),
-                     "edit_effect_max_abs_logit": min(effect)}
+    out["loreft"] = {
+        "rank": rank,
+        "positions": "f7+l7 shared",
+        "rows": len(lo_rows),
+        "prompt_lens": prompt_lens,
+        "param_copy_max_abs": float(ref["loreft_param_copy_max_abs"]),
+        "max_abs_logit_diff_hf_view": max(diffs_hf),
+        "max_abs_logit_diff_hook_points": max(diffs_tl),
+        "edit_effect_max_abs_logit": min(effect),
+    }
     # RePE reading: repeng's pca_diff = our centred PCA of the paired differences
     feats = residual_at_last_token(model, repe_rows, batch_size=8)
     direction, _ = reading_directions(feats[0::2], feats[1::2], center=True)
@@ -171,10 +222,15 @@ def run_checks(model: Any, model_name: str, python: Path, *, rank: int = 4, stre
         base = view(input_ids=torch.tensor([control_ids])).logits[0]
         with repe.attached(model) as net:
             controlled = net(input_ids=torch.tensor([control_ids])).logits[0]
-    out["repe"] = {"pairs": len(repe_rows) // 2, "layers": layers, "strength": strength,
-                   "min_cosine_reading": min(cos), "mean_cosine_reading": sum(cos) / len(cos),
-                   "max_abs_logit_diff_control": float((controlled - ref["repeng_control_logits"]).abs().max()),
-                   "control_effect_max_abs_logit": float((base - ref["repeng_control_logits"]).abs().max())}
+    out["repe"] = {
+        "pairs": len(repe_rows) // 2,
+        "layers": layers,
+        "strength": strength,
+        "min_cosine_reading": min(cos),
+        "mean_cosine_reading": sum(cos) / len(cos),
+        "max_abs_logit_diff_control": float((controlled - ref["repeng_control_logits"]).abs().max()),
+        "control_effect_max_abs_logit": float((base - ref["repeng_control_logits"]).abs().max()),
+    }
     return out
 
 

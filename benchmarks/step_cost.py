@@ -54,9 +54,15 @@ def random_bridge(shape: str, dtype: torch.dtype, device: str):
 
     layers, d_model, heads, kv, d_mlp, vocab, _, _ = SHAPES[shape]
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
-        rope_theta=500000.0, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
     )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in bf16 directly: an 8B model never exists in float32
@@ -128,7 +134,9 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
 
     def floor_answer():
         leaf = embed(batch.input_ids).detach().requires_grad_(True)
-        hidden = view.model(inputs_embeds=leaf, attention_mask=batch.attention_mask, position_ids=batch.position_ids).last_hidden_state
+        hidden = view.model(
+            inputs_embeds=leaf, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).last_hidden_state
         mask = batch.labels[:, 1:] != -100
         F.cross_entropy(view.lm_head(hidden[:, :-1][mask]).float(), batch.labels[:, 1:][mask]).backward()
 
@@ -153,7 +161,9 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
     with freeze(model):
         steps = measure(
             {"floor": floor, "jola": jola, "floor_answer": floor_answer, "jola_train": jola_train, "bridge": bridge},
-            device, repeats, warmup,
+            device,
+            repeats,
+            warmup,
         )
     edit.eval()
     merged = merge_edit(model, edit)
@@ -176,10 +186,16 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
     if steps["floor"]["peak_bytes"]:
         mem = {k: v["peak_bytes"] / steps["floor"]["peak_bytes"] for k, v in steps.items()}
         mem["jola_train"] = steps["jola_train"]["peak_bytes"] / steps["floor_answer"]["peak_bytes"]
-    return {"model": label, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "edit_dtype": str(edit.additive.dtype).removeprefix("torch."),
-            "batch": list(batch.input_ids.shape), "steps": steps, "forward": fwd,
-            "time_ratio_vs_floor": ratios, "peak_memory_ratio_vs_floor": mem}
+    return {
+        "model": label,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "edit_dtype": str(edit.additive.dtype).removeprefix("torch."),
+        "batch": list(batch.input_ids.shape),
+        "steps": steps,
+        "forward": fwd,
+        "time_ratio_vs_floor": ratios,
+        "peak_memory_ratio_vs_floor": mem,
+    }
 
 
 def machine() -> str:
@@ -230,7 +246,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
         help="auto: the embedded model in float32 (as RESULTS.md measured it), random shapes in bf16",
     )
     parser.add_argument("--out", default="runs/step_cost")

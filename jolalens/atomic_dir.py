@@ -70,14 +70,8 @@ def check_writable(out: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        fix = (
-            "free some disk space"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "fix its permissions"
-        )
-        raise DiskError(
-            f"cannot write into {where} ({exc.strerror}); {fix} or choose another --out"
-        ) from exc
+        fix = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
+        raise DiskError(f"cannot write into {where} ({exc.strerror}); {fix} or choose another --out") from exc
     finally:
         try:
             probe.unlink()
@@ -145,9 +139,7 @@ def check_replaceable(final: str | Path, *, overwrite: bool) -> None:
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         if not final.is_dir():
-            raise FileExistsError(
-                f"{final} exists and is not a directory; remove it or choose another path"
-            )
+            raise FileExistsError(f"{final} exists and is not a directory; remove it or choose another path")
         if not overwrite:
             raise FileExistsError(
                 f"{final} already exists and is not empty; choose a new directory or pass "
@@ -194,15 +186,11 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as exc:
-        raise DiskError(
-            f"cannot create {final} ({exc.strerror}); fix permissions or choose another path"
-        ) from exc
+        raise DiskError(f"cannot create {final} ({exc.strerror}); fix permissions or choose another path") from exc
     old: Path | None = None
     try:
         yield tmp
-        (tmp / COMPLETE_MARKER).write_text(
-            json.dumps({"completed": time.time(), "pid": os.getpid()}) + "\n"
-        )
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"completed": time.time(), "pid": os.getpid()}) + "\n")
         _fsync_tree(tmp)
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"

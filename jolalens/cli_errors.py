@@ -46,10 +46,7 @@ def _one_line(text: str) -> str:
 def describe_error(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or ``None`` for an unexpected one."""
     if isinstance(exc, UnicodeDecodeError):
-        return (
-            f"a file is not UTF-8 text (byte {exc.start + 1} of what was read: {exc.reason}); "
-            "save it as UTF-8"
-        )
+        return f"a file is not UTF-8 text (byte {exc.start + 1} of what was read: {exc.reason}); save it as UTF-8"
     if isinstance(exc, JolaError | FileExistsError):
         return _one_line(str(exc))
     if type(exc).__name__ == "SafetensorError":
@@ -73,9 +70,7 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """``-v/--verbose`` (a count) on the parser, unless it has one, and on every sub-command,
     so that ``jolalens -v train ...`` and ``jolalens train ... -v`` both show tracebacks."""
     if not _has_verbose(parser):
-        parser.add_argument(
-            "-v", "--verbose", action="count", default=0, help="show the traceback of an error"
-        )
+        parser.add_argument("-v", "--verbose", action="count", default=0, help="show the traceback of an error")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():

@@ -40,9 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FAULT_ENV = (
-    "JOLALENS_FAULT_RANK_STEP"  # "RANK:STEP": that rank raises at that optimiser step (tests)
-)
+FAULT_ENV = "JOLALENS_FAULT_RANK_STEP"  # "RANK:STEP": that rank raises at that optimiser step (tests)
 T = TypeVar("T")
 
 _CURRENT: ContextVar[DataParallel | None] = ContextVar("jolalens_data_parallel", default=None)
@@ -63,9 +61,7 @@ class DataParallel:
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(
-                f"rank must be in [0, world_size), got {self.rank} of {self.world_size}"
-            )
+            raise ValueError(f"rank must be in [0, world_size), got {self.rank} of {self.world_size}")
 
     @classmethod
     def from_accelerate(cls, *, timeout_s: float = 600.0) -> DataParallel:
@@ -75,9 +71,7 @@ class DataParallel:
         """
         from accelerate import PartialState
 
-        state = PartialState(
-            cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s)
-        )
+        state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
         if state.num_processes < 2:
             raise TrainingError(
                 "data-parallel training needs several processes; start it with "
@@ -175,14 +169,9 @@ class DataParallel:
         self.all_reduce_sum(packet)
         failed = [r for r in range(self.world_size) if packet[r] > 0]
         if failed:
-            why = (
-                f": {type(failure).__name__}: {failure}"
-                if failure is not None
-                else "; see its output"
-            )
+            why = f": {type(failure).__name__}: {failure}" if failure is not None else "; see its output"
             raise TrainingError(
-                f"training step {step} failed on rank(s) {failed}{why}. "
-                "Nothing was saved; fix the cause and rerun"
+                f"training step {step} failed on rank(s) {failed}{why}. Nothing was saved; fix the cause and rerun"
             ) from failure
         offset = self.world_size
         n_global = int(packet[offset].item())

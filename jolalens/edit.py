@@ -234,9 +234,11 @@ class Edit(nn.Module, ABC):
             result = self.load_state_dict(tensors, strict=False)
         except RuntimeError as exc:  # e.g. a shape mismatch
             first = str(exc).strip().splitlines()[-1].strip()
-            raise EditLoadError(f"saved weights do not fit this {self.method} edit ({first}); "
-                                "the config and weights do not belong together: retrain or "
-                                "restore the edit") from exc
+            raise EditLoadError(
+                f"saved weights do not fit this {self.method} edit ({first}); "
+                "the config and weights do not belong together: retrain or "
+                "restore the edit"
+            ) from exc
         if result.missing_keys or result.unexpected_keys:
             raise EditLoadError(
                 f"saved weights do not match this {self.method} edit: missing "
@@ -271,9 +273,7 @@ class Edit(nn.Module, ABC):
         return handle
 
     @contextmanager
-    def attached(
-        self, model: nn.Module, backend: Backend | str | None = None
-    ) -> Iterator[nn.Module]:
+    def attached(self, model: nn.Module, backend: Backend | str | None = None) -> Iterator[nn.Module]:
         """Attach for the ``with`` block; yields the model to run for that backend."""
         from .runners import resolve_backend
 
@@ -322,8 +322,10 @@ class Edit(nn.Module, ABC):
         tensors = self.to_safetensors()
         bad = nonfinite_tensors(tensors)
         if bad:
-            raise EditLoadError(f"refusing to save a {self.method} edit with NaN/inf weights in "
-                                f"{bad[:5]}; retrain it with a lower learning rate")
+            raise EditLoadError(
+                f"refusing to save a {self.method} edit with NaN/inf weights in "
+                f"{bad[:5]}; retrain it with a lower learning rate"
+            )
         meta = {
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -391,45 +393,50 @@ def read_edit_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     path = Path(path)
     cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not cfg_file.is_file() or not w_file.is_file():
-        raise EditLoadError(
-            f"{path} is not a saved jolalens edit: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
-        )
+        raise EditLoadError(f"{path} is not a saved jolalens edit: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EditLoadError(f"{cfg_file}: invalid JSON or not UTF-8 ({exc}); the edit is damaged: "
-                            "retrain or restore it") from exc
+        raise EditLoadError(
+            f"{cfg_file}: invalid JSON or not UTF-8 ({exc}); the edit is damaged: retrain or restore it"
+        ) from exc
     if not isinstance(meta, dict):
-        raise EditLoadError(f"{cfg_file}: expected a JSON object; the edit is damaged: "
-                            "retrain or restore it")
+        raise EditLoadError(f"{cfg_file}: expected a JSON object; the edit is damaged: retrain or restore it")
     version = meta.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise EditLoadError(f"{cfg_file}: format_version must be a non-negative integer, got "
-                            f"{version!r}; the config is damaged: retrain or restore it")
+        raise EditLoadError(
+            f"{cfg_file}: format_version must be a non-negative integer, got "
+            f"{version!r}; the config is damaged: retrain or restore it"
+        )
     if version > FORMAT_VERSION:
         raise EditLoadError(
             f"{cfg_file} uses format {version}, newer than this jolalens understands "
             f"({FORMAT_VERSION}); upgrade jolalens"
         )
     if not isinstance(meta.get("model"), dict) or not meta["model"]:
-        raise EditLoadError(f"{cfg_file} has no \"model\" block, so the edit cannot be checked "
-                            "against the model; restore the config or retrain the edit")
+        raise EditLoadError(
+            f'{cfg_file} has no "model" block, so the edit cannot be checked '
+            "against the model; restore the config or retrain the edit"
+        )
     if not isinstance(meta.get("config", {}), dict):
-        raise EditLoadError(f"{cfg_file}: \"config\" must be a JSON object; restore the config "
-                            "or retrain the edit")
+        raise EditLoadError(f'{cfg_file}: "config" must be a JSON object; restore the config or retrain the edit')
     expected = meta.get("weights_sha256")
     if expected is not None and expected != _sha256(w_file):
-        raise EditLoadError(f"{w_file} does not match the checksum in {CONFIG_FILE} (truncated "
-                            "or replaced); retrain the edit or restore both files together")
+        raise EditLoadError(
+            f"{w_file} does not match the checksum in {CONFIG_FILE} (truncated "
+            "or replaced); retrain the edit or restore both files together"
+        )
     try:
         tensors = load_file(str(w_file))
     except Exception as exc:  # safetensors raises its own SafetensorError on a damaged file
-        raise EditLoadError(f"{w_file} is not a readable safetensors file ({exc}); retrain or "
-                            "restore the edit") from exc
+        raise EditLoadError(
+            f"{w_file} is not a readable safetensors file ({exc}); retrain or restore the edit"
+        ) from exc
     bad = nonfinite_tensors(tensors)
     if bad:
-        raise EditLoadError(f"{w_file} holds NaN/inf weights in {bad[:5]}; this edit is unusable: "
-                            "retrain it with a lower learning rate")
+        raise EditLoadError(
+            f"{w_file} holds NaN/inf weights in {bad[:5]}; this edit is unusable: retrain it with a lower learning rate"
+        )
     return meta, tensors
 
 
@@ -446,7 +453,5 @@ def load_edit(path: str | Path, model: nn.Module) -> Edit:
     meta, _ = read_edit_dir(path)
     method = meta.get("method")
     if method not in _METHODS:
-        raise EditLoadError(
-            f"{path} holds an edit of unknown method {method!r}; known: {sorted(_METHODS)}"
-        )
+        raise EditLoadError(f"{path} holds an edit of unknown method {method!r}; known: {sorted(_METHODS)}")
     return _METHODS[method].load(path, model)

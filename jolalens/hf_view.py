@@ -54,9 +54,7 @@ def hf_view(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
     expected_params = dict(view.named_parameters(remove_duplicate=False))
     missing = sorted(set(expected_params) - set(params))
     if missing:
-        raise ModelError(
-            f"Cannot map the bridge's weights onto {type(wrapped).__name__}: missing {missing[:3]}"
-        )
+        raise ModelError(f"Cannot map the bridge's weights onto {type(wrapped).__name__}: missing {missing[:3]}")
     for name in expected_params:
         _set(view, name, params[name])
     # Biases the bridge's modules gained after loading (a merged JoLA edit adds one to o_proj).

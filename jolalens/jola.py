@@ -373,8 +373,7 @@ class JolaEdit(Edit):
         return (
             f"layers={len(self.layers)}/{self.dims.n_layers}, heads={self.dims.n_heads}, "
             f"d_head={self.dims.d_head}, edit={self.config.edit_type.value}, "
-            f"gates={self.config.gate_mode.value}, params={self.n_trainable():,}"
-            + (f", {opened}" if opened else "")
+            f"gates={self.config.gate_mode.value}, params={self.n_trainable():,}" + (f", {opened}" if opened else "")
         )
 
     # ---- disk ---------------------------------------------------------------------------

@@ -61,19 +61,13 @@ def _describe(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "another process (holder unknown)"
     started = holder.get("started")
-    when = (
-        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
-        if isinstance(started, int | float)
-        else "?"
-    )
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if isinstance(started, int | float) else "?"
     command = holder.get("command", "?")
     return f"pid {holder.get('pid')} on {holder.get('host')} (started {when}: {command})"
 
 
 @contextmanager
-def output_lock(
-    out: str | Path, command: str = "jolalens", *, shared: bool = False
-) -> Iterator[Path]:
+def output_lock(out: str | Path, command: str = "jolalens", *, shared: bool = False) -> Iterator[Path]:
     """Hold the exclusive lock of output directory ``out`` for the ``with`` block.
 
     Raises :class:`LockError` naming the holder if another live process has it. A lock file
@@ -87,8 +81,7 @@ def output_lock(
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise LockError(
-            f"cannot create the lock file {path} ({exc.strerror}); make {path.parent} writable "
-            "or choose another --out"
+            f"cannot create the lock file {path} ({exc.strerror}); make {path.parent} writable or choose another --out"
         ) from exc
     try:
         try:
@@ -118,9 +111,7 @@ def output_lock(
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        except (
-            OSError
-        ):  # e.g. a full disk: the lock holds all the same, only the holder goes unnamed
+        except OSError:  # e.g. a full disk: the lock holds all the same, only the holder goes unnamed
             logger.warning("could not record the lock holder in %s", path)
         try:
             yield path

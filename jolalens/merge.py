@@ -146,9 +146,7 @@ def _cpu_state_dict(view: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def export_hf_checkpoint(
-    model: nn.Module, edit: JolaEdit, out_dir: str | Path, *, overwrite: bool = False
-) -> Path:
+def export_hf_checkpoint(model: nn.Module, edit: JolaEdit, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write a standard Hugging Face checkpoint of ``model`` with ``edit`` folded in.
 
     ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it with no jolalens
@@ -158,12 +156,12 @@ def export_hf_checkpoint(
     """
     if not isinstance(edit, JolaEdit):
         method = getattr(edit, "method", type(edit).__name__)
-        raise EditLoadError(f"export folds JoLA edits into o_proj; this is a {method} edit: "
-                            "attach it with edit.attached(model) instead")
+        raise EditLoadError(
+            f"export folds JoLA edits into o_proj; this is a {method} edit: attach it with edit.attached(model) instead"
+        )
     bad = nonfinite_tensors(dict(edit.named_parameters()))
     if bad:
-        raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: "
-                            "retrain the edit")
+        raise EditLoadError(f"the edit holds NaN/inf in {bad[:5]}; refusing to export it: retrain the edit")
     edit._check_model(model)
     if not isinstance(getattr(model, "original_model", None), nn.Module):
         raise ModelError(
@@ -210,8 +208,7 @@ def export_hf_checkpoint(
         exported.tie_weights()
     bad = nonfinite_tensors(state)
     if bad:
-        raise EditLoadError(f"folding the edit gave NaN/inf in {bad[:5]}; nothing was written: "
-                            "retrain the edit")
+        raise EditLoadError(f"folding the edit gave NaN/inf in {bad[:5]}; nothing was written: retrain the edit")
     out = Path(out_dir)
     # complete or absent; an old export is replaced only at the end
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -221,8 +218,12 @@ def export_hf_checkpoint(
             tokenizer.save_pretrained(tmp)
         (tmp / "jolalens_export.json").write_text(
             json.dumps(
-                {"method": edit.method, "model": edit.model_identity, "config": edit.config_dict(),
-                 "note": "JoLA edit folded into o_proj weights and biases"},
+                {
+                    "method": edit.method,
+                    "model": edit.model_identity,
+                    "config": edit.config_dict(),
+                    "note": "JoLA edit folded into o_proj weights and biases",
+                },
                 indent=2,
             )
             + "\n"

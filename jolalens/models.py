@@ -70,8 +70,7 @@ class EmbeddedModel:
         found = sorted(root.rglob("*.gguf"))
         if not found:
             raise ModelError(
-                f"No .gguf file inside the package '{self.package}' ({root}); "
-                f"reinstall it with: {self.pip_install}"
+                f"No .gguf file inside the package '{self.package}' ({root}); reinstall it with: {self.pip_install}"
             )
         return found[0]
 
@@ -145,9 +144,7 @@ def model_dims(model: nn.Module) -> ModelDims:
         d_head = int(cfg.d_head)
         d_model = int(cfg.d_model)
     except (AttributeError, TypeError) as exc:
-        raise ModelError(
-            f"{type(model).__name__}.cfg lacks n_layers/n_heads/d_head/d_model: {exc}"
-        ) from exc
+        raise ModelError(f"{type(model).__name__}.cfg lacks n_layers/n_heads/d_head/d_model: {exc}") from exc
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
     d_mlp = int(getattr(cfg, "d_mlp", None) or 0)
     missing = [hook_z_name(layer) for layer in range(n_layers) if hook_z_name(layer) not in model.hook_dict]
@@ -158,7 +155,9 @@ def model_dims(model: nn.Module) -> ModelDims:
             "head's output at blocks.{l}.attn.hook_z [batch, pos, head_index, d_head]; use a "
             "TransformerLens model that exposes it (TransformerBridge or HookedTransformer)."
         )
-    return ModelDims(n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model, d_mlp=d_mlp)
+    return ModelDims(
+        n_layers=n_layers, n_heads=n_heads, n_kv_heads=int(n_kv), d_head=d_head, d_model=d_model, d_mlp=d_mlp
+    )
 
 
 _FINGERPRINT_ROWS = 32
@@ -199,9 +198,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     identity: dict[str, Any] = {
         "model_name": str(getattr(cfg, "model_name", "unknown")),
         "architecture": str(
-            getattr(cfg, "architecture", None)
-            or getattr(cfg, "original_architecture", None)
-            or type(model).__name__
+            getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or type(model).__name__
         ),
         "d_vocab": int(getattr(cfg, "d_vocab", -1)),
         **{k: getattr(dims, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")},
@@ -238,15 +235,13 @@ def identity_mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[s
         )
         if not same:
             return [
-                f"weights differ (embedding fingerprint of {expected.get('model_name')!r} vs "
-                f"{got.get('model_name')!r})"
+                f"weights differ (embedding fingerprint of {expected.get('model_name')!r} vs {got.get('model_name')!r})"
             ]
         want_name, have_name = expected.get("model_name"), got.get("model_name")
         if _base_name(want_name) != _base_name(have_name):
             return [f"model_name: edit has {want_name!r}, model has {have_name!r}"]
         if expected.get("architecture") != got.get("architecture"):
-            logger.info("same weights, other class: %r vs %r", expected.get("architecture"),
-                        got.get("architecture"))
+            logger.info("same weights, other class: %r vs %r", expected.get("architecture"), got.get("architecture"))
         return []
     if want is None:
         logger.warning(
@@ -326,7 +321,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _boot(name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.device | None, dtype: torch.dtype) -> nn.Module:
+def _boot(
+    name: str, hf_model: nn.Module, tokenizer: Any, device: str | torch.device | None, dtype: torch.dtype
+) -> nn.Module:
     from transformer_lens.model_bridge import TransformerBridge
 
     if getattr(hf_model, "hf_device_map", None):
@@ -346,9 +343,7 @@ def _wrap_loaded(
     dtype: str | torch.dtype | None,
 ) -> nn.Module:
     """A bridge around a Hugging Face model the caller already loaded (quantised or not)."""
-    quantised = getattr(hf_model, "hf_quantizer", None) is not None or getattr(
-        hf_model, "is_quantized", False
-    )
+    quantised = getattr(hf_model, "hf_quantizer", None) is not None or getattr(hf_model, "is_quantized", False)
     placed = bool(getattr(hf_model, "hf_device_map", None))
     if dtype is not None:
         wanted = resolve_dtype(dtype, device)
@@ -454,9 +449,7 @@ def load_model(
         )
     from transformer_lens.model_bridge import TransformerBridge
 
-    options: dict[str, Any] = {
-        "revision": revision, "tokenizer": tokenizer, "device_map": device_map
-    }
+    options: dict[str, Any] = {"revision": revision, "tokenizer": tokenizer, "device_map": device_map}
     if device_map is not None:
         options["max_memory"] = max_memory
         options["offload_folder"] = str(offload_folder) if offload_folder else None

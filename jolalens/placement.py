@@ -28,32 +28,24 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def resolve_dtype(
-    dtype: str | torch.dtype | None, device: str | torch.device | None = None
-) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
     """``dtype`` as a ``torch.dtype``; ``None``/``"auto"``: bf16 on a bf16-capable GPU, else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        on_cuda = torch.cuda.is_available() and (
-            device is None or torch.device(device).type == "cuda"
-        )
+        on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
     try:
         return DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise ModelError(
-            f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)} or 'auto'"
-        ) from None
+        raise ModelError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)} or 'auto'") from None
 
 
 def default_device(device: str | torch.device | None, device_map: Any) -> str | torch.device | None:
     """The device to load on: ``device``, else cuda if available, else cpu; ``None`` with a map."""
     if device_map is not None:
         if device is not None:
-            raise ModelError(
-                "give either device or device_map, not both (device_map places every module itself)"
-            )
+            raise ModelError("give either device or device_map, not both (device_map places every module itself)")
         return None
     return device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
 

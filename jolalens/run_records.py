@@ -46,9 +46,7 @@ def read_record(
     return None
 
 
-def write_text_safely(
-    path: str | Path, text: str, log: Callable[[str], None] | None = None
-) -> bool:
+def write_text_safely(path: str | Path, text: str, log: Callable[[str], None] | None = None) -> bool:
     """Write ``text`` atomically; on an ``OSError`` (full disk ...) report it and return ``False``.
 
     For records whose loss must not end the command (a failed run's traceback): the failure
@@ -59,8 +57,7 @@ def write_text_safely(
             tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         message = (
-            f"  could not write {path} ({exc.strerror or exc}); the run counts as not done and "
-            "is retried next time"
+            f"  could not write {path} ({exc.strerror or exc}); the run counts as not done and is retried next time"
         )
         logger.warning(message)
         if log is not None:

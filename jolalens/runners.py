@@ -60,9 +60,7 @@ def resolve_backend(model: nn.Module, backend: Backend | str | None = None) -> B
     if backend is None or backend == "auto":
         return Backend.HF_VIEW if has_hf_view(model) else Backend.HOOK_POINTS
     resolved = Backend(backend)
-    if resolved is Backend.HF_VIEW and not isinstance(
-        getattr(model, "original_model", None), nn.Module
-    ):
+    if resolved is Backend.HF_VIEW and not isinstance(getattr(model, "original_model", None), nn.Module):
         raise ModelError(
             f"backend='hf_view' needs a TransformerBridge; {type(model).__name__} has no Hugging "
             "Face model behind it. Use backend='hook_points' (or leave the backend unset)."
@@ -104,9 +102,7 @@ class ModelRunner:
     def tokenizer(self) -> Any:
         return getattr(self.model, "tokenizer", None)
 
-    def _hooked_mask(
-        self, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None
-    ) -> Tensor:
+    def _hooked_mask(self, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None) -> Tensor:
         """The mask to hand a HookedTransformer, after checking the positions it will derive."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -128,9 +124,7 @@ class ModelRunner:
     ) -> Tensor:
         """Logits ``[batch, pos, d_vocab]``; padding either side, marked by ``attention_mask``."""
         if self.backend is Backend.HF_VIEW:
-            return self.net(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-            ).logits
+            return self.net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         if self.hooked:
             mask = self._hooked_mask(input_ids, attention_mask, position_ids)
             return self.net(input_ids, attention_mask=mask)

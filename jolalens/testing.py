@@ -98,6 +98,9 @@ def choice_splits(task: object, n_train: int, n_valid: int, n_test: int, seed: i
     from .tasks.splits import TaskSplits
 
     def make(n: int, offset: int) -> list[Example]:
-        return [Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)]
+        return [
+            Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c"))
+            for i, c in zip(range(n), "abc" * n, strict=False)
+        ]
 
     return TaskSplits(make(n_train, seed), make(n_valid, 100), make(n_test, 200))

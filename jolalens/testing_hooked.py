@@ -27,8 +27,17 @@ def hooked_transformer_available() -> bool:
     return True
 
 
-def _llama_cfg(n_layers: int, n_heads: int, n_kv_heads: int, d_head: int, d_mlp: int, d_vocab: int,
-               name: str, n_ctx: int = 256, rotary_base: float = 10000.0) -> Any:
+def _llama_cfg(
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_head: int,
+    d_mlp: int,
+    d_vocab: int,
+    name: str,
+    n_ctx: int = 256,
+    rotary_base: float = 10000.0,
+) -> Any:
     from transformer_lens import HookedTransformerConfig
 
     return HookedTransformerConfig(
@@ -76,10 +85,20 @@ def tiny_hooked_model(
         cfg = _llama_cfg(n_layers, n_heads, n_kv_heads, d_head, d_mlp, len(tokenizer), name)
     elif style == "gpt2":
         cfg = HookedTransformerConfig(
-            model_name=name, n_layers=n_layers, d_model=n_heads * d_head, d_head=d_head,
-            n_heads=n_heads, d_mlp=d_mlp, d_vocab=len(tokenizer), n_ctx=256, act_fn="gelu_new",
-            normalization_type="LN", positional_embedding_type="standard",
-            default_prepend_bos=False, original_architecture="GPT2LMHeadModel", device="cpu",
+            model_name=name,
+            n_layers=n_layers,
+            d_model=n_heads * d_head,
+            d_head=d_head,
+            n_heads=n_heads,
+            d_mlp=d_mlp,
+            d_vocab=len(tokenizer),
+            n_ctx=256,
+            act_fn="gelu_new",
+            normalization_type="LN",
+            positional_embedding_type="standard",
+            default_prepend_bos=False,
+            original_architecture="GPT2LMHeadModel",
+            device="cpu",
         )
     else:
         raise ValueError(f"style must be 'llama' or 'gpt2', got {style!r}")
@@ -99,18 +118,28 @@ def hooked_twin(bridge: Any) -> nn.Module:
 
     hf: Any = bridge.original_model
     c = hf.config
-    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get(
-        "rope_theta", 10000.0
-    )
+    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    cfg = _llama_cfg(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
-                     head_dim, c.intermediate_size, c.vocab_size, str(bridge.cfg.model_name),
-                     n_ctx=min(int(c.max_position_embeddings), 2048), rotary_base=float(rope))
+    cfg = _llama_cfg(
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+        str(bridge.cfg.model_name),
+        n_ctx=min(int(c.max_position_embeddings), 2048),
+        rotary_base=float(rope),
+    )
     cfg.eps = c.rms_norm_eps
     model = HookedTransformer(cfg, tokenizer=bridge.tokenizer, default_padding_side="right")
     state = convert_llama_weights(hf, cfg)
     model.load_and_process_state_dict(
-        state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False,
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
     return model.eval()

@@ -194,9 +194,7 @@ def _logits_at_answers(runner: ModelRunner, batch: Batch) -> tuple[Tensor, Tenso
         raise DataError("a batch holds no answer tokens to supervise")
     where = answer_mask(batch.labels)
     with answer_positions(where):
-        picked = runner.logits_where(
-            batch.input_ids, batch.attention_mask, batch.position_ids, where
-        )
+        picked = runner.logits_where(batch.input_ids, batch.attention_mask, batch.position_ids, where)
     return picked, targets[mask]
 
 
@@ -207,11 +205,15 @@ def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator
         yield runner
 
 
-def _batches(rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int, side: str, order: Sequence[int]) -> list[Batch]:
+def _batches(
+    rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int, side: str, order: Sequence[int]
+) -> list[Batch]:
     return [collate([rows[j] for j in order[i : i + size]], pad_id, side) for i in range(0, len(order), size)]
 
 
-def _tokenize_all(tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, what: str) -> list[tuple[list[int], list[int]]]:
+def _tokenize_all(
+    tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, what: str
+) -> list[tuple[list[int], list[int]]]:
     if not examples:
         raise DataError(f"the {what} set is empty")
     eos_id = None
@@ -219,8 +221,10 @@ def _tokenize_all(tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig,
         eos_id = tokenizer.eos_token_id
         if eos_id is None:
             raise DataError("answer_eos=True needs a tokenizer with an end-of-sequence token; this one has none")
-    return [tokenize_example(tokenizer, ex, style=cfg.prompt_style, max_length=cfg.max_length, eos_id=eos_id)
-            for ex in examples]
+    return [
+        tokenize_example(tokenizer, ex, style=cfg.prompt_style, max_length=cfg.max_length, eos_id=eos_id)
+        for ex in examples
+    ]
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -311,8 +315,12 @@ def train_edit(
     initial = edit.epoch_maps()  # epoch 0: gate dynamics start where training started
     if initial:
         gate_history.append({**initial, "epoch": torch.tensor(0)})
-    bar = tqdm(total=total_steps, desc=desc or edit.method, unit="step",
-               disable=not cfg.progress or (dp is not None and not dp.is_main))
+    bar = tqdm(
+        total=total_steps,
+        desc=desc or edit.method,
+        unit="step",
+        disable=not cfg.progress or (dp is not None and not dp.is_main),
+    )
     with freeze(model), _attached_runner(model, edit, cfg) as runner:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
@@ -329,8 +337,9 @@ def train_edit(
                     penalty, lam = regularizer(t)
                     loss = ce + penalty
                 else:
-                    ce, penalty, lam = _data_parallel_backward(dp, runner, global_rows, pad_id, cfg, device, trainable,
-                                                               optimizer, regularizer, t, step + 1)
+                    ce, penalty, lam = _data_parallel_backward(
+                        dp, runner, global_rows, pad_id, cfg, device, trainable, optimizer, regularizer, t, step + 1
+                    )
                     loss = ce + penalty.detach()
                 if not torch.isfinite(loss):
                     bar.close()
@@ -388,22 +397,26 @@ def train_edit(
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     stopped_early = epoch < cfg.epochs
-                    logger.info("%s: no better %s for %d epochs; stopping", desc or edit.method,
-                                cfg.selection.value, bad_epochs)
+                    logger.info(
+                        "%s: no better %s for %d epochs; stopping", desc or edit.method, cfg.selection.value, bad_epochs
+                    )
                     break
     bar.close()
     if best[1] < 1:
-        raise TrainingError(f"the validation {cfg.selection.value} was never finite in "
-                            f"{len(history)} epoch(s); nothing was saved: lower the learning rate "
-                            "and check the data")
+        raise TrainingError(
+            f"the validation {cfg.selection.value} was never finite in "
+            f"{len(history)} epoch(s); nothing was saved: lower the learning rate "
+            "and check the data"
+        )
     name = desc or edit.method
     logger.info("%s: best epoch %d (%s %.4f) restored", name, best[1], cfg.selection.value, best[0])
     edit.load_state_dict(best[2])
     edit.eval()
     bad = nonfinite_tensors(edit.state_dict())
     if bad:
-        raise TrainingError(f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing "
-                            "was saved: lower the learning rate")
+        raise TrainingError(
+            f"training left NaN/inf in the {edit.method} edit ({bad[:5]}); nothing was saved: lower the learning rate"
+        )
     return TrainResult(
         edit=edit,
         history=pd.DataFrame(history),
@@ -415,9 +428,17 @@ def train_edit(
 
 
 def _data_parallel_backward(
-    dp: DataParallel, runner: ModelRunner, global_rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: TrainConfig,
-    device: torch.device, trainable: list[Tensor], optimizer: torch.optim.Optimizer,
-    regularizer: Callable[[int], tuple[Tensor, float]], t: int, step: int,
+    dp: DataParallel,
+    runner: ModelRunner,
+    global_rows: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    trainable: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    regularizer: Callable[[int], tuple[Tensor, float]],
+    t: int,
+    step: int,
 ) -> tuple[Tensor, Tensor, float]:
     """One data-parallel step's gradients (this rank's shard, all-reduced, plus the regulariser's).
 
@@ -458,7 +479,9 @@ def _validate(
         total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
         count += targets.numel()
     if dp is not None:
-        total, count = dp.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64, device=dp.device)).tolist()
+        total, count = dp.all_reduce_sum(
+            torch.tensor([total, float(count)], dtype=torch.float64, device=dp.device)
+        ).tolist()
     return total / count, (t + len(batches) if t is not None else None)
 
 
@@ -490,4 +513,3 @@ def validation_ce(
             return _validate(runner, edit, batches, device, None)[0]
         finally:
             edit.train(was_training)
-

@@ -28,23 +28,13 @@ def nonfinite_tensors(
 ) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity."""
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    return [
-        name for name, t in items if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    return [name for name, t in items if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def check_lr(lr: float, name: str = "lr") -> None:
     """A finite learning rate in (0, MAX_LR]; ``ValueError`` naming the fix otherwise."""
-    if (
-        isinstance(lr, bool)
-        or not isinstance(lr, int | float)
-        or not math.isfinite(lr)
-        or not 0 < lr <= MAX_LR
-    ):
-        raise ValueError(
-            f"{name} must be a finite number in (0, {MAX_LR:g}], got {lr!r}; "
-            "the paper's recipe uses 5e-3"
-        )
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not 0 < lr <= MAX_LR:
+        raise ValueError(f"{name} must be a finite number in (0, {MAX_LR:g}], got {lr!r}; the paper's recipe uses 5e-3")
 
 
 def check_positive_int(value: object, name: str) -> None:
@@ -71,9 +61,7 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     try:
         layers = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(
-            f"--layers {text!r}: every item must be an integer layer index, like 0,3,5"
-        ) from None
+        raise ValueError(f"--layers {text!r}: every item must be an integer layer index, like 0,3,5") from None
     if any(layer < 0 for layer in layers) or len(set(layers)) != len(layers):
         raise ValueError(f"--layers {text!r}: layer indices must be >= 0 and not repeated")
     return layers

@@ -34,8 +34,12 @@ def run_loreft(model, spec: dict, work: Path, out: dict) -> None:
     lo = spec["loreft"]
     d, r, n_layers = spec["config"]["hidden_size"], lo["rank"], spec["config"]["num_hidden_layers"]
     reps = [
-        {"layer": layer, "component": "block_output", "low_rank_dimension": r,
-         "intervention": pyreft.LoreftIntervention(embed_dim=d, low_rank_dimension=r, dtype=torch.float32)}
+        {
+            "layer": layer,
+            "component": "block_output",
+            "low_rank_dimension": r,
+            "intervention": pyreft.LoreftIntervention(embed_dim=d, low_rank_dimension=r, dtype=torch.float32),
+        }
         for layer in range(n_layers)
     ]
     reft = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=reps))
@@ -47,7 +51,9 @@ def run_loreft(model, spec: dict, work: Path, out: dict) -> None:
         layer = int(re.match(r"layer_(\d+)_", key).group(1))
         site = f"blocks.{layer}.hook_resid_post"
         R = params[f"{site}.R"]
-        iv.load_state_dict({"weight": params[f"{site}.W"], "bias": params[f"{site}.b"], "rotate_layer": R.T.contiguous()})
+        iv.load_state_dict(
+            {"weight": params[f"{site}.W"], "bias": params[f"{site}.b"], "rotate_layer": R.T.contiguous()}
+        )
         worst = max(worst, float((iv.rotate_layer.weight.detach() - R.T).abs().max()))
     out["loreft_param_copy_max_abs"] = torch.tensor(worst)
     for i, (ids, locs) in enumerate(zip(lo["rows"], lo["locations"], strict=True)):
@@ -85,7 +91,9 @@ def run_repeng(model, spec: dict, out: dict) -> LlamaForCausalLM:
         dataset.append(DatasetEntry(positive=f"p{i}", negative=f"n{i}"))
     layers = rp["layers"]
     tok = PretokenisedTokenizer(table, rp["pad_id"])
-    vector = ControlVector.train(model, tok, dataset, hidden_layers=layers, batch_size=rp["batch_size"], method="pca_diff")
+    vector = ControlVector.train(
+        model, tok, dataset, hidden_layers=layers, batch_size=rp["batch_size"], method="pca_diff"
+    )
     for layer in layers:
         out[f"repeng_direction_{layer}"] = torch.tensor(vector.directions[layer])
     controlled = ControlModel(model, layers)

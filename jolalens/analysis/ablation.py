@@ -75,23 +75,17 @@ class Ablation(StrEnum):
     RESAMPLE = "resample"
 
 
-def _parse(
-    ablation: Ablation | str, backend: Backend | str, batch_size: int
-) -> tuple[Ablation, Backend]:
+def _parse(ablation: Ablation | str, backend: Backend | str, batch_size: int) -> tuple[Ablation, Backend]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     try:
         abl = Ablation(ablation)
     except ValueError:
-        raise ValueError(
-            f"unknown ablation {ablation!r}; choose one of {[a.value for a in Ablation]}"
-        ) from None
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {[a.value for a in Ablation]}") from None
     try:
         back = Backend(backend)
     except ValueError:
-        raise ValueError(
-            f"unknown backend {backend!r}; choose one of {[b.value for b in Backend]}"
-        ) from None
+        raise ValueError(f"unknown backend {backend!r}; choose one of {[b.value for b in Backend]}") from None
     return abl, back
 
 
@@ -134,9 +128,7 @@ def ablation_scores(
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
-        mu = (
-            head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
-        )
+        mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
 
     n_layers, n_heads = dims.n_layers, dims.n_heads
@@ -176,9 +168,7 @@ def ablation_scores(
                     mask = chunk.attention_mask.repeat(reps, 1)
                     labels = chunk.labels.repeat(reps, 1)
 
-                    def patch(
-                        z: Tensor, heads: list[int] = heads, source: Tensor = source
-                    ) -> Tensor:
+                    def patch(z: Tensor, heads: list[int] = heads, source: Tensor = source) -> Tensor:
                         return replace_heads(z, heads, source)
 
                     out = runner.logits(ids, mask, keep, {layer: patch})
@@ -237,32 +227,24 @@ def attribution_scores(
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
-        mu = (
-            head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
-        )
+        mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
     estimate = torch.zeros(dims.n_layers, dims.n_heads, dtype=torch.float64)
     clean_lp = 0.0
     start = 0
-    for chunk in tqdm(
-        list(scored.chunks(batch_size)), desc=f"{ablation.value} attribution", disable=not progress
-    ):
+    for chunk in tqdm(list(scored.chunks(batch_size)), desc=f"{ablation.value} attribution", disable=not progress):
         chunk = chunk.to(runner.device)
         keep = chunk.first_predicting_position
         leaves: dict[int, Tensor] = {}
         with torch.enable_grad():
-            logits = runner.logits(
-                chunk.input_ids, chunk.attention_mask, keep, leaf_patches(dims.n_layers, leaves)
-            )
+            logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, leaf_patches(dims.n_layers, leaves))
             gold, _ = example_metrics(row_logprob(logits, chunk.labels, keep), chunk)
             layers = list(range(dims.n_layers))
             grads = torch.autograd.grad(gold.sum(), [leaves[layer] for layer in layers])
         clean_lp += float(gold.detach().sum())
         donors = None
         if partner is not None:
-            assert (
-                mu is not None
-            )  # resample ablation takes the mean for positions past a donor's end
+            assert mu is not None  # resample ablation takes the mean for positions past a donor's end
             donors = donor_z(runner, scored, chunk, partner, start, mu)
         for layer, grad in zip(layers, grads, strict=True):
             clean_z = leaves[layer].detach()

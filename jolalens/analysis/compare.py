@@ -213,15 +213,11 @@ def compare_selection(
     k = len(selected) if k is None else int(k)
     n_total = imp.numel()
     if not 1 <= k < n_total:
-        raise ValueError(
-            f"k={k}: need 1 <= k < {n_total} heads (no head is above threshold {threshold}? pass k)"
-        )
+        raise ValueError(f"k={k}: need 1 <= k < {n_total} heads (no head is above threshold {threshold}? pass k)")
     important = top_k(imp, k)
     overlap = len(selected & important)
     shape = (int(imp.shape[0]), int(imp.shape[1]))
-    p_perm, null = permutation_p_value(
-        selected, important, shape, n_permutations=n_permutations, seed=seed
-    )
+    p_perm, null = permutation_p_value(selected, important, shape, n_permutations=n_permutations, seed=seed)
     return pd.DataFrame(
         [
             {

@@ -36,7 +36,9 @@ def head_level_maps(compare_dir: str | Path, task: str, model: nn.Module, seed: 
     if (edit_dir("jola") / "jola_config.json").is_file():
         jola: Any = load_edit(edit_dir("jola"), model)  # a JolaEdit (the method is in its config)
         m = jola.head_maps()
-        maps["JoLA |edit|"] = m["gate_additive"] * m["norm_additive"] + m["gate_multiplicative"] * m["norm_multiplicative"]
+        maps["JoLA |edit|"] = (
+            m["gate_additive"] * m["norm_additive"] + m["gate_multiplicative"] * m["norm_multiplicative"]
+        )
     if (edit_dir("iti") / "jola_config.json").is_file():
         iti: Any = load_edit(edit_dir("iti"), model)
         maps["ITI probe accuracy"] = iti.probe_accuracy.detach().cpu()
@@ -68,27 +70,52 @@ def make_compare_figures(
     pending = []
     written: list[Path] = []
     zero = summary.loc[summary["method"] == "zeroshot", "mean"]
-    pending.append((
-        method_bar(summary.rename(columns={"mean": "test score"}), x="method", y="test score",
-                   error="std" if summary["std"].notna().any() else None,
-                   title=f"{task}: test score per method (mean over seeds)",
-                   reference=float(zero.iloc[0]) if len(zero) else None, reference_label="zero-shot"),
-        out_dir / f"{task}_test_accuracy",
-    ))
+    pending.append(
+        (
+            method_bar(
+                summary.rename(columns={"mean": "test score"}),
+                x="method",
+                y="test score",
+                error="std" if summary["std"].notna().any() else None,
+                title=f"{task}: test score per method (mean over seeds)",
+                reference=float(zero.iloc[0]) if len(zero) else None,
+                reference_label="zero-shot",
+            ),
+            out_dir / f"{task}_test_accuracy",
+        )
+    )
     maps = head_level_maps(compare_dir, task, model, seed)
     if maps:
-        pending.append((side_by_side(maps, title=f"{task}: where the head-level methods edit",
-                                              ranges={k: v for k, v in MAP_RANGES.items() if k in maps}), out_dir / f"{task}_head_maps"))
+        pending.append(
+            (
+                side_by_side(
+                    maps,
+                    title=f"{task}: where the head-level methods edit",
+                    ranges={k: v for k, v in MAP_RANGES.items() if k in maps},
+                ),
+                out_dir / f"{task}_head_maps",
+            )
+        )
     lofit_map = maps.get("LoFiT heads")
-    k = int(lofit_map.sum()) if lofit_map is not None else max(1, round(0.03 * next(iter(maps.values())).numel())) if maps else 0
+    k = (
+        int(lofit_map.sum())
+        if lofit_map is not None
+        else max(1, round(0.03 * next(iter(maps.values())).numel()))
+        if maps
+        else 0
+    )
     if len(maps) >= 2 and k:
         selections = {name.split()[0]: top_k(m, k) for name, m in maps.items()}
         matrix = jaccard_matrix(selections)
         matrix.to_csv(out_dir / f"{task}_head_jaccard.csv")
         written.append(out_dir / f"{task}_head_jaccard.csv")
-        pending.append((similarity_matrix(matrix, title=f"{task}: top-{k} head sets, Jaccard"), out_dir / f"{task}_head_jaccard"))
+        pending.append(
+            (similarity_matrix(matrix, title=f"{task}: top-{k} head sets, Jaccard"), out_dir / f"{task}_head_jaccard")
+        )
         n_layers, n_heads = next(iter(maps.values())).shape
-        layers = pd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)["n_selected"] for name, sel in selections.items()})
+        layers = pd.DataFrame(
+            {name: layer_distribution(sel, n_layers, n_heads)["n_selected"] for name, sel in selections.items()}
+        )
         layers.index.name = "layer"
         layers.to_csv(out_dir / f"{task}_head_layers.csv")
         written.append(out_dir / f"{task}_head_layers.csv")
@@ -107,8 +134,15 @@ def make_compare_figures(
         table = pd.concat(rows, ignore_index=True)
         table.to_csv(out_dir / f"{task}_vs_{scores.method}_{scores.ablation}.csv", index=False)
         written.append(out_dir / f"{task}_vs_{scores.method}_{scores.ablation}.csv")
-        pending.append((side_by_side({"JoLA |edit|": maps["JoLA |edit|"], f"{scores.method} ({scores.ablation})": scores.logprob_drop},
-                                     title=f"{task}: JoLA beside {scores.method} head scores"), out_dir / f"{task}_jola_vs_{scores.method}"))
+        pending.append(
+            (
+                side_by_side(
+                    {"JoLA |edit|": maps["JoLA |edit|"], f"{scores.method} ({scores.ablation})": scores.logprob_drop},
+                    title=f"{task}: JoLA beside {scores.method} head scores",
+                ),
+                out_dir / f"{task}_jola_vs_{scores.method}",
+            )
+        )
     # one plotly.min.js beside the pages (offline) instead of 4.7 MB inside each of them
     written.extend(save_figures(pending, include_plotlyjs="directory"))
     return written

@@ -71,16 +71,22 @@ def edit_head_effects(
     heads = selected_heads(edit)
     if top_k is not None:
         heads = heads.head(top_k)
-    full = answer_logprobs(
-        model, examples, edit=edit, batch_size=batch_size, backend=backend
-    ).mean().item()
+    full = answer_logprobs(model, examples, edit=edit, batch_size=batch_size, backend=backend).mean().item()
     rows = []
     for row in tqdm(heads.itertuples(index=False), total=len(heads), disable=not progress, desc="edit effects"):
         reduced = edit.without_heads([(row.layer, row.head, row.kind)])
-        without = answer_logprobs(
-            model, examples, edit=reduced, batch_size=batch_size, backend=backend
-        ).mean().item()
-        rows.append({"label": row.label, "layer": row.layer, "head": row.head, "kind": row.kind, "gate": row.gate,
-                     "logprob_with_edit": full, "logprob_without_this": without, "effect": full - without})
+        without = answer_logprobs(model, examples, edit=reduced, batch_size=batch_size, backend=backend).mean().item()
+        rows.append(
+            {
+                "label": row.label,
+                "layer": row.layer,
+                "head": row.head,
+                "kind": row.kind,
+                "gate": row.gate,
+                "logprob_with_edit": full,
+                "logprob_without_this": without,
+                "effect": full - without,
+            }
+        )
     columns = ["label", "layer", "head", "kind", "gate", "logprob_with_edit", "logprob_without_this", "effect"]
     return pd.DataFrame(rows, columns=columns).sort_values("effect", ascending=False, ignore_index=True)

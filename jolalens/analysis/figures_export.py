@@ -31,7 +31,11 @@ class FigureExportError(JolaError, RuntimeError):
 
 
 def save_figure(
-    fig: go.Figure, path: str | Path, *, scale: float = 2.0, include_plotlyjs: bool | str = True,
+    fig: go.Figure,
+    path: str | Path,
+    *,
+    scale: float = 2.0,
+    include_plotlyjs: bool | str = True,
     formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Write ``path.html`` (interactive, self-contained), ``.png``, ``.pdf`` and ``.svg``; returns them.
@@ -44,7 +48,10 @@ def save_figure(
 
 
 def save_figures(
-    items: Sequence[tuple[go.Figure, str | Path]], *, scale: float = 2.0, include_plotlyjs: bool | str = True,
+    items: Sequence[tuple[go.Figure, str | Path]],
+    *,
+    scale: float = 2.0,
+    include_plotlyjs: bool | str = True,
     formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """:func:`save_figure` for many figures, sharing one browser per static format (much faster).
@@ -102,7 +109,9 @@ def _write_static(figs: list[go.Figure], paths: list[Path], fmt: str, scale: flo
             except Exception as exc:
                 raise _export_error(path, exc) from exc
             if _stamp(path) is None:
-                raise FigureExportError(f"Cannot write {path}: kaleido reported success but wrote no file.\n{PNG_SETUP}")
+                raise FigureExportError(
+                    f"Cannot write {path}: kaleido reported success but wrote no file.\n{PNG_SETUP}"
+                )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -17,8 +17,14 @@ from torch import Tensor
 from .compare import head_label, jaccard
 from .figures_style import FONT, PALETTE, epoch_axis, human_label
 
-__all__ = ["gate_dynamics", "history_epochs", "method_bar", "selection_dynamics", "selection_over_training",
-           "training_curves"]
+__all__ = [
+    "gate_dynamics",
+    "history_epochs",
+    "method_bar",
+    "selection_dynamics",
+    "selection_over_training",
+    "training_curves",
+]
 
 _UNIT_KEYS = ("gate_", "p_open_")  # values in [0, 1]: a fixed axis
 
@@ -58,14 +64,27 @@ def gate_dynamics(
     fig = go.Figure()
     for idx in order.tolist():
         lay, hd = divmod(idx, n_heads)
-        fig.add_trace(go.Scatter(x=epochs, y=stack[:, lay, hd].tolist(), mode="lines+markers", name=head_label(lay, hd)))
-    fig.add_trace(go.Scatter(x=epochs, y=stack.flatten(1).mean(1).tolist(), mode="lines", name="mean (all heads)",
-                             line={"dash": "dash", "color": "black"}))
+        fig.add_trace(
+            go.Scatter(x=epochs, y=stack[:, lay, hd].tolist(), mode="lines+markers", name=head_label(lay, hd))
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=epochs,
+            y=stack.flatten(1).mean(1).tolist(),
+            mode="lines",
+            name="mean (all heads)",
+            line={"dash": "dash", "color": "black"},
+        )
+    )
     fig.update_layout(
         title={"text": title or f"{human_label(key)} over training"},
         yaxis_title=human_label(key),
-        font=FONT, width=760, height=440, margin={"l": 70, "r": 30, "t": 70, "b": 60},
-        legend={"title": {"text": "head"}}, template="plotly_white",
+        font=FONT,
+        width=760,
+        height=440,
+        margin={"l": 70, "r": 30, "t": 70, "b": 60},
+        legend={"title": {"text": "head"}},
+        template="plotly_white",
     )
     epoch_axis(fig, epochs)
     if key.startswith(_UNIT_KEYS):
@@ -73,7 +92,9 @@ def gate_dynamics(
     return fig
 
 
-def selection_over_training(gate_history: Sequence[Mapping[str, Tensor]], *, key: str = "gate_additive") -> pd.DataFrame:
+def selection_over_training(
+    gate_history: Sequence[Mapping[str, Tensor]], *, key: str = "gate_additive"
+) -> pd.DataFrame:
     """Per epoch: how many heads are open (value > 0), Jaccard with the final set, heads added and dropped."""
     stack = _stack(gate_history, key)
     n_heads = stack.shape[2]
@@ -81,25 +102,55 @@ def selection_over_training(gate_history: Sequence[Mapping[str, Tensor]], *, key
     rows = []
     for i, (epoch, heads) in enumerate(zip(history_epochs(gate_history), sets, strict=True)):
         before = sets[i - 1] if i else heads
-        rows.append({"epoch": epoch, "n_open": len(heads), "jaccard_to_final": jaccard(heads, sets[-1]),
-                     "added": len(heads - before), "dropped": len(before - heads)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "n_open": len(heads),
+                "jaccard_to_final": jaccard(heads, sets[-1]),
+                "added": len(heads - before),
+                "dropped": len(before - heads),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def selection_dynamics(frame: pd.DataFrame, *, title: str = "") -> go.Figure:
     """:func:`selection_over_training` drawn: open heads (left axis) and Jaccard with the final set (right)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=frame["epoch"], y=frame["n_open"], mode="lines+markers", name=human_label("n_open")),
-                  secondary_y=False)
-    fig.add_trace(go.Scatter(x=frame["epoch"], y=frame["jaccard_to_final"], mode="lines+markers",
-                             name=human_label("jaccard_to_final"), line={"dash": "dot"}), secondary_y=True)
+    fig.add_trace(
+        go.Scatter(x=frame["epoch"], y=frame["n_open"], mode="lines+markers", name=human_label("n_open")),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=frame["epoch"],
+            y=frame["jaccard_to_final"],
+            mode="lines+markers",
+            name=human_label("jaccard_to_final"),
+            line={"dash": "dot"},
+        ),
+        secondary_y=True,
+    )
     fig.update_yaxes(title_text=human_label("n_open"), rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text=human_label("jaccard_to_final"), range=[0, 1.02], tickmode="linear", tick0=0, dtick=0.2,
-                     showgrid=False, secondary_y=True)
+    fig.update_yaxes(
+        title_text=human_label("jaccard_to_final"),
+        range=[0, 1.02],
+        tickmode="linear",
+        tick0=0,
+        dtick=0.2,
+        showgrid=False,
+        secondary_y=True,
+    )
     epoch_axis(fig, frame["epoch"].tolist())
-    fig.update_layout(title={"text": title or "the selected heads over training"}, font=FONT, width=760, height=420,
-                      margin={"l": 70, "r": 70, "t": 70, "b": 60}, template="plotly_white",
-                      legend={"orientation": "h", "y": -0.2})
+    fig.update_layout(
+        title={"text": title or "the selected heads over training"},
+        font=FONT,
+        width=760,
+        height=420,
+        margin={"l": 70, "r": 70, "t": 70, "b": 60},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
     return fig
 
 
@@ -113,14 +164,24 @@ def training_curves(history: pd.DataFrame, *, title: str = "") -> go.Figure:
         raise ValueError(f"history has none of train_ce/val_ce/open_frac_*: columns {list(history.columns)}")
     fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "fraction of gates open"], horizontal_spacing=0.12)
     for col in loss_cols:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=human_label(col)), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=human_label(col)), row=1, col=1
+        )
     for col in frac_cols:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=human_label(col)), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=human_label(col)), row=1, col=2
+        )
     epoch_axis(fig, history["epoch"].tolist())
     fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
     fig.update_yaxes(title_text="fraction open", range=[0, 1.05], row=1, col=2)
-    fig.update_layout(title={"text": title or "training"}, font=FONT, width=1000, height=430,
-                      margin={"l": 70, "r": 30, "t": 80, "b": 60}, template="plotly_white")
+    fig.update_layout(
+        title={"text": title or "training"},
+        font=FONT,
+        width=1000,
+        height=430,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        template="plotly_white",
+    )
     return fig
 
 
@@ -160,23 +221,39 @@ def method_bar(
                 continue
             fig.add_trace(
                 go.Bar(
-                    x=sub[x].astype(str).tolist(), y=sub[y].tolist(), name=label, legendgroup=label,
+                    x=sub[x].astype(str).tolist(),
+                    y=sub[y].tolist(),
+                    name=label,
+                    legendgroup=label,
                     offsetgroup=label,  # both parts of a group share its slot in each x category
                     showlegend=color is not None and not any(t.name == label for t in fig.data),
                     marker_color=PALETTE[i % len(PALETTE)],
                     error_y={"type": "data", "array": sub[error].tolist()} if with_error else None,
-                    text=[f"{v:.2f}" for v in sub[y]], textposition="inside" if values_inside else "outside",
-                    insidetextanchor="start", cliponaxis=False,
+                    text=[f"{v:.2f}" for v in sub[y]],
+                    textposition="inside" if values_inside else "outside",
+                    insidetextanchor="start",
+                    cliponaxis=False,
                 )
             )
     fig.update_xaxes(categoryorder="array", categoryarray=list(dict.fromkeys(frame[x].astype(str))))
     if reference is not None:
-        fig.add_hline(y=reference, line_dash="dash", line_color="gray", annotation_text=reference_label,
-                      annotation_position="top left")
+        fig.add_hline(
+            y=reference,
+            line_dash="dash",
+            line_color="gray",
+            annotation_text=reference_label,
+            annotation_position="top left",
+        )
     fig.update_layout(
-        title={"text": title}, xaxis_title=x_title or human_label(x), yaxis_title=y_title or human_label(y),
-        barmode="group", showlegend=color is not None, font=FONT,
-        width=max(520, 140 + 110 * frame[x].nunique()), height=440,
-        margin={"l": 70, "r": 30, "t": 80, "b": 90}, template="plotly_white",
+        title={"text": title},
+        xaxis_title=x_title or human_label(x),
+        yaxis_title=y_title or human_label(y),
+        barmode="group",
+        showlegend=color is not None,
+        font=FONT,
+        width=max(520, 140 + 110 * frame[x].nunique()),
+        height=440,
+        margin={"l": 70, "r": 30, "t": 80, "b": 90},
+        template="plotly_white",
     )
     return fig

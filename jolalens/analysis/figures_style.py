@@ -17,7 +17,18 @@ import plotly.graph_objects as go
 __all__ = ["DIVERGING", "FONT", "LABELS", "PALETTE", "SEQUENTIAL", "epoch_axis", "human_label"]
 
 FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13}
-PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52")  # plotly's default
+PALETTE = (
+    "#636efa",
+    "#ef553b",
+    "#00cc96",
+    "#ab63fa",
+    "#ffa15a",
+    "#19d3f3",
+    "#ff6692",
+    "#b6e880",
+    "#ff97ff",
+    "#fecb52",
+)  # plotly's default
 SEQUENTIAL = "Reds"  # white at 0, the positive half of DIVERGING
 DIVERGING = "RdBu_r"  # blue < 0 < red, white at 0
 
@@ -53,5 +64,11 @@ def epoch_axis(fig: go.Figure, epochs: list[int] | Any, **where: Any) -> None:
     """Integer epoch ticks (never 1.5), at most ~15 of them, titled "epoch"."""
     values = [int(e) for e in epochs]
     span = (max(values) - min(values)) if values else 1
-    fig.update_xaxes(title_text="epoch", tickmode="linear", tick0=min(values, default=0),
-                     dtick=max(1, math.ceil(span / 15)), tickformat="d", **where)
+    fig.update_xaxes(
+        title_text="epoch",
+        tickmode="linear",
+        tick0=min(values, default=0),
+        dtick=max(1, math.ceil(span / 15)),
+        tickformat="d",
+        **where,
+    )

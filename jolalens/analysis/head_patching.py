@@ -76,9 +76,7 @@ class HeadPatchRunner:
             try:
                 for layer in patches:
                     handles.append(self.o_proj[layer].register_forward_pre_hook(make(layer)))
-                out = self.view(
-                    input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep
-                )
+                out = self.view(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -105,9 +103,7 @@ def row_logprob(
     mask = targets != -100
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
     logp = scored[mask].float().log_softmax(-1).gather(-1, targets[mask][:, None]).squeeze(-1)
-    total = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add_(
-        0, rows, logp
-    )
+    total = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, rows, logp)
     return total / mask.sum(1)
 
 
@@ -122,9 +118,9 @@ def example_metrics(
         -1, idx, torch.where(chunk.is_gold, row_lp, torch.zeros_like(row_lp))
     )
     others = torch.where(chunk.is_gold, torch.full_like(row_lp, -math.inf), row_lp)
-    best_other = torch.full(
-        (*lead, n_ex), -math.inf, dtype=row_lp.dtype, device=row_lp.device
-    ).scatter_reduce_(-1, idx, others, reduce="amax")
+    best_other = torch.full((*lead, n_ex), -math.inf, dtype=row_lp.dtype, device=row_lp.device).scatter_reduce_(
+        -1, idx, others, reduce="amax"
+    )
     correct = (gold_lp > best_other).to(row_lp.dtype)
     return gold_lp, correct
 
@@ -162,22 +158,14 @@ def capture_z(
 
 
 @torch.no_grad()
-def head_means(
-    runner: HeadPatchRunner, data: ScoringData, batch_size: int, progress: bool
-) -> Tensor:
+def head_means(runner: HeadPatchRunner, data: ScoringData, batch_size: int, progress: bool) -> Tensor:
     """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``."""
     dims = runner.dims
-    total = torch.zeros(
-        dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device
-    )
+    total = torch.zeros(dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device)
     count = 0
-    for chunk in tqdm(
-        list(data.chunks(batch_size)), desc="head means", disable=not progress, leave=False
-    ):
+    for chunk in tqdm(list(data.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
         chunk = chunk.to(runner.device)
-        _, zs = capture_z(
-            runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1
-        )
+        _, zs = capture_z(runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1)
         weight = (chunk.attention_mask * chunk.is_gold[:, None]).to(torch.float64)
         for layer, z in enumerate(zs):
             total[layer] += torch.einsum("rp,rphd->hd", weight, z.to(torch.float64))
@@ -201,9 +189,7 @@ def leaf_patches(n_layers: int, leaves: dict[int, Tensor]) -> dict[int, Patch]:
 def derangement(n: int, seed: int) -> Tensor:
     """partner[i] != i for every i: a random cycle through all examples."""
     if n < 2:
-        raise DataError(
-            "resample ablation needs at least 2 examples to draw other examples' z from"
-        )
+        raise DataError("resample ablation needs at least 2 examples to draw other examples' z from")
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
     partner = torch.empty(n, dtype=torch.long)

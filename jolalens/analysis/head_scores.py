@@ -52,16 +52,11 @@ class HeadScores:
                 "layer": layer.flatten().numpy(),
                 "head": head.flatten().numpy(),
                 "label": [
-                    f"L{lay}H{hd}"
-                    for lay, hd in zip(
-                        layer.flatten().tolist(), head.flatten().tolist(), strict=True
-                    )
+                    f"L{lay}H{hd}" for lay, hd in zip(layer.flatten().tolist(), head.flatten().tolist(), strict=True)
                 ],
                 "logprob_drop": self.logprob_drop.flatten().numpy(),
                 "accuracy_drop": (
-                    self.accuracy_drop.flatten().numpy()
-                    if self.accuracy_drop is not None
-                    else float("nan")
+                    self.accuracy_drop.flatten().numpy() if self.accuracy_drop is not None else float("nan")
                 ),
             }
         )
@@ -73,9 +68,7 @@ class HeadScores:
     def to_dict(self) -> dict[str, Any]:
         return {
             "logprob_drop": self.logprob_drop.detach().cpu(),
-            "accuracy_drop": None
-            if self.accuracy_drop is None
-            else self.accuracy_drop.detach().cpu(),
+            "accuracy_drop": None if self.accuracy_drop is None else self.accuracy_drop.detach().cpu(),
             "clean_logprob": self.clean_logprob,
             "clean_accuracy": self.clean_accuracy,
             "method": self.method,

@@ -178,8 +178,11 @@ def make_figures(
         name = f"{scores.method} ({scores.ablation})"
         jola_maps = {f"JoLA {k} gate": maps[f"gate_{k}"] for k in kinds}
         save(
-            side_by_side({**jola_maps, f"{name}: log-prob drop": scores.logprob_drop}, title=f"JoLA vs {name}",
-                         ranges=dict.fromkeys(jola_maps, (0.0, 1.0))),
+            side_by_side(
+                {**jola_maps, f"{name}: log-prob drop": scores.logprob_drop},
+                title=f"JoLA vs {name}",
+                ranges=dict.fromkeys(jola_maps, (0.0, 1.0)),
+            ),
             f"jola_vs_{path.stem}",
             f"JoLA gates beside the {name} head scores",
         )
@@ -195,8 +198,12 @@ def make_figures(
             k = int(row["k"].iloc[0])
             bars = compare_methods(methods, scores.logprob_drop, k)
             save(
-                method_bar(bars, y="overlap_at_k", title=f"overlap@{k} with {name}",
-                           reference=float(row["expected_overlap"].iloc[0]) / k),
+                method_bar(
+                    bars,
+                    y="overlap_at_k",
+                    title=f"overlap@{k} with {name}",
+                    reference=float(row["expected_overlap"].iloc[0]) / k,
+                ),
                 f"methods_vs_{path.stem}_{kind}",
                 f"overlap@k of JoLA's {kind} rankings with the {name} top-k",
             )

@@ -34,29 +34,20 @@ class ScoringData:
 
     def __post_init__(self) -> None:
         rows, _ = self.input_ids.shape
-        if (
-            self.labels.shape != self.input_ids.shape
-            or self.attention_mask.shape != self.input_ids.shape
-        ):
-            raise DataError(
-                "ScoringData: input_ids, labels and attention_mask must share one shape"
-            )
+        if self.labels.shape != self.input_ids.shape or self.attention_mask.shape != self.input_ids.shape:
+            raise DataError("ScoringData: input_ids, labels and attention_mask must share one shape")
         if self.example_index.shape != (rows,) or self.is_gold.shape != (rows,):
             raise DataError("ScoringData: example_index and is_gold need one entry per row")
         n = self.n_examples
         if n == 0:
             raise DataError("ScoringData holds no examples")
-        gold_per_example = torch.zeros(n, dtype=torch.long).index_add_(
-            0, self.example_index, self.is_gold.long()
-        )
+        gold_per_example = torch.zeros(n, dtype=torch.long).index_add_(0, self.example_index, self.is_gold.long())
         if not bool((gold_per_example == 1).all()):
             raise DataError("ScoringData: every example needs exactly one gold row")
         if bool(((self.labels[:, 1:] != -100).sum(1) == 0).any()):
             raise DataError("ScoringData: a row has no answer tokens (labels are all -100)")
         if bool((self.labels[:, 0] != -100).any()):
-            raise DataError(
-                "ScoringData: position 0 cannot be an answer token (nothing predicts it)"
-            )
+            raise DataError("ScoringData: position 0 cannot be an answer token (nothing predicts it)")
 
     @property
     def n_examples(self) -> int:
@@ -78,9 +69,7 @@ class ScoringData:
         """Tokenize examples as in training; an MC example gives one row per choice."""
         if not examples:
             raise DataError("no examples to score")
-        pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise DataError("the tokenizer has neither a pad nor an eos token to pad with")
         rows: list[tuple[list[int], list[int]]] = []
@@ -91,9 +80,7 @@ class ScoringData:
             answers = list(ex.choices) if ex.choices else [ex.answer]
             has_choices.append(bool(ex.choices) and len(answers) > 1)
             for ans in answers:
-                rows.append(
-                    tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=ans)
-                )
+                rows.append(tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=ans))
                 ex_idx.append(i)
                 gold.append(ans == ex.answer)
         width = max(len(ids) for ids, _ in rows)
@@ -118,9 +105,7 @@ class ScoringData:
         """One row per example from a right-padded :class:`jolalens.data.Batch` (no choices)."""
         mask = batch.attention_mask
         if bool((mask[:, 0] == 0).any()):
-            raise DataError(
-                "ScoringData.from_batch needs a right-padded batch (collate(padding_side='right'))"
-            )
+            raise DataError("ScoringData.from_batch needs a right-padded batch (collate(padding_side='right'))")
         n = batch.input_ids.shape[0]
         return cls(
             batch.input_ids.long(),
@@ -151,9 +136,7 @@ class ScoringData:
         n = self.n_examples
         for start in range(0, n, examples_per_chunk):
             stop = min(n, start + examples_per_chunk)
-            rows = (
-                ((self.example_index >= start) & (self.example_index < stop)).nonzero().squeeze(-1)
-            )
+            rows = ((self.example_index >= start) & (self.example_index < stop)).nonzero().squeeze(-1)
             width = int(self.attention_mask[rows].sum(1).max())
             yield ScoringChunk(
                 input_ids=self.input_ids[rows, :width],
@@ -219,9 +202,7 @@ def resolve_scoring_data(
             return d
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
-            raise DataError(
-                "the model has no tokenizer; pass ScoringData built with your tokenizer"
-            )
+            raise DataError("the model has no tokenizer; pass ScoringData built with your tokenizer")
         return ScoringData.from_examples(tokenizer, list(d), style=style, max_length=max_length)
 
     scored = prep(data)

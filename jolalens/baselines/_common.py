@@ -159,11 +159,12 @@ class BaselineEdit(Edit):
         extra = sorted(set(tensors) - set(expected))
         if missing or extra:
             raise EditLoadError(
-                f"saved {self.method} weights do not match its config: missing {missing[:4]}, "
-                f"unexpected {extra[:4]}"
+                f"saved {self.method} weights do not match its config: missing {missing[:4]}, unexpected {extra[:4]}"
             )
         with torch.no_grad():
             for key, target in expected.items():
                 if tuple(tensors[key].shape) != tuple(target.shape):
-                    raise EditLoadError(f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(target.shape)}")
+                    raise EditLoadError(
+                        f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(target.shape)}"
+                    )
                 target.copy_(tensors[key])

@@ -65,7 +65,9 @@ class BitFitEdit(BaselineEdit):
 
             return add_bias
 
-        return [(t.hook_name(layer, "out"), make(t, i)) for t in self.config.targets for i, layer in enumerate(self.layers)]
+        return [
+            (t.hook_name(layer, "out"), make(t, i)) for t in self.config.targets for i, layer in enumerate(self.layers)
+        ]
 
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
         def make(proj: Projection, i: int):

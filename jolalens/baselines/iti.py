@@ -89,7 +89,9 @@ class ItiEdit(BaselineEdit):
 
     def with_strength(self, *, k: int | None = None, alpha: float | None = None) -> ItiEdit:
         """The same fitted probes and directions with another ``k`` or ``alpha`` (no refit)."""
-        config = replace(self.config, k=self.config.k if k is None else k, alpha=self.config.alpha if alpha is None else alpha)
+        config = replace(
+            self.config, k=self.config.k if k is None else k, alpha=self.config.alpha if alpha is None else alpha
+        )
         other = type(self)(self.dims, config)
         other.model_identity = self.model_identity
         other.load_state_dict(self.state_dict())

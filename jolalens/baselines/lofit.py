@@ -64,7 +64,9 @@ class LofitEdit(BaselineEdit):
         super().__init__(dims, config)
         gen = torch.Generator().manual_seed(config.seed)
         if config.heads is None:
-            self.scale = nn.Parameter(torch.randn(dims.n_layers, dims.n_heads, dims.d_head, generator=gen) * config.init_std)
+            self.scale = nn.Parameter(
+                torch.randn(dims.n_layers, dims.n_heads, dims.d_head, generator=gen) * config.init_std
+            )
         else:
             bad = [(a, b) for a, b in config.heads if not (0 <= a < dims.n_layers and 0 <= b < dims.n_heads)]
             if bad:

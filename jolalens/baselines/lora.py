@@ -41,7 +41,9 @@ class LoraConfig:
     def __post_init__(self) -> None:
         normalise_sites(self)
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"need r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}")
+            raise ValueError(
+                f"need r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}"
+            )
 
     def n_parameters(self, dims: ModelDims) -> int:
         n_layers = dims.n_layers if self.layers is None else len(self.layers)
@@ -88,9 +90,7 @@ class LoraEdit(BaselineEdit):
                     # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
                     # it for the build so peft creates the adapters on its execution device.
                     with _loaded(base):
-                        wrapped = PeftLoraLinear(
-                            base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha
-                        )
+                        wrapped = PeftLoraLinear(base, ADAPTER, config=peft_config, r=config.r, lora_alpha=config.alpha)
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
                     key = _key(proj, layer)
@@ -142,7 +142,9 @@ class LoraEdit(BaselineEdit):
                             "build the edit for this model with LoraEdit.for_model(model)"
                         )
                     setattr(parent, proj.value, wrapped)
-                    handle._removers.append(lambda parent=parent, name=proj.value, base=base: setattr(parent, name, base))
+                    handle._removers.append(
+                        lambda parent=parent, name=proj.value, base=base: setattr(parent, name, base)
+                    )
         except Exception:
             handle.remove()
             raise

@@ -163,7 +163,8 @@ class LoreftEdit(BaselineEdit):
         gen = torch.Generator().manual_seed(config.seed)
         n_slots = 1 if config.shared else 2
         self.interventions = nn.ModuleList(
-            LoreftIntervention(dims.d_model, config.rank, config.dropout, gen) for _ in range(len(self.layers) * n_slots)
+            LoreftIntervention(dims.d_model, config.rank, config.dropout, gen)
+            for _ in range(len(self.layers) * n_slots)
         )
         self._windows: tuple[Tensor, Tensor] | None = None  # set per HF forward call by the model pre-hook
 
@@ -175,7 +176,9 @@ class LoreftEdit(BaselineEdit):
     # ---- the edit at one site -------------------------------------------------------------
     def apply(self, h: Float[Tensor, "batch pos d_model"], layer: int, first: Tensor, last: Tensor) -> Tensor:
         if tuple(first.shape) != tuple(h.shape[:2]):
-            raise JolaError(f"LoReFT position masks {tuple(first.shape)} do not match [batch, pos] = {tuple(h.shape[:2])}")
+            raise JolaError(
+                f"LoReFT position masks {tuple(first.shape)} do not match [batch, pos] = {tuple(h.shape[:2])}"
+            )
         if self.config.shared:  # one intervention for both windows: compute it once
             return torch.where((first | last)[..., None], self.intervention(layer)(h), h)
         out = torch.where(first[..., None], self.intervention(layer, 0)(h), h)
@@ -206,7 +209,9 @@ class LoreftEdit(BaselineEdit):
             def loreft_block_output(module: nn.Module, args: tuple[Tensor, ...], output: Any) -> Any:
                 h = output[0] if isinstance(output, tuple) else output
                 if self._windows is None:
-                    raise JolaError("LoReFT's decoder-layer hook ran without its model pre-hook: attach the edit with edit.attach(model)")
+                    raise JolaError(
+                        "LoReFT's decoder-layer hook ran without its model pre-hook: attach the edit with edit.attach(model)"
+                    )
                 edited = self.apply(h, layer, *self._windows)
                 return (edited, *output[1:]) if isinstance(output, tuple) else edited
 
@@ -273,7 +278,9 @@ class LoreftEdit(BaselineEdit):
         expected = self.to_safetensors()
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or extra:
-            raise EditLoadError(f"saved loreft weights do not match its config: missing {missing[:4]}, unexpected {extra[:4]}")
+            raise EditLoadError(
+                f"saved loreft weights do not match its config: missing {missing[:4]}, unexpected {extra[:4]}"
+            )
         for key, want in expected.items():
             if tuple(tensors[key].shape) != tuple(want.shape):
                 raise EditLoadError(f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(want.shape)}")
@@ -282,8 +289,10 @@ class LoreftEdit(BaselineEdit):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"rank={c.rank}, layers={len(self.layers)}/{self.dims.n_layers}, f{c.first_n}+l{c.last_n}, "
-                f"{'shared' if c.shared else 'unshared'}, params={self.n_trainable():,}")
+        return (
+            f"rank={c.rank}, layers={len(self.layers)}/{self.dims.n_layers}, f{c.first_n}+l{c.last_n}, "
+            f"{'shared' if c.shared else 'unshared'}, params={self.n_trainable():,}"
+        )
 
 
 @torch.no_grad()

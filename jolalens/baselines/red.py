@@ -89,7 +89,11 @@ class RedEdit(BaselineEdit):
 
     def _saved(self) -> dict[str, Tensor]:
         names = [n for n, on in (("scale_delta", self.config.scaling), ("bias", self.config.bias)) if on]
-        return {f"blocks.{layer}.hook_mlp_out.{n}": getattr(self, n)[i] for n in names for i, layer in enumerate(self.layers)}
+        return {
+            f"blocks.{layer}.hook_mlp_out.{n}": getattr(self, n)[i]
+            for n in names
+            for i, layer in enumerate(self.layers)
+        }
 
     def extra_repr(self) -> str:
         parts = [p for p, on in (("scale", self.config.scaling), ("bias", self.config.bias)) if on]

@@ -35,9 +35,7 @@ __all__ = ["KILL_ONCE_ENV", "RayEngineConfig", "run_compare_ray", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
-KILL_ONCE_ENV = (
-    "JOLALENS_RAY_KILL_ONCE"  # a marker path: the first cell to create it kills its worker (tests)
-)
+KILL_ONCE_ENV = "JOLALENS_RAY_KILL_ONCE"  # a marker path: the first cell to create it kills its worker (tests)
 ModelFactory = Callable[[], nn.Module]
 
 
@@ -60,9 +58,7 @@ class RayEngineConfig:
 
     def __post_init__(self) -> None:
         if self.cpus_per_cell <= 0 or self.gpus_per_cell < 0:
-            raise ValueError(
-                "cpus_per_cell must be > 0 and gpus_per_cell >= 0 (e.g. --gpus-per-cell 0.25)"
-            )
+            raise ValueError("cpus_per_cell must be > 0 and gpus_per_cell >= 0 (e.g. --gpus-per-cell 0.25)")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.num_cpus is not None and self.num_cpus < 1:
@@ -118,14 +114,10 @@ def _run_cell_task(
 def _runtime_env(engine: RayEngineConfig) -> dict[str, Any]:
     """jolalens' own environment variables for every worker; on a local cluster also the
     ``PYTHONPATH`` that makes the workers import the jolalens this driver runs."""
-    env = {
-        k: v for k, v in os.environ.items() if k.startswith("JOLALENS_") or k == "HF_HUB_OFFLINE"
-    }
+    env = {k: v for k, v in os.environ.items() if k.startswith("JOLALENS_") or k == "HF_HUB_OFFLINE"}
     if engine.address is None:
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     runtime: dict[str, Any] = {"env_vars": env}
     if engine.worker_setup:
         runtime["worker_process_setup_hook"] = engine.worker_setup
@@ -174,9 +166,7 @@ def run_compare_ray(
 
     engine = engine or RayEngineConfig()
     out = Path(out).resolve()
-    worker_config = replace(
-        config, train=replace(config.train, progress=False)
-    )  # one bar: the driver's
+    worker_config = replace(config, train=replace(config.train, progress=False))  # one bar: the driver's
     key = repr(model_factory)
     lock = ExitStack()  # one driver per output directory, as the local engine's CLI run
     lock.enter_context(output_lock(out, "jolalens compare --engine ray"))
@@ -184,9 +174,7 @@ def run_compare_ray(
     try:
         share = {"num_cpus": engine.cpus_per_cell, "num_gpus": engine.gpus_per_cell}
         identity = ray.get(
-            ray.remote(_identity_cell)
-            .options(**share, max_retries=engine.max_retries)
-            .remote(model_factory, key)
+            ray.remote(_identity_cell).options(**share, max_retries=engine.max_retries).remote(model_factory, key)
         )
         _check_out_dir(out, config, identity)
         todo = []
@@ -197,16 +185,9 @@ def run_compare_ray(
                 log(f"skip {task}/{name}/seed{seed}: done")
             else:
                 todo.append((task, name, seed))
-        remote = ray.remote(_run_cell_task).options(
-            **share, max_retries=engine.max_retries, retry_exceptions=False
-        )
-        pending = {
-            remote.remote(model_factory, key, worker_config, str(out), *cell): cell for cell in todo
-        }
-        log(
-            f"{len(pending)} cell(s) submitted to Ray "
-            f"({engine.cpus_per_cell} CPU, {engine.gpus_per_cell} GPU each)"
-        )
+        remote = ray.remote(_run_cell_task).options(**share, max_retries=engine.max_retries, retry_exceptions=False)
+        pending = {remote.remote(model_factory, key, worker_config, str(out), *cell): cell for cell in todo}
+        log(f"{len(pending)} cell(s) submitted to Ray ({engine.cpus_per_cell} CPU, {engine.gpus_per_cell} GPU each)")
         start = time.perf_counter()
         with tqdm(
             total=len(pending),
@@ -242,9 +223,7 @@ def _outcome(ref: Any, run_dir: Path, retries: int) -> str:
         return str(ray.get(ref))
     except ray.exceptions.RayError as exc:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(
-            f"the Ray task of this cell failed after {retries} retries:\n{exc}\n"
-        )
+        (run_dir / "error.txt").write_text(f"the Ray task of this cell failed after {retries} retries:\n{exc}\n")
         return "failed"
 
 

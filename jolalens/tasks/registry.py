@@ -122,9 +122,19 @@ _OFFICIAL_VAL = "valid sampled from the official validation split; test = offici
 _CARVED = "no validation split distinct from test: valid carved from train (disjoint from the train sample); test = official validation split (the LLM-Adapters test set)"
 
 _COMMONSENSE = [
-    _cs("arc_challenge", "arc_challenge", "CC BY-SA 4.0", "answer", 5, "ARC-Challenge science questions", _OFFICIAL_VAL),
+    _cs(
+        "arc_challenge", "arc_challenge", "CC BY-SA 4.0", "answer", 5, "ARC-Challenge science questions", _OFFICIAL_VAL
+    ),
     _cs("arc_easy", "arc_easy", "CC BY-SA 4.0", "answer", 5, "ARC-Easy science questions", _OFFICIAL_VAL),
-    _cs("boolq", "boolq", "CC BY-SA 3.0", "bool", 2, "BoolQ yes/no questions (LLM-Adapters format: question only)", _CARVED),
+    _cs(
+        "boolq",
+        "boolq",
+        "CC BY-SA 3.0",
+        "bool",
+        2,
+        "BoolQ yes/no questions (LLM-Adapters format: question only)",
+        _CARVED,
+    ),
     _cs("hellaswag", "hellaswag", "MIT", "ending", 4, "HellaSwag sentence endings", _CARVED),
     _cs("openbookqa", "openbookqa", "Apache-2.0", "answer", 4, "OpenBookQA science questions", _OFFICIAL_VAL),
     _cs("piqa", "piqa", "AFL-3.0 (see upstream)", "solution", 2, "PIQA physical commonsense", _CARVED),
@@ -236,7 +246,13 @@ def _gem(name: str, key: str, licence: str, desc: str, extra: str = "") -> Task:
 
 
 _NLG = [
-    _gem("e2e_nlg", "e2e_nlg", "CC BY-SA 4.0", "GEM E2E NLG (clean) data-to-text", "; grouped by meaning representation so none is on both sides"),
+    _gem(
+        "e2e_nlg",
+        "e2e_nlg",
+        "CC BY-SA 4.0",
+        "GEM E2E NLG (clean) data-to-text",
+        "; grouped by meaning representation so none is on both sides",
+    ),
     _gem("web_nlg", "webnlg_en", "CC BY-NC-SA 4.0", "GEM WebNLG (en) triples-to-text"),
     _gem("common_gen", "common_gen", "MIT", "GEM CommonGen concepts-to-sentence"),
     _gem("xsum", "xsum", "CC BY-SA 4.0 (see upstream)", "GEM XSum one-sentence summaries"),

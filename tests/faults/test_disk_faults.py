@@ -28,9 +28,7 @@ def test_unwritable_output_is_detected_by_really_writing(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(jolalens.atomic_dir, "open", read_only, raising=False)
-    (
-        tmp_path / "out"
-    ).mkdir()  # an empty directory on a read-only file system passes an exists-check
+    (tmp_path / "out").mkdir()  # an empty directory on a read-only file system passes an exists-check
     with pytest.raises(DiskError, match="Read-only file system.*choose another --out"):
         check_writable(tmp_path / "out")
 
@@ -49,9 +47,7 @@ def test_read_only_directory_really(tmp_path):
 
 def test_free_space_check(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(
-        jolalens.atomic_dir.shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000)
-    )
+    monkeypatch.setattr(jolalens.atomic_dir.shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(DiskError, match="only 0.0 MiB free"):
         preflight_output(tmp_path / "out", needed_bytes=10_000)
     check_free_space(tmp_path / "out", needed_bytes=100)
@@ -105,9 +101,7 @@ def test_tables_keep_their_last_good_version_on_a_full_disk(tiny, tmp_path, monk
     monkeypatch.setattr(jolalens.tasks, "load_task_splits", choice_splits)
     out = tmp_path / "cmp"
     run_compare(tiny, _config(), out, log=lambda _: None)
-    tables = {
-        name: (out / name).read_bytes() for name in ("results.csv", "summary.csv", "summary.md")
-    }
+    tables = {name: (out / name).read_bytes() for name in ("results.csv", "summary.csv", "summary.md")}
     real = pd.DataFrame.to_csv
 
     def full(self, path=None, *a, **k):

@@ -74,9 +74,7 @@ def test_second_compare_refused_and_first_ones_work_kept(tiny, tmp_path, held, m
     out.mkdir()
     (out / "keep.txt").write_text("finished work")
     before = snapshot(out)
-    with pytest.raises(
-        LockError, match=rf"in use by pid {pid} on {socket.gethostname()}.*holder test"
-    ):
+    with pytest.raises(LockError, match=rf"in use by pid {pid} on {socket.gethostname()}.*holder test"):
         run_compare(tiny, _config(), out, log=lambda _: None)
     assert snapshot(out) == before
 
@@ -93,9 +91,7 @@ def test_stale_lock_file_of_a_dead_pid_is_recovered(tmp_path, caplog):
     path = lock_path(tmp_path / "out")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    path.write_text(
-        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0, "command": "x"})
-    )
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0, "command": "x"}))
     with caplog.at_level("WARNING"), output_lock(tmp_path / "out"):
         pass
     assert "stale lock" in caplog.text
@@ -107,9 +103,7 @@ def test_compare_runs_under_the_lock_then_releases_it(tiny, tmp_path, monkeypatc
     assert (results["status"] == "done").all()
     with output_lock(tmp_path / "cmp"):  # released after the run
         pass
-    assert not (
-        tmp_path / "cmp" / ".jolalens.lock"
-    ).exists()  # the lock is a sibling, not in the results tree
+    assert not (tmp_path / "cmp" / ".jolalens.lock").exists()  # the lock is a sibling, not in the results tree
 
 
 def test_exclusive_compare_refused_beside_cooperating_workers(tiny, tmp_path, monkeypatch):
@@ -140,6 +134,4 @@ def test_cooperating_workers_skip_a_run_another_one_holds(tiny, tmp_path, monkey
         proc.kill()
         proc.wait(10)
     assert "skip arc_easy/red/seed0: running in another process" in logs
-    assert (
-        snapshot(red) == before
-    )  # its edit/ and search.csv were not deleted as a "crashed attempt"
+    assert snapshot(red) == before  # its edit/ and search.csv were not deleted as a "crashed attempt"

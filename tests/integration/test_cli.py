@@ -14,8 +14,22 @@ FIXTURE = "tests/fixtures/tasks/arc_easy.jsonl"
 
 def test_train_figures_export(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--train", FIXTURE, "--valid", FIXTURE, "--out", str(run), "--epochs", "1",
-                 "--batch-size", "3", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--train",
+            FIXTURE,
+            "--valid",
+            FIXTURE,
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "val CE" in out and "closed gates" in out
@@ -57,8 +71,26 @@ def test_compare_runs_every_method_on_a_commonsense_task(tmp_path, capsys):
     """The issue's bar: `jolalens compare` runs all methods on the embedded model and writes
     the table (a tiny budget here; benchmarks/ holds the real runs)."""
     out = tmp_path / "cmp"
-    argv = ["compare", "--tasks", "arc_easy", "--out", str(out), "--n-train", "8", "--n-valid", "4",
-            "--n-test", "8", "--epochs", "1", "--budget", "1", "--warmup-steps", "1", "--no-progress"]
+    argv = [
+        "compare",
+        "--tasks",
+        "arc_easy",
+        "--out",
+        str(out),
+        "--n-train",
+        "8",
+        "--n-valid",
+        "4",
+        "--n-test",
+        "8",
+        "--epochs",
+        "1",
+        "--budget",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     table = (out / "summary.md").read_text()
     for method in ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"):

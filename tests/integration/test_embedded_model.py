@@ -20,7 +20,7 @@ def test_capital_of_france(embedded):
     from jolalens.hf_view import hf_view
 
     out = hf_view(embedded).generate(ids, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 

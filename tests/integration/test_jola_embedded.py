@@ -30,7 +30,9 @@ def plain_hf():
 
 @pytest.fixture(scope="module")
 def tokens(embedded):
-    return embedded.tokenizer(["The capital of France is Paris, and the capital of Italy is"], return_tensors="pt").input_ids
+    return embedded.tokenizer(
+        ["The capital of France is Paris, and the capital of Italy is"], return_tensors="pt"
+    ).input_ids
 
 
 def _random_edit(model, seed=0):
@@ -62,8 +64,11 @@ def test_oracle_logits_and_gradients(embedded, plain_hf, tokens):
     got[0, -1].log_softmax(-1)[12366].backward()
     assert (got - ref).abs().max().item() < 1e-3
     for layer in (0, 14, 29):
-        for mine, theirs in ((edit.additive.grad[layer], oracle.a[layer].grad), (edit.log_alpha_additive.grad[layer], oracle.la_a[layer].grad),
-                             (edit.multiplicative.grad[layer], oracle.m[layer].grad)):
+        for mine, theirs in (
+            (edit.additive.grad[layer], oracle.a[layer].grad),
+            (edit.log_alpha_additive.grad[layer], oracle.la_a[layer].grad),
+            (edit.multiplicative.grad[layer], oracle.m[layer].grad),
+        ):
             scale = theirs.abs().max().item() + 1e-8
             assert (mine - theirs).abs().max().item() / scale < 1e-2
 

@@ -15,7 +15,18 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-ALLOWED_IMPORTS = {"os", "json", "pathlib", "tempfile", "torch", "jolalens", "plotly", "pandas", "circuitsvis", "transformers"}
+ALLOWED_IMPORTS = {
+    "os",
+    "json",
+    "pathlib",
+    "tempfile",
+    "torch",
+    "jolalens",
+    "plotly",
+    "pandas",
+    "circuitsvis",
+    "transformers",
+}
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
@@ -31,7 +42,11 @@ def _digest(paths):
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_explore_selected_heads.ipynb", "02_jola_vs_ablation.ipynb", "03_jola_vs_baselines.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_explore_selected_heads.ipynb",
+        "02_jola_vs_ablation.ipynb",
+        "03_jola_vs_baselines.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -67,7 +82,9 @@ def test_committed_figures_have_a_static_image(path):
         data = output.get("data", {})
         if PLOTLY_MIME in data:
             assert "image/png" in data, f"{path.name}: a plotly figure without a PNG fallback"
-        assert "cdn.plot.ly" not in str(data.get("text/html", "")), f"{path.name}: an HTML output loads plotly.js from a CDN"
+        assert "cdn.plot.ly" not in str(data.get("text/html", "")), (
+            f"{path.name}: an HTML output loads plotly.js from a CDN"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -89,8 +89,7 @@ def test_wrong_positions_are_refused(hooked):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_train_and_validation_run_and_learn(hooked, side):
     data = [Example(f"say {c}", c) for c in "abcdefgh"]
-    cfg = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, progress=False, lr=0.05,
-                      padding_side=side, patience=3)
+    cfg = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, progress=False, lr=0.05, padding_side=side, patience=3)
     before = validation_ce(hooked, None, data[:4], config=cfg)
     result = train_jola(hooked, data, data[:4], config=cfg)
     after = validation_ce(hooked, result.edit, data[:4], config=cfg)
@@ -121,13 +120,18 @@ def test_bridge_and_hooked_twin_agree(pair):
     assert validation_ce(bridge, edit, data, config=cfg) == pytest.approx(
         validation_ce(hooked, edit, data, config=cfg), rel=1e-4
     )
-    for a, b in zip(score_choices(bridge, MC, edit=edit, progress=False),
-                    score_choices(hooked, MC, edit=edit, progress=False), strict=True):
+    for a, b in zip(
+        score_choices(bridge, MC, edit=edit, progress=False),
+        score_choices(hooked, MC, edit=edit, progress=False),
+        strict=True,
+    ):
         assert a == pytest.approx(b, abs=2e-4)
     kw = {"protocol": "gen", "num_beams": 1, "batch_size": 3, "max_new_tokens": 5}
     kw["progress"] = False
-    assert (evaluate(bridge, MC, "boolq", edit=edit, **kw).items["output"].tolist()
-            == evaluate(hooked, MC, "boolq", edit=edit, **kw).items["output"].tolist())
+    assert (
+        evaluate(bridge, MC, "boolq", edit=edit, **kw).items["output"].tolist()
+        == evaluate(hooked, MC, "boolq", edit=edit, **kw).items["output"].tolist()
+    )
     icfg = ItiConfig(k=3, alpha=2.0)
     iti_bridge = fit_iti(bridge, MC, icfg, progress=False)
     iti_hooked = fit_iti(hooked, MC, icfg, progress=False)

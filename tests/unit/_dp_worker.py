@@ -33,8 +33,7 @@ CONFIG = TrainConfig(
 
 def _examples(n: int, offset: int) -> list[Example]:
     return [
-        Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c"))
-        for i, c in zip(range(n), "abc" * n, strict=False)
+        Example(f"pick {c} {i + offset}", c, choices=("a", "b", "c")) for i, c in zip(range(n), "abc" * n, strict=False)
     ]
 
 
@@ -45,9 +44,7 @@ def train_all(dp: DataParallel | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with data_parallel(dp):
         jola = train_jola(model, train, valid, config=CONFIG)
-        bitfit = train_edit(
-            model, BitFitEdit.for_model(model, BitFitConfig()), train, valid, config=CONFIG
-        )
+        bitfit = train_edit(model, BitFitEdit.for_model(model, BitFitConfig()), train, valid, config=CONFIG)
     for name, result in (("jola", jola), ("bitfit", bitfit)):
         out[name] = {
             "state": {k: v.detach().clone() for k, v in result.edit.state_dict().items()},

@@ -68,8 +68,14 @@ def test_planted_head_carries_accuracy(planted):
             ex_idx.append(e)
             gold.append(choice == token)
     ids = torch.tensor(rows)
-    data = ScoringData(ids, torch.tensor(labels), torch.ones_like(ids), torch.tensor(ex_idx),
-                       torch.tensor(gold), torch.ones(n, dtype=torch.bool))
+    data = ScoringData(
+        ids,
+        torch.tensor(labels),
+        torch.ones_like(ids),
+        torch.tensor(ex_idx),
+        torch.tensor(gold),
+        torch.ones(n, dtype=torch.bool),
+    )
     scores = ablation_scores(planted, data, ablation="mean", batch_size=3)
     assert scores.clean_accuracy == 1.0
     assert scores.accuracy_drop is not None
@@ -173,9 +179,21 @@ def test_bad_input_is_refused(tiny, copy_data):
     with pytest.raises(ValueError, match="batch_size"):
         ablation_scores(tiny, one, batch_size=0)
     with pytest.raises(DataError, match="no answer tokens"):
-        ScoringData(copy_data.input_ids, torch.full_like(copy_data.labels, -100), copy_data.attention_mask,
-                    copy_data.example_index, copy_data.is_gold, copy_data.has_choices)
+        ScoringData(
+            copy_data.input_ids,
+            torch.full_like(copy_data.labels, -100),
+            copy_data.attention_mask,
+            copy_data.example_index,
+            copy_data.is_gold,
+            copy_data.has_choices,
+        )
     with pytest.raises(DataError, match="exactly one gold row"):
-        ScoringData(copy_data.input_ids, copy_data.labels, copy_data.attention_mask,
-                    copy_data.example_index, torch.zeros_like(copy_data.is_gold), copy_data.has_choices)
+        ScoringData(
+            copy_data.input_ids,
+            copy_data.labels,
+            copy_data.attention_mask,
+            copy_data.example_index,
+            torch.zeros_like(copy_data.is_gold),
+            copy_data.has_choices,
+        )
     assert Ablation("mean") is Ablation.MEAN

@@ -59,7 +59,9 @@ def test_spearman_golden():
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(a, a**3) == pytest.approx(1.0)  # ranks only
     # x = [1, 2, 3, 4], y = [1, 3, 2, 4]: rho = 1 - 6 * 2 / (4 * 15) = 0.8
-    assert spearman(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 3.0], [2.0, 4.0]])) == pytest.approx(0.8)
+    assert spearman(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 3.0], [2.0, 4.0]])) == pytest.approx(
+        0.8
+    )
     # ties take average ranks: x ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4]
     tied = spearman(torch.tensor([[1.0, 2.0], [2.0, 3.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
     assert tied == pytest.approx(4.5 / math.sqrt(4.5 * 5.0))
@@ -104,8 +106,9 @@ def test_compare_selection_planted_agreement():
     assert row["expected_overlap"] == pytest.approx(9 / 32)
     assert row["p_hypergeometric"] == pytest.approx(1 / math.comb(32, 3))
     assert row["p_permutation"] < 0.01
-    anti = compare_selection(-importance + 10 * (importance == 0), importance, k=3, threshold=9.0,
-                             n_permutations=500).iloc[0]
+    anti = compare_selection(
+        -importance + 10 * (importance == 0), importance, k=3, threshold=9.0, n_permutations=500
+    ).iloc[0]
     assert anti["overlap"] == 0 and anti["auroc"] == 0.0
     with pytest.raises(ValueError, match="pass k"):
         compare_selection(torch.zeros(4, 8), importance)

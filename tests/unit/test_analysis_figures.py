@@ -64,8 +64,9 @@ def test_gate_dynamics_lines_per_head():
 
 
 def test_training_curves_and_similarity_and_bars():
-    hist = pd.DataFrame({"epoch": [1, 2], "train_ce": [2.0, 1.5], "val_ce": [2.1, 1.7],
-                         "open_frac_additive": [1.0, 0.4]})
+    hist = pd.DataFrame(
+        {"epoch": [1, 2], "train_ce": [2.0, 1.5], "val_ce": [2.1, 1.7], "open_frac_additive": [1.0, 0.4]}
+    )
     fig = training_curves(hist)
     assert {t.name for t in fig.data} == {"train cross-entropy", "validation cross-entropy", "additive gates open"}
     matrix = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["s0", "s1"], columns=["s0", "s1"])
@@ -80,7 +81,9 @@ def test_training_curves_and_similarity_and_bars():
 
 
 def test_method_bar_draws_error_bars_only_where_there_is_a_spread():
-    frame = pd.DataFrame({"method": ["jola", "iti", "red"], "score": [0.28, 0.22, 0.25], "std": [0.02, 0.04, float("nan")]})
+    frame = pd.DataFrame(
+        {"method": ["jola", "iti", "red"], "score": [0.28, 0.22, 0.25], "std": [0.02, 0.04, float("nan")]}
+    )
     fig = method_bar(frame, x="method", y="score", error="std")
     with_bars = [t for t in fig.data if t.error_y.array is not None]
     without = [t for t in fig.data if t.error_y.array is None]
@@ -181,7 +184,9 @@ def test_save_figures_raises_naming_a_png_that_cannot_be_written(tmp_path, monke
 def test_directory_mode_puts_one_plotly_js_beside_the_pages(tmp_path):
     """What the report writers use: offline pages without 4.7 MB of plotly.js inside each."""
     fig = head_heatmap(torch.rand(2, 2))
-    paths = save_figures([(fig, tmp_path / "a"), (fig, tmp_path / "b")], include_plotlyjs="directory", formats=("html",))
+    paths = save_figures(
+        [(fig, tmp_path / "a"), (fig, tmp_path / "b")], include_plotlyjs="directory", formats=("html",)
+    )
     assert [p.name for p in paths] == ["a.html", "b.html"]
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     assert re.findall(r'<script[^>]*src="([^"]+)"', paths[0].read_text()) == ["plotly.min.js"]

@@ -32,9 +32,16 @@ def run_dir(tmp_path):
     torch.save(_maps(gate), run / "head_maps.pt")
     torch.save([_maps(gate * e / 3) for e in (1, 2, 3)], run / "gate_history.pt")
     pd.DataFrame(
-        {"epoch": [1, 2, 3], "step": [5, 10, 15], "train_ce": [2.0, 1.7, 1.5], "train_penalty": [0.3, 0.2, 0.1],
-         "val_ce": [2.1, 1.8, 1.7], "lam": [0.0] * 3, "open_frac_additive": [1.0, 0.5, 2 / 12],
-         "open_frac_multiplicative": [0.0] * 3}
+        {
+            "epoch": [1, 2, 3],
+            "step": [5, 10, 15],
+            "train_ce": [2.0, 1.7, 1.5],
+            "train_penalty": [0.3, 0.2, 0.1],
+            "val_ce": [2.1, 1.8, 1.7],
+            "lam": [0.0] * 3,
+            "open_frac_additive": [1.0, 0.5, 2 / 12],
+            "open_frac_multiplicative": [0.0] * 3,
+        }
     ).to_csv(run / "history.csv", index=False)
     importance = torch.full((3, 4), 0.01)
     importance[1, 2], importance[2, 0] = 2.0, 1.0
@@ -63,8 +70,13 @@ def test_make_figures_writes_every_supported_figure(run_dir, tmp_path, captured)
     out = tmp_path / "figures"
     paths = make_figures(run_dir, out, command="jolalens figures --run run --out figures")
     assert set(captured) == {
-        "gates_additive", "p_open_additive", "norm_additive", "training_curves",
-        "gate_dynamics_additive", "jola_vs_mean", "methods_vs_mean_additive",
+        "gates_additive",
+        "p_open_additive",
+        "norm_additive",
+        "training_curves",
+        "gate_dynamics_additive",
+        "jola_vs_mean",
+        "methods_vs_mean_additive",
     }  # no multiplicative figures: that edit type is absent
     assert out / "agreement.csv" in paths and out / "gates_additive.png" in paths
     heat = captured["gates_additive"].data[0]

@@ -250,7 +250,10 @@ def test_iti_follows_declared_answer_positions(tiny):
         got = _logits(tiny, edit)
     torch.testing.assert_close(got[:, :3], base[:, :3], atol=1e-6, rtol=1e-6)
     assert (got[:, 3:] - base[:, 3:]).abs().max() > 1e-3
-    with answer_positions(torch.ones(1, 3, dtype=torch.bool)), pytest.raises(jolalens.JolaError, match="does not match"):
+    with (
+        answer_positions(torch.ones(1, 3, dtype=torch.bool)),
+        pytest.raises(jolalens.JolaError, match="does not match"),
+    ):
         _logits(tiny, edit)
 
 
@@ -303,9 +306,7 @@ def test_lora_swaps_peft_layers_in_and_out(tiny):
     _perturb(edit)
     with torch.no_grad(), edit.attached(tiny, Backend.HF_VIEW) as net:
         swapped = net(TOKENS).logits
-    handles = [
-        (h.module.register_forward_hook(h.fn)) for h in edit.hf_hooks(view)
-    ]
+    handles = [(h.module.register_forward_hook(h.fn)) for h in edit.hf_hooks(view)]
     try:
         with torch.no_grad():
             hooked = view(TOKENS).logits

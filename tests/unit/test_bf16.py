@@ -22,9 +22,7 @@ BF16 = torch.bfloat16
 
 
 def _tokens(model):
-    return model.tokenizer(
-        ["the cat sat on the mat", "a dog ran far away!"], return_tensors="pt", padding=True
-    )
+    return model.tokenizer(["the cat sat on the mat", "a dog ran far away!"], return_tensors="pt", padding=True)
 
 
 def _logits(model, edit=None):
@@ -71,14 +69,10 @@ def test_jola_apply_rounds_once_in_bf16():
     z = (torch.randn(3, 7, 4, 8, generator=torch.Generator().manual_seed(1)) * 3).to(BF16)
     g = edit.gates(deterministic=True, layer_index=0)
     m, a = edit.multiplicative[0].double(), edit.additive[0].double()
-    exact = (1 + g["multiplicative"].double()[:, None] * m) * z.double() + g["additive"].double()[
-        :, None
-    ] * a
+    exact = (1 + g["multiplicative"].double()[:, None] * m) * z.double() + g["additive"].double()[:, None] * a
     ideal = exact.to(BF16)
     got = edit.apply(z, 0)
-    old = z * (1 + g["multiplicative"].to(BF16)[:, None] * m.to(BF16)) + g["additive"].to(BF16)[
-        :, None
-    ] * a.to(BF16)
+    old = z * (1 + g["multiplicative"].to(BF16)[:, None] * m.to(BF16)) + g["additive"].to(BF16)[:, None] * a.to(BF16)
     assert got.dtype == BF16
     agree_new = (got == ideal).float().mean().item()
     agree_old = (old == ideal).float().mean().item()
@@ -120,9 +114,7 @@ def test_short_bf16_training_lowers_loss_tracks_fp32_and_keeps_fp32_parameters()
     runs = {}
     for dtype in (torch.float32, BF16):
         model = tiny_model(seed=0, dtype=dtype)
-        runs[dtype] = train_jola(
-            model, _data(32), _data(8), config=config, sparsity=SparsityConfig(lam=0.1)
-        )
+        runs[dtype] = train_jola(model, _data(32), _data(8), config=config, sparsity=SparsityConfig(lam=0.1))
         assert next(model.parameters()).dtype == dtype
     ce16 = runs[BF16].history["val_ce"].to_numpy()
     ce32 = runs[torch.float32].history["val_ce"].to_numpy()

@@ -50,7 +50,9 @@ def test_all_methods_run_and_resume(tiny, tmp_path, patched):
     logs.clear()
     again = run_compare(tiny, _config(), tmp_path / "cmp", log=logs.append)
     assert sum("skip" in line for line in logs) == len(ALL) and not any(line.startswith("run ") for line in logs)
-    pd.testing.assert_frame_equal(again.sort_values("method").reset_index(drop=True), results.sort_values("method").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        again.sort_values("method").reset_index(drop=True), results.sort_values("method").reset_index(drop=True)
+    )
 
     # more seeds later: only the new runs happen
     logs.clear()
@@ -100,9 +102,23 @@ def test_config_validation():
 
 def test_summary_mean_std_and_markdown():
     rows = [
-        {"task": t, "method": m, "seed": s, "status": "done", "score": sc, "trainable_parameters": p,
-         "fit_seconds": 1.0, "eval_seconds": 1.0, "val_ce": 1.0}
-        for t, m, s, sc, p in [("a", "jola", 0, 0.5, 10), ("a", "jola", 1, 0.7, 10), ("b", "jola", 0, 0.4, 10), ("a", "red", 0, 0.3, 4)]
+        {
+            "task": t,
+            "method": m,
+            "seed": s,
+            "status": "done",
+            "score": sc,
+            "trainable_parameters": p,
+            "fit_seconds": 1.0,
+            "eval_seconds": 1.0,
+            "val_ce": 1.0,
+        }
+        for t, m, s, sc, p in [
+            ("a", "jola", 0, 0.5, 10),
+            ("a", "jola", 1, 0.7, 10),
+            ("b", "jola", 0, 0.4, 10),
+            ("a", "red", 0, 0.3, 4),
+        ]
     ]
     summary = summarise(pd.DataFrame(rows)).set_index(["task", "method"])
     assert summary.loc[("a", "jola"), "mean"] == pytest.approx(0.6)
@@ -120,21 +136,43 @@ def test_summary_mean_std_and_markdown():
 def test_fit_time_mean_leaves_out_runs_on_another_device(tmp_path):
     from jolalens.compare import usual_device_times, write_tables
 
-    results = pd.DataFrame({"status": ["done"] * 3, "device": ["cuda:0", "cuda:0", "cpu"],
-                            "fit_seconds": [10.0, 20.0, 1000.0], "eval_seconds": [1.0, 1.0, 50.0]})
+    results = pd.DataFrame(
+        {
+            "status": ["done"] * 3,
+            "device": ["cuda:0", "cuda:0", "cpu"],
+            "fit_seconds": [10.0, 20.0, 1000.0],
+            "eval_seconds": [1.0, 1.0, 50.0],
+        }
+    )
     kept = usual_device_times(results)
     assert kept["fit_seconds"].iloc[:2].tolist() == [10.0, 20.0] and pd.isna(kept["fit_seconds"].iloc[2])
     assert pd.isna(kept["eval_seconds"].iloc[2])
     mixed = results.assign(resumed_points=[None, json.dumps([{"point": 1, "device": "cpu"}]), None])
-    assert pd.isna(usual_device_times(mixed)["fit_seconds"].iloc[1]), "a point fitted on the CPU makes the run's time mixed"
+    assert pd.isna(usual_device_times(mixed)["fit_seconds"].iloc[1]), (
+        "a point fitted on the CPU makes the run's time mixed"
+    )
     same = results.assign(resumed_points=[json.dumps([{"point": 1, "device": "cuda:0"}]), None, None])
     assert usual_device_times(same)["fit_seconds"].iloc[0] == 10.0
     for seed, device, fit in [(0, "cuda:0", 10.0), (1, "cuda:0", 20.0), (2, "cpu", 1000.0)]:
         run = tmp_path / "runs" / "a" / "jola" / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "result.json").write_text(json.dumps({
-            "task": "a", "method": "jola", "seed": seed, "status": "done", "metric": "accuracy", "score": 0.5,
-            "trainable_parameters": 10, "fit_seconds": fit, "eval_seconds": 1.0, "val_ce": 1.0, "device": device}))
+        (run / "result.json").write_text(
+            json.dumps(
+                {
+                    "task": "a",
+                    "method": "jola",
+                    "seed": seed,
+                    "status": "done",
+                    "metric": "accuracy",
+                    "score": 0.5,
+                    "trainable_parameters": 10,
+                    "fit_seconds": fit,
+                    "eval_seconds": 1.0,
+                    "val_ce": 1.0,
+                    "device": device,
+                }
+            )
+        )
     write_tables(tmp_path)
     md = (tmp_path / "summary.md").read_text()
     assert "| jola | 50.0 ± 0.0 (n=3) | 50.0 | 10 | 15 |" in md, md
@@ -159,10 +197,19 @@ def test_compare_figures_from_a_finished_comparison(tiny, tmp_path, patched, mon
     importance[1, 3] = 1.0
     scores = HeadScores(importance, None, -1.0, None, "attribution", "mean", 6)
     paths = make_compare_figures(tmp_path / "cmp", "arc_easy", tmp_path / "fig", model=tiny, scores=scores)
-    assert set(figs) == {"arc_easy_test_accuracy", "arc_easy_head_maps", "arc_easy_head_jaccard", "arc_easy_jola_vs_attribution"}
+    assert set(figs) == {
+        "arc_easy_test_accuracy",
+        "arc_easy_head_maps",
+        "arc_easy_head_jaccard",
+        "arc_easy_jola_vs_attribution",
+    }
     bars = figs["arc_easy_test_accuracy"]
     assert sorted(bars.data[0].x) == ["iti", "jola", "lofit", "zeroshot"]
-    assert [t.text for t in figs["arc_easy_head_maps"].layout.annotations] == ["JoLA |edit|", "ITI probe accuracy", "LoFiT heads"]
+    assert [t.text for t in figs["arc_easy_head_maps"].layout.annotations] == [
+        "JoLA |edit|",
+        "ITI probe accuracy",
+        "LoFiT heads",
+    ]
     jac = pd.read_csv(tmp_path / "fig" / "arc_easy_head_jaccard.csv", index_col=0)
     assert list(jac.columns) == ["JoLA", "ITI", "LoFiT"] and (jac.values.diagonal() == 1).all()
     agreement = pd.read_csv(tmp_path / "fig" / "arc_easy_vs_attribution_mean.csv")
@@ -183,18 +230,40 @@ def test_jola_ablations_change_one_design_choice(tiny, tmp_path, patched):
     ablations = ("jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
     results = run_compare(tiny, _config(methods=ablations), tmp_path / "cmp", log=lambda s: None)
     assert (results["status"] == "done").all()
-    expected = {"jola_additive": ("additive", "separate"), "jola_multiplicative": ("multiplicative", "separate"),
-                "jola_shared_gate": ("both", "shared"), "jola_no_gate": ("both", "none")}
+    expected = {
+        "jola_additive": ("additive", "separate"),
+        "jola_multiplicative": ("multiplicative", "separate"),
+        "jola_shared_gate": ("both", "shared"),
+        "jola_no_gate": ("both", "none"),
+    }
     for name, (edit_type, gate_mode) in expected.items():
-        saved = json.loads((tmp_path / "cmp" / "runs" / "arc_easy" / name / "seed0" / "edit" / "jola_config.json").read_text())
+        saved = json.loads(
+            (tmp_path / "cmp" / "runs" / "arc_easy" / name / "seed0" / "edit" / "jola_config.json").read_text()
+        )
         assert (saved["config"]["edit_type"], saved["config"]["gate_mode"]) == (edit_type, gate_mode)
     params = results.set_index("method")["trainable_parameters"]
-    assert params["jola_additive"] == params["jola_multiplicative"] < params["jola_shared_gate"] < params["jola_no_gate"] * 2
+    assert (
+        params["jola_additive"]
+        == params["jola_multiplicative"]
+        < params["jola_shared_gate"]
+        < params["jola_no_gate"] * 2
+    )
 
 
 def test_generation_scores_are_not_scaled_twice():
-    summary = pd.DataFrame([{"task": "e2e_nlg", "method": "jola", "mean": 45.25, "std": float("nan"), "n_seeds": 1,
-                             "trainable_parameters": 10, "fit_seconds": 1.0}])
+    summary = pd.DataFrame(
+        [
+            {
+                "task": "e2e_nlg",
+                "method": "jola",
+                "mean": 45.25,
+                "std": float("nan"),
+                "n_seeds": 1,
+                "trainable_parameters": 10,
+                "fit_seconds": 1.0,
+            }
+        ]
+    )
     assert "45.2 (n=1)" in markdown_table(summary, scale=1.0)
     assert "4525.0" in markdown_table(summary)
 
@@ -228,9 +297,15 @@ def test_a_stopped_run_resumes_at_its_next_search_point(tiny, tmp_path, patched,
     assert any("point 1/2" in line and "kept from an interrupted attempt" in line for line in logs)
     assert not (run / "points").exists()
     kept = json.loads((run / "result.json").read_text())["resumed_points"]
-    assert [(k["point"], k["device"]) for k in kept] == [(1, "cpu")], "the result says which point an earlier attempt fitted, and where"
-    assert "resumed_points" not in json.loads((tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "result.json").read_text())
+    assert [(k["point"], k["device"]) for k in kept] == [(1, "cpu")], (
+        "the result says which point an earlier attempt fitted, and where"
+    )
+    assert "resumed_points" not in json.loads(
+        (tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "result.json").read_text()
+    )
     cols = ["score", "val_ce", "hyperparameters", "trainable_parameters"]
     pd.testing.assert_frame_equal(resumed[cols], whole[cols])
-    pd.testing.assert_frame_equal(pd.read_csv(run / "search.csv"),
-                                  pd.read_csv(tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "search.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(run / "search.csv"),
+        pd.read_csv(tmp_path / "whole" / "runs" / "arc_easy" / name / "seed0" / "search.csv"),
+    )

@@ -16,8 +16,16 @@ def patched(monkeypatch):
 
 def test_loreft_and_repe_run_in_compare(tiny, tmp_path, patched):
     train = TrainConfig(epochs=1, batch_size=4, warmup_steps=1, progress=False, max_length=64)
-    config = CompareConfig(methods=("loreft", "repe", "zeroshot"), tasks=("arc_easy",), seeds=(0,), n_train=9, n_valid=6,
-                           n_test=6, budget=2, train=train)
+    config = CompareConfig(
+        methods=("loreft", "repe", "zeroshot"),
+        tasks=("arc_easy",),
+        seeds=(0,),
+        n_train=9,
+        n_valid=6,
+        n_test=6,
+        budget=2,
+        train=train,
+    )
     results = run_compare(tiny, config, tmp_path / "cmp", log=lambda _: None)
     assert (results["status"] == "done").all() and results["score"].between(0, 1).all()
     by = results.set_index("method")

@@ -27,10 +27,7 @@ SPLIT = {
     "model.norm": "cpu",
     "lm_head": "cpu",
 }
-MC = [
-    Example(f"pick {c} {i}", c, choices=("a", "b", "c"))
-    for i, c in zip(range(12), "abc" * 4, strict=True)
-]
+MC = [Example(f"pick {c} {i}", c, choices=("a", "b", "c")) for i, c in zip(range(12), "abc" * 4, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +86,7 @@ def test_edited_logits_and_grads_match_unsplit(pair, backend):
 
 def test_training_evaluation_and_generation_match_unsplit(pair):
     config = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, progress=False, lr=5e-2)
-    runs = [
-        train_jola(m, MC, MC[:6], config=config, sparsity=SparsityConfig(lam=0.1)) for m in pair
-    ]
+    runs = [train_jola(m, MC, MC[:6], config=config, sparsity=SparsityConfig(lam=0.1)) for m in pair]
     h0, h1 = (r.history["val_ce"].to_numpy() for r in runs)
     assert abs(h0 - h1).max() < 1e-4
     assert torch.allclose(runs[0].edit.additive, runs[1].edit.additive, atol=1e-5)
@@ -143,9 +138,7 @@ def test_baselines_match_unsplit(pair, method):
         edit = cls.for_model(model)
         with torch.no_grad():
             for p in edit.parameters():
-                p.copy_(
-                    torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05
-                )
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
         enc = _batch(model)
         with edit.attached(model, Backend.HF_VIEW) as net:
             logits = net(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
@@ -159,12 +152,8 @@ def test_baselines_match_unsplit(pair, method):
 def test_wraps_a_model_the_user_split(checkpoint, pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(
-        checkpoint, device_map=SPLIT, offload_folder=str(tmp_path / "off")
-    )
-    wrapped = jolalens.load_model(
-        "user-split", hf_model=hf
-    )  # tokenizer from the checkpoint directory
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=SPLIT, offload_folder=str(tmp_path / "off"))
+    wrapped = jolalens.load_model("user-split", hf_model=hf)  # tokenizer from the checkpoint directory
     whole = pair[0]
     enc = _batch(whole)
     with torch.no_grad():

@@ -86,9 +86,7 @@ def test_two_ranks_train_the_same_edits_as_one_process(tmp_path):
         assert parallel[method]["train_ce"] == pytest.approx(single[method]["train_ce"], abs=1e-5)
         for name, value in single[method]["state"].items():
             torch.testing.assert_close(parallel[method]["state"][name], value, atol=2e-5, rtol=1e-4)
-    assert (
-        max(float(v.abs().max()) for v in single["bitfit"]["state"].values()) > 1e-3
-    )  # zero-initialised: it trained
+    assert max(float(v.abs().max()) for v in single["bitfit"]["state"].values()) > 1e-3  # zero-initialised: it trained
 
 
 def test_a_failing_rank_stops_every_rank_and_saves_nothing(tmp_path):

@@ -90,7 +90,9 @@ def test_evaluate_loglik_picks_the_most_probable_choice(tiny):
     scores = score_choices(tiny, MC, progress=False)
     expected = [ex.choices[max(range(len(s)), key=s.__getitem__)] for ex, s in zip(MC, scores, strict=True)]
     assert res.items["prediction"].tolist() == expected
-    assert res.summary["accuracy"] == pytest.approx(sum(p == ex.answer for p, ex in zip(expected, MC, strict=True)) / len(MC))
+    assert res.summary["accuracy"] == pytest.approx(
+        sum(p == ex.answer for p, ex in zip(expected, MC, strict=True)) / len(MC)
+    )
     assert res.summary["n"] == len(MC) and res.summary_frame().shape[0] == 1
 
 
@@ -114,8 +116,12 @@ def test_loglik_refuses_items_without_choices(tiny):
 
 def test_generation_batched_equals_unbatched(tiny):
     items = read_jsonl(FIXTURES / "boolq.jsonl")[:3]
-    one = evaluate(tiny, items, "boolq", protocol=Protocol.GEN, num_beams=1, batch_size=1, max_new_tokens=6, progress=False)
-    many = evaluate(tiny, items, "boolq", protocol=Protocol.GEN, num_beams=1, batch_size=3, max_new_tokens=6, progress=False)
+    one = evaluate(
+        tiny, items, "boolq", protocol=Protocol.GEN, num_beams=1, batch_size=1, max_new_tokens=6, progress=False
+    )
+    many = evaluate(
+        tiny, items, "boolq", protocol=Protocol.GEN, num_beams=1, batch_size=3, max_new_tokens=6, progress=False
+    )
     assert one.items["output"].tolist() == many.items["output"].tolist()
     assert all(len(o) > 0 for o in one.items["output"])
     beam = evaluate(tiny, items, "boolq", protocol="gen", num_beams=4, batch_size=2, max_new_tokens=4, progress=False)
@@ -209,7 +215,9 @@ def test_extraction_uses_item_choices():
 
 
 def test_nlg_scores_golden():
-    corpus, sent, rouge = nlg_scores(["the cat sat on the mat today", "a b"], [["the cat sat on the mat today"], ["x y", "a b"]])
+    corpus, sent, rouge = nlg_scores(
+        ["the cat sat on the mat today", "a b"], [["the cat sat on the mat today"], ["x y", "a b"]]
+    )
     assert sent[0] == pytest.approx(100.0) and rouge == pytest.approx([100.0, 100.0])
     assert corpus == pytest.approx(100.0)  # every hypothesis matches one of its references
     _, _, rouge2 = nlg_scores(["completely different words"], [["the cat sat"]])

@@ -83,7 +83,12 @@ def test_axes_carry_human_labels():
     assert tuple(dyn.layout.yaxis.range) == (-0.02, 1.02), "probabilities on a fixed axis"
     bars = method_bar(pd.DataFrame({"method": ["a", "b"], "overlap_at_k": [0.5, 0.2]}))
     assert bars.layout.yaxis.title.text == "overlap@k"
-    assert method_bar(pd.DataFrame({"method": ["a"], "mean": [0.3]}), y="mean", y_title="test accuracy").layout.yaxis.title.text == "test accuracy"
+    assert (
+        method_bar(
+            pd.DataFrame({"method": ["a"], "mean": [0.3]}), y="mean", y_title="test accuracy"
+        ).layout.yaxis.title.text
+        == "test accuracy"
+    )
 
 
 def test_epoch_axes_tick_at_integers():

@@ -113,8 +113,16 @@ def gpt2_bridge():
 
     tok = char_tokenizer()
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=4,
-                        bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     hf = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for block in hf.transformer.h:
@@ -140,8 +148,7 @@ def test_gpt2_bridge_runs_on_hook_points_and_merges(gpt2_bridge):
     with runner.attached(edit):  # merged while attached: the copy still comes hook-free
         merged = merge_edit(gpt2_bridge, edit)
     with torch.no_grad():
-        torch.testing.assert_close(merged(torch.tensor([rows[1][0]]))[0], alone, atol=1e-5,
-                                   rtol=1e-4)
+        torch.testing.assert_close(merged(torch.tensor([rows[1][0]]))[0], alone, atol=1e-5, rtol=1e-4)
     data = [Example(f"say {c}", c) for c in "abcd"]
     cfg = TrainConfig(epochs=1, batch_size=2, warmup_steps=1, progress=False)
     assert train_jola(gpt2_bridge, data, data[:2], config=cfg).history["val_ce"].notna().all()

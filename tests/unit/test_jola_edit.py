@@ -111,7 +111,9 @@ def test_edit_is_per_query_head_under_gqa(tiny):
             seen["z"] = z.clone()
 
         base = {}
-        tiny.run_with_hooks(_tokens(), fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: base.setdefault("z", z.clone()))])
+        tiny.run_with_hooks(
+            _tokens(), fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: base.setdefault("z", z.clone()))]
+        )
         with edit.attached(tiny, Backend.HOOK_POINTS):
             # a later hook on the same point sees the edited z
             tiny.run_with_hooks(_tokens(), fwd_hooks=[("blocks.1.attn.hook_z", grab)])

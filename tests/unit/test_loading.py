@@ -42,12 +42,8 @@ def test_local_checkpoint_loads_offline_in_bf16(exported, tiny, monkeypatch):
 def test_wraps_an_already_loaded_hf_model(tiny):
     from jolalens.testing import char_tokenizer
 
-    hf = type(tiny.original_model)(
-        tiny.original_model.config
-    )  # a fresh random model of the same shape
-    bridge = jolalens.load_model(
-        "my-tiny", hf_model=hf.eval(), tokenizer=char_tokenizer(), dtype="bf16"
-    )
+    hf = type(tiny.original_model)(tiny.original_model.config)  # a fresh random model of the same shape
+    bridge = jolalens.load_model("my-tiny", hf_model=hf.eval(), tokenizer=char_tokenizer(), dtype="bf16")
     assert bridge.cfg.model_name == "my-tiny"
     assert next(bridge.parameters()).dtype == torch.bfloat16
     assert jolalens.model_dims(bridge).n_heads == 4
@@ -116,9 +112,7 @@ def test_cli_train_on_local_checkpoint_bf16_offline(exported, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "saved to" in done.stdout
-    saved = jolalens.load_edit(
-        tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu")
-    )
+    saved = jolalens.load_edit(tmp_path / "run" / "edit", jolalens.load_model(path, dtype="bf16", device="cpu"))
     assert {p.dtype for p in saved.parameters()} == {torch.float32}
 
 

@@ -38,7 +38,12 @@ def _rows(prompt_lens, answer_len=3, seed=0):
 # ---- parameter counts: the spec's table (section 6 and 9) ----------------------------------
 @pytest.mark.parametrize(
     ("dims", "shared", "expected"),
-    [(LLAMA_8B, True, 2_097_408), (LLAMA_8B, False, 4_194_816), (QWEN_7B, True, 1_605_856), (QWEN_7B, False, 3_211_712)],
+    [
+        (LLAMA_8B, True, 2_097_408),
+        (LLAMA_8B, False, 4_194_816),
+        (QWEN_7B, True, 1_605_856),
+        (QWEN_7B, False, 3_211_712),
+    ],
 )
 def test_parameter_counts_match_spec(dims, shared, expected):
     config = LoreftConfig(rank=8, shared=shared)
@@ -46,7 +51,11 @@ def test_parameter_counts_match_spec(dims, shared, expected):
     # the trainer's count of a built edit follows the same formula (a small shape: building the
     # orthogonal parametrisation at d=4096 takes ~10 s per layer on a CPU)
     small = ModelDims(n_layers=3, n_heads=4, n_kv_heads=2, d_head=16, d_model=64, d_mlp=128)
-    assert LoreftEdit(small, config).n_trainable() == config.n_parameters(small) == 3 * (2 * 8 * 64 + 8) * (1 if shared else 2)
+    assert (
+        LoreftEdit(small, config).n_trainable()
+        == config.n_parameters(small)
+        == 3 * (2 * 8 * 64 + 8) * (1 if shared else 2)
+    )
 
 
 # ---- which positions are edited ---------------------------------------------------------------
@@ -107,7 +116,9 @@ def test_backends_agree(tiny):
         with edit.attached(tiny, Backend.HOOK_POINTS) as net:
             hooked = net(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
         with edit.attached(tiny, Backend.HF_VIEW) as net:
-            viewed = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+            viewed = net(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).logits
     real = batch.attention_mask.bool()
     torch.testing.assert_close(hooked[real], viewed[real], atol=1e-5, rtol=1e-5)
     assert not tiny.blocks[0].hook_resid_post.fwd_hooks
@@ -122,20 +133,30 @@ def test_generation_with_kv_cache_edits_the_prompt_only(tiny):
     ids = torch.full((2, width), 3)
     mask = torch.zeros((2, width), dtype=torch.long)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     steps = 5
     with torch.no_grad(), edit.attached(tiny) as view:
-        out = view.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=steps, min_new_tokens=steps,
-                            pad_token_id=3, eos_token_id=None, temperature=None, top_p=None, top_k=None)
+        out = view.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            pad_token_id=3,
+            eos_token_id=None,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
     for r, p in enumerate(prompts):
         seq = list(p)
         for _ in range(steps):
             declared = torch.zeros((1, len(seq)), dtype=torch.bool)
-            declared[0, len(p) - 1:] = True  # from the last prompt token on
+            declared[0, len(p) - 1 :] = True  # from the last prompt token on
             with torch.no_grad(), answer_positions(declared), edit.attached(tiny, Backend.HOOK_POINTS) as net:
                 seq.append(int(net(torch.tensor([seq]))[0, -1].argmax()))
-        assert out[r, width:].tolist() == seq[len(p):], r
+        assert out[r, width:].tolist() == seq[len(p) :], r
 
 
 def test_training_keeps_R_orthonormal_and_learns(tiny):

@@ -24,7 +24,9 @@ def test_budgets_grow_from_fast_to_full(runs):
         assert getattr(fast, field) <= getattr(modest, field) <= getattr(full, field), field
     assert full.n_test >= 200, "notebook 03's own scores rest on hundreds of test items"
     with pytest.raises(ValueError, match="budget size"):
-        runs.Budget(n_train=0, n_valid=1, n_test=1, epochs=1, warmup_steps=0, lr=1e-2, n_ablation=1, compare_sizes=(1, 1, 1, 1))
+        runs.Budget(
+            n_train=0, n_valid=1, n_test=1, epochs=1, warmup_steps=0, lr=1e-2, n_ablation=1, compare_sizes=(1, 1, 1, 1)
+        )
 
 
 def test_unknown_protocol_fails_before_loading_the_model(runs, tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ def _plain_hf_copy(seed):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     bridge = tiny_model(seed=seed)
-    cfg = LlamaConfig(**{k: v for k, v in bridge.original_model.config.to_dict().items() if k in LlamaConfig().to_dict()})
+    cfg = LlamaConfig(
+        **{k: v for k, v in bridge.original_model.config.to_dict().items() if k in LlamaConfig().to_dict()}
+    )
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     return bridge, LlamaForCausalLM(cfg).eval()

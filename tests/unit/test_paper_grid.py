@@ -23,8 +23,11 @@ _spec = importlib.util.spec_from_file_location("paper_grid", Path(__file__).pare
 grid = importlib.util.module_from_spec(_spec)
 sys.modules["paper_grid"] = grid  # dataclasses look their module up there
 _spec.loader.exec_module(grid)
-report = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
-    "paper_grid_report", Path(__file__).parents[2] / "benchmarks" / "paper_grid_report.py"))
+report = importlib.util.module_from_spec(
+    importlib.util.spec_from_file_location(
+        "paper_grid_report", Path(__file__).parents[2] / "benchmarks" / "paper_grid_report.py"
+    )
+)
 report.__spec__.loader.exec_module(report)
 
 
@@ -130,8 +133,13 @@ def test_snapshot_sends_only_what_is_new_in_parts_under_the_return_limit(tmp_pat
     assert [p.name for p in parts] == ["results-01.tgz", "results-02.tgz"]
     assert sorted(p.name for p in dest.glob("*.tgz")) == ["results-01.tgz", "results-02.tgz"], "stale parts go"
     names = _names(parts)
-    assert sorted(names) == sorted([*(f"main/runs/{t}/red/seed1/result.json" for t in ("arc_easy", "piqa", "siqa")),
-                                    "main/runs/boolq/red/seed0/gen_result.json", "logs/worker0.log"])
+    assert sorted(names) == sorted(
+        [
+            *(f"main/runs/{t}/red/seed1/result.json" for t in ("arc_easy", "piqa", "siqa")),
+            "main/runs/boolq/red/seed0/gen_result.json",
+            "logs/worker0.log",
+        ]
+    )
     assert all(p.stat().st_size < 8000 + 2048 for p in parts)
 
 
@@ -147,13 +155,29 @@ def test_skip_leaves_out_matching_cells_and_names_a_pattern_that_matches_none(tm
     assert keys and not any(k.startswith("main__piqa__") for k in keys) and "main__siqa__bitfit__seed2" not in keys
     assert "main__siqa__bitfit__seed1" in keys
     script = Path(__file__).parents[2] / "benchmarks" / "paper_grid.py"
-    shown = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--plan", "--only", "main",
-                            "--methods", "bitfit", "--skip", "main__piqa__*"], capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--out",
+            str(tmp_path),
+            "--plan",
+            "--only",
+            "main",
+            "--methods",
+            "bitfit",
+            "--skip",
+            "main__piqa__*",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "main__siqa__bitfit__seed1" in shown.stdout and "main__piqa__" not in shown.stdout
-    wrong = subprocess.run([sys.executable, str(script), "--plan", "--skip", "piqa_bitfit"], capture_output=True, text=True)
+    wrong = subprocess.run(
+        [sys.executable, str(script), "--plan", "--skip", "piqa_bitfit"], capture_output=True, text=True
+    )
     assert wrong.returncode == 2 and "--skip: ['piqa_bitfit'] match no cell" in wrong.stderr
-
-
 
 
 def test_gen_cell_retrains_a_run_whose_weights_were_not_kept(tmp_path, monkeypatch):
@@ -196,11 +220,26 @@ def test_ablation_table_reads_against_jola(tmp_path):
         run.mkdir(parents=True)
         pd.DataFrame({"item": range(10), "correct": correct}).to_csv(run / "test_items.csv", index=False)
 
-    seed0 = pd.DataFrame([
-        {"task": "openbookqa", "method": "jola", "accuracy": 0.30, "mcnemar_p": 0.001, "closed_additive": 0.0, "closed_multiplicative": 0.0},
-        {"task": "openbookqa", "method": "jola_additive", "accuracy": 0.28, "mcnemar_p": 0.1, "closed_additive": 0.5},
-        {"task": "piqa", "method": "jola", "accuracy": 0.5, "mcnemar_p": 1.0},
-    ])
+    seed0 = pd.DataFrame(
+        [
+            {
+                "task": "openbookqa",
+                "method": "jola",
+                "accuracy": 0.30,
+                "mcnemar_p": 0.001,
+                "closed_additive": 0.0,
+                "closed_multiplicative": 0.0,
+            },
+            {
+                "task": "openbookqa",
+                "method": "jola_additive",
+                "accuracy": 0.28,
+                "mcnemar_p": 0.1,
+                "closed_additive": 0.5,
+            },
+            {"task": "piqa", "method": "jola", "accuracy": 0.5, "mcnemar_p": 1.0},
+        ]
+    )
     lines = report._ablation_section(seed0, tmp_path)
     table = "\n".join(lines)
     assert "| variant | openbookqa |" in table and "piqa" not in table, "only tasks with an ablation run"
@@ -213,21 +252,40 @@ def test_ablation_table_reads_against_jola(tmp_path):
 def test_ablation_later_seeds_stand_against_jolas_same_seed(tmp_path):
     import pandas as pd
 
-    answers = {"jola": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"],  # right on items 0-5
-               "jola_no_gate": ["b"] * 10,
-               "jola_additive": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"]}
+    answers = {
+        "jola": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"],  # right on items 0-5
+        "jola_no_gate": ["b"] * 10,
+        "jola_additive": ["a", "b", "c", "a", "b", "c", "a", "b", "a", "a"],
+    }
     gold = ["a", "b", "c", "a", "b", "c", "c", "c", "c", "b"]
     for method, pred in answers.items():
         for seed in (0, 2):
             run = tmp_path / "arc_easy" / method / f"seed{seed}"
             run.mkdir(parents=True)
-            pd.DataFrame({"item": range(10), "answer": gold, "prediction": pred,
-                          "correct": [p == g for p, g in zip(pred, gold, strict=True)]}).to_csv(run / "test_items.csv", index=False)
-    cells = pd.DataFrame([
-        {"task": "arc_easy", "method": m, "seed": seed, "accuracy": acc, "n_test": 10, "closed_additive": ca,
-         "closed_multiplicative": 0.0, "best_epoch": 2}
-        for seed in (0, 2)
-        for m, acc, ca in (("jola", 0.6, 0.0), ("jola_no_gate", 0.3, float("nan")), ("jola_additive", 0.6, 0.9))])
+            pd.DataFrame(
+                {
+                    "item": range(10),
+                    "answer": gold,
+                    "prediction": pred,
+                    "correct": [p == g for p, g in zip(pred, gold, strict=True)],
+                }
+            ).to_csv(run / "test_items.csv", index=False)
+    cells = pd.DataFrame(
+        [
+            {
+                "task": "arc_easy",
+                "method": m,
+                "seed": seed,
+                "accuracy": acc,
+                "n_test": 10,
+                "closed_additive": ca,
+                "closed_multiplicative": 0.0,
+                "best_epoch": 2,
+            }
+            for seed in (0, 2)
+            for m, acc, ca in (("jola", 0.6, 0.0), ("jola_no_gate", 0.3, float("nan")), ("jola_additive", 0.6, 0.9))
+        ]
+    )
     gen = pd.DataFrame([{"task": "arc_easy", "method": "jola_no_gate", "seed": 2, "accuracy": 0.1}])
     table = report.ablation_later_seeds(cells, gen, tmp_path)
     assert table["seed"].unique().tolist() == [2], "seed 0 has its own section"
@@ -240,9 +298,15 @@ def test_ablation_later_seeds_stand_against_jolas_same_seed(tmp_path):
     assert table.set_index("method").loc["jola", "answers"] == "a 50%, b 30%, c 20%"
     text = "\n".join(report._ablation_later_seeds_section(table))
     assert "| arc_easy | 2 | no gates | 30.0 (10.0) | -30.0 (p=0.38) | 7 / 10 | b 100% | –/0.0% | 2 |" in text
-    assert "| arc_easy | 2 | additive only | 60.0 (–) | +0.0 (p=1) | 0 / 10 | a 50%, b 30%, c 20% | 90.0/0.0% | 2 |" in text
+    assert (
+        "| arc_easy | 2 | additive only | 60.0 (–) | +0.0 (p=1) | 0 / 10 | a 50%, b 30%, c 20% | 90.0/0.0% | 2 |"
+        in text
+    )
     assert "| arc_easy | 2 | JoLA (both edits, separate gates) | 60.0 (–) | – | – |" in text
-    assert report._ablation_later_seeds_section(report.ablation_later_seeds(cells[cells["seed"] == 0], gen, tmp_path)) == []
+    assert (
+        report._ablation_later_seeds_section(report.ablation_later_seeds(cells[cells["seed"] == 0], gen, tmp_path))
+        == []
+    )
 
 
 def test_report_from_a_small_grid(tmp_path):
@@ -253,25 +317,54 @@ def test_report_from_a_small_grid(tmp_path):
     for method, preds, gen_acc in (("zeroshot", ["answer1"] * 10, None), ("jola_additive", answers, 0.8)):
         run = tmp_path / "main" / "runs" / "openbookqa" / method / "seed0"
         run.mkdir(parents=True)
-        items = pd.DataFrame({"item": range(10), "answer": answers, "prediction": preds,
-                              "correct": [a == p for a, p in zip(answers, preds, strict=True)]})
+        items = pd.DataFrame(
+            {
+                "item": range(10),
+                "answer": answers,
+                "prediction": preds,
+                "correct": [a == p for a, p in zip(answers, preds, strict=True)],
+            }
+        )
         items.to_csv(run / "test_items.csv", index=False)
         grid.compress_items(run)
         score = float(items["correct"].mean())
-        (run / "result.json").write_text(json.dumps({
-            "task": "openbookqa", "method": method, "seed": 0, "status": "done", "metric": "accuracy", "score": score,
-            "val_ce": 0.7, "hyperparameters": {}, "trainable_parameters": 0, "fit_seconds": 1.0, "eval_seconds": 1.0,
-            "info": {"closed_fraction": {"additive": 0.25}} if method != "zeroshot" else {}}))
+        (run / "result.json").write_text(
+            json.dumps(
+                {
+                    "task": "openbookqa",
+                    "method": method,
+                    "seed": 0,
+                    "status": "done",
+                    "metric": "accuracy",
+                    "score": score,
+                    "val_ce": 0.7,
+                    "hyperparameters": {},
+                    "trainable_parameters": 0,
+                    "fit_seconds": 1.0,
+                    "eval_seconds": 1.0,
+                    "info": {"closed_fraction": {"additive": 0.25}} if method != "zeroshot" else {},
+                }
+            )
+        )
         if gen_acc is not None:
-            (run / "gen_result.json").write_text(json.dumps({"task": "openbookqa", "method": method, "seed": 0,
-                                                             "protocol": "gen", "accuracy": gen_acc}))
+            (run / "gen_result.json").write_text(
+                json.dumps({"task": "openbookqa", "method": method, "seed": 0, "protocol": "gen", "accuracy": gen_acc})
+            )
             gen_preds = answers[:8] + [None, None]  # two outputs with no readable answer, one listing labels
             outputs = answers[:8] + ["answer1/answer2/answer3/answer4", "I do not know"]
-            pd.DataFrame({"item": range(10), "answer": answers, "output": outputs, "prediction": gen_preds,
-                          "correct": [a == p for a, p in zip(answers, gen_preds, strict=True)]}).to_csv(
-                run / "gen_test_items.csv.gz", index=False)
+            pd.DataFrame(
+                {
+                    "item": range(10),
+                    "answer": answers,
+                    "output": outputs,
+                    "prediction": gen_preds,
+                    "correct": [a == p for a, p in zip(answers, gen_preds, strict=True)],
+                }
+            ).to_csv(run / "gen_test_items.csv.gz", index=False)
     text = report.report(tmp_path)
-    assert "| jola_additive | 80.0 (100.0; 20.0% / 10.0%) |" in text, "generation accuracy (log-likelihood; unparsed / listing)"
+    assert "| jola_additive | 80.0 (100.0; 20.0% / 10.0%) |" in text, (
+        "generation accuracy (log-likelihood; unparsed / listing)"
+    )
     assert "| additive only | 100.0" in text and "closed 25.0/–%" in text
     assert (tmp_path / "report.md").read_text() == text
 
@@ -283,8 +376,15 @@ def test_reextract_reads_stored_generations_again(tmp_path):
     test = choice_splits("arc_easy", 0, 0, 4).test
     run = tmp_path / "main" / "runs" / "arc_easy" / "jola" / "seed0"
     run.mkdir(parents=True)
-    items = pd.DataFrame({"item": range(4), "answer": ["a", "b", "c", "a"], "output": ["a", "bb", "nothing", "c"],
-                          "prediction": ["a", None, None, "c"], "correct": [True, False, False, False]})
+    items = pd.DataFrame(
+        {
+            "item": range(4),
+            "answer": ["a", "b", "c", "a"],
+            "output": ["a", "bb", "nothing", "c"],
+            "prediction": ["a", None, None, "c"],
+            "correct": [True, False, False, False],
+        }
+    )
     items.to_csv(run / "gen_test_items.csv.gz", index=False)
     (run / "gen_result.json").write_text(json.dumps({"task": "arc_easy", "accuracy": 0.25}))
     assert grid.reextract_generation(run, "arc_easy", test) == (0.25, 0.5)  # "bb": a run of the label b
@@ -301,8 +401,17 @@ def test_reextract_reads_stored_generations_again(tmp_path):
 def test_seed_section_lists_each_seed_with_both_protocols():
     import pandas as pd
 
-    base = {"task": "piqa", "method": "jola", "label_prior_accuracy": 0.5, "minus_zeroshot": -0.02, "mcnemar_p": 0.4,
-            "closed_additive": 0.5, "closed_multiplicative": 1.0, "best_epoch": 3, "hyperparameters": '{"lr": 0.02}'}
+    base = {
+        "task": "piqa",
+        "method": "jola",
+        "label_prior_accuracy": 0.5,
+        "minus_zeroshot": -0.02,
+        "mcnemar_p": 0.4,
+        "closed_additive": 0.5,
+        "closed_multiplicative": 1.0,
+        "best_epoch": 3,
+        "hyperparameters": '{"lr": 0.02}',
+    }
     cells = pd.DataFrame([{**base, "seed": 0, "accuracy": 0.48}, {**base, "seed": 1, "accuracy": 0.50}])
     gen = pd.DataFrame([{"task": "piqa", "method": "jola", "seed": 1, "accuracy": 0.55}])
     table = "\n".join(report._seed_section(cells, gen))
@@ -317,11 +426,13 @@ def test_near_ties_in_the_search_are_listed(tmp_path):
     pd.DataFrame({"lr": [0.005, 0.02], "val_ce": [0.70001, 0.70002]}).to_csv(tmp_path / "search.csv", index=False)
     assert abs(report.search_margin(tmp_path) - 1e-5) < 1e-12
     assert pd.isna(report.search_margin(tmp_path / "nothing"))
-    cells = pd.DataFrame([
-        {"task": "piqa", "method": "jola", "seed": 0, "search_margin": 1e-5, "hyperparameters": '{"lr": 0.005}'},
-        {"task": "piqa", "method": "red", "seed": 0, "search_margin": 0.05, "hyperparameters": '{"lr": 0.01}'},
-        {"task": "piqa", "method": "zeroshot", "seed": 0, "search_margin": float("nan"), "hyperparameters": "{}"},
-    ])
+    cells = pd.DataFrame(
+        [
+            {"task": "piqa", "method": "jola", "seed": 0, "search_margin": 1e-5, "hyperparameters": '{"lr": 0.005}'},
+            {"task": "piqa", "method": "red", "seed": 0, "search_margin": 0.05, "hyperparameters": '{"lr": 0.01}'},
+            {"task": "piqa", "method": "zeroshot", "seed": 0, "search_margin": float("nan"), "hyperparameters": "{}"},
+        ]
+    )
     text = "\n".join(report._near_tie_section(cells))
     assert "1 of 2 searched runs" in text and "| piqa | jola | 0 | 1.0e-05 |" in text and "| piqa | red |" not in text
 
@@ -329,8 +440,18 @@ def test_near_ties_in_the_search_are_listed(tmp_path):
 def test_prior_section_shows_accuracy_prior_and_top_answer_share():
     import pandas as pd
 
-    cells = pd.DataFrame([{"task": "mmlu_law", "method": "zeroshot", "seed": 0, "accuracy": 0.246,
-                           "label_prior_accuracy": 0.246, "top_label_share": 1.0}])
+    cells = pd.DataFrame(
+        [
+            {
+                "task": "mmlu_law",
+                "method": "zeroshot",
+                "seed": 0,
+                "accuracy": 0.246,
+                "label_prior_accuracy": 0.246,
+                "top_label_share": 1.0,
+            }
+        ]
+    )
     assert "| zeroshot | 24.6 \\| 24.6 \\| 100.0 |" in "\n".join(report._prior_section(cells))
 
 
@@ -341,12 +462,32 @@ def test_datasize_curve_and_figure(tmp_path):
     def result(group: str, method: str, score: float, seed: int = 0) -> None:
         run = tmp_path / group / "runs" / "arc_easy" / method / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "result.json").write_text(json.dumps({
-            "task": "arc_easy", "method": method, "seed": seed, "status": "done", "metric": "accuracy", "score": score,
-            "val_ce": 1.0, "hyperparameters": {}, "trainable_parameters": 0, "fit_seconds": 1.0, "eval_seconds": 1.0}))
+        (run / "result.json").write_text(
+            json.dumps(
+                {
+                    "task": "arc_easy",
+                    "method": method,
+                    "seed": seed,
+                    "status": "done",
+                    "metric": "accuracy",
+                    "score": score,
+                    "val_ce": 1.0,
+                    "hyperparameters": {},
+                    "trainable_parameters": 0,
+                    "fit_seconds": 1.0,
+                    "eval_seconds": 1.0,
+                }
+            )
+        )
         n_right = round(50 * score)
-        pd.DataFrame({"item": range(50), "answer": "A", "prediction": ["A"] * n_right + ["B"] * (50 - n_right),
-                      "correct": [True] * n_right + [False] * (50 - n_right)}).to_csv(run / "test_items.csv", index=False)
+        pd.DataFrame(
+            {
+                "item": range(50),
+                "answer": "A",
+                "prediction": ["A"] * n_right + ["B"] * (50 - n_right),
+                "correct": [True] * n_right + [False] * (50 - n_right),
+            }
+        ).to_csv(run / "test_items.csv", index=False)
 
     assert report.datasize_curve(tmp_path).empty, "no data-size run yet: no curve"
     result("main", "zeroshot", 0.22)
@@ -359,14 +500,19 @@ def test_datasize_curve_and_figure(tmp_path):
     assert curve.drop(columns="label_prior").to_dict("records") == [
         {"task": "arc_easy", "method": "jola", "n_train": 50, "mean": 0.26},
         {"task": "arc_easy", "method": "jola", "n_train": 200, "mean": 0.24},
-        {"task": "arc_easy", "method": "zeroshot", "n_train": 0, "mean": 0.22}]
+        {"task": "arc_easy", "method": "zeroshot", "n_train": 0, "mean": 0.22},
+    ]
     assert list(curve["label_prior"]) == pytest.approx([0.26, 0.24, 0.22]), "answers all 'A': prior = share of A"
     fig = report.datasize_figure(curve)
     jola = next(t for t in fig.data if t.name == "jola")
     assert list(jola.x) == [50, 200] and list(jola.y) == pytest.approx([26.0, 24.0])
     zeroshot = next(t for t in fig.data if t.name == "zero-shot")
-    assert list(zeroshot.y) == pytest.approx([22.0, 22.0]) and zeroshot.showlegend, "zero-shot line, named in the legend"
-    assert not fig.layout.annotations or all(a.text != "zero-shot" for a in fig.layout.annotations), "no label on the curves"
+    assert list(zeroshot.y) == pytest.approx([22.0, 22.0]) and zeroshot.showlegend, (
+        "zero-shot line, named in the legend"
+    )
+    assert not fig.layout.annotations or all(a.text != "zero-shot" for a in fig.layout.annotations), (
+        "no label on the curves"
+    )
     assert "| arc_easy | jola | 22.0 (22.0) | 26.0 (26.0) | 24.0 (24.0) |" in report.report(tmp_path, attribution=False)
 
 
@@ -378,8 +524,9 @@ def test_pooled_test_against_zeroshot_adds_up_the_tasks(tmp_path):
         run = tmp_path / "nlu" / "runs" / task / method / "seed0"
         run.mkdir(parents=True)
         (run / "result.json").write_text("{}")
-        pd.DataFrame({"item": range(len(correct)), "answer": "A", "prediction": "A",
-                      "correct": correct}).to_csv(run / "test_items.csv", index=False)
+        pd.DataFrame({"item": range(len(correct)), "answer": "A", "prediction": "A", "correct": correct}).to_csv(
+            run / "test_items.csv", index=False
+        )
 
     items("t1", "zeroshot", [False] * 6 + [True] * 4)
     items("t1", "jola", [True] * 6 + [True] * 3 + [False])  # won 6, lost 1
@@ -389,7 +536,9 @@ def test_pooled_test_against_zeroshot_adds_up_the_tasks(tmp_path):
     pooled = report.pooled_vs_zeroshot(tmp_path).set_index("method")
     assert pooled.loc["jola", ["tasks", "items", "better", "worse"]].tolist() == [2, 20, 11, 1]
     assert pooled.loc["jola", "mcnemar_p"] == pytest.approx(mcnemar_exact_p(11, 1))
-    assert pooled.loc["jola", "accuracy"] == pytest.approx(14 / 20) and pooled.loc["jola", "zeroshot_accuracy"] == pytest.approx(4 / 20)
+    assert pooled.loc["jola", "accuracy"] == pytest.approx(14 / 20) and pooled.loc[
+        "jola", "zeroshot_accuracy"
+    ] == pytest.approx(4 / 20)
     assert pooled.loc["red", ["tasks", "items", "better", "worse"]].tolist() == [1, 10, 1, 0]
     items("t3", "zeroshot", [True] * 3)
     items("t3", "jola", [True] * 4)
@@ -447,7 +596,10 @@ def test_jola_head_sets_across_tasks_and_seeds(tmp_path):
     assert sorted(runs) == [("arc_easy", 0), ("arc_easy", 1), ("mmlu_law", 0), ("xsum", 1)]
     assert runs[("arc_easy", 0)].nonzero().tolist() == [[0, 0], [0, 1], [1, 1]]
     assert report.open_heads(tmp_path / "main" / "runs" / "arc_easy" / "jola" / "seed0" / "edit") == {
-        ("additive", 0, 0), ("additive", 0, 1), ("multiplicative", 1, 1)}
+        ("additive", 0, 0),
+        ("additive", 0, 1),
+        ("multiplicative", 1, 1),
+    }
     pairs = report.head_set_pairs(runs).set_index(["run_a", "run_b"])
     row = pairs.loc[("arc_easy/seed0", "arc_easy/seed1")]
     assert row["pair"] == "same task, other seed"
@@ -479,16 +631,28 @@ def test_shared_heads_line_names_the_heads_open_in_most_tasks():
 def test_baseline_seed_section_lists_only_methods_with_several_seeds():
     import pandas as pd
 
-    base = {"task": "boolq", "label_prior_accuracy": 0.6, "minus_zeroshot": 0.002, "mcnemar_p": 1.0, "n_test": 500,
-            "hyperparameters": '{"alpha": 5.0}', "top_label": "True", "top_label_share": 0.86}
-    cells = pd.DataFrame([{**base, "method": "iti", "seed": 0, "accuracy": 0.622, "changed_vs_zeroshot": 478},
-                          {**base, "method": "iti", "seed": 1, "accuracy": 0.58, "changed_vs_zeroshot": 1},
-                          {**base, "method": "red", "seed": 0, "accuracy": 0.61, "changed_vs_zeroshot": 3},
-                          {**base, "method": "jola", "seed": 1, "accuracy": 0.63, "changed_vs_zeroshot": 9},
-                          {**base, "method": "jola", "seed": 0, "accuracy": 0.62, "changed_vs_zeroshot": 9}])
+    base = {
+        "task": "boolq",
+        "label_prior_accuracy": 0.6,
+        "minus_zeroshot": 0.002,
+        "mcnemar_p": 1.0,
+        "n_test": 500,
+        "hyperparameters": '{"alpha": 5.0}',
+        "top_label": "True",
+        "top_label_share": 0.86,
+    }
+    cells = pd.DataFrame(
+        [
+            {**base, "method": "iti", "seed": 0, "accuracy": 0.622, "changed_vs_zeroshot": 478},
+            {**base, "method": "iti", "seed": 1, "accuracy": 0.58, "changed_vs_zeroshot": 1},
+            {**base, "method": "red", "seed": 0, "accuracy": 0.61, "changed_vs_zeroshot": 3},
+            {**base, "method": "jola", "seed": 1, "accuracy": 0.63, "changed_vs_zeroshot": 9},
+            {**base, "method": "jola", "seed": 0, "accuracy": 0.62, "changed_vs_zeroshot": 9},
+        ]
+    )
     gen = pd.DataFrame([{"task": "boolq", "method": "iti", "seed": 1, "accuracy": 0.01}])
     table = "\n".join(report._baseline_seed_section(cells, gen))
-    assert "| iti | boolq | 0 | 62.2 (–) | +0.2 (p=1) | 478 / 500 | 60.0 | {\"alpha\": 5.0} | True 86% |" in table
+    assert '| iti | boolq | 0 | 62.2 (–) | +0.2 (p=1) | 478 / 500 | 60.0 | {"alpha": 5.0} | True 86% |' in table
     assert "| iti | boolq | 1 | 58.0 (1.0) |" in table
     assert "| red |" not in table, "one seed: nothing to compare"
     assert "| jola |" not in table, "JoLA has its own section"
@@ -518,20 +682,37 @@ def test_check_data_names_the_tasks_a_lent_machine_would_lack(tmp_path, monkeypa
     assert grid.uncached_tasks(gem) == sorted(set(grid.GEM) - {"xsum"})
     script = Path(grid.__file__)
     env = {**os.environ, "JOLALENS_CACHE": str(tmp_path)}
-    run = subprocess.run([sys.executable, str(script), "--check-data", "--only", "nlg"], capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, str(script), "--check-data", "--only", "nlg"], capture_output=True, text=True, env=env
+    )
     assert run.returncode == 2 and "common_gen, e2e_nlg, web_nlg" in run.stderr and "load_task_splits" in run.stderr
 
 
 def test_spaced_accuracy_reads_option_2_with_each_items_own_options():
-    gen = pd.DataFrame({"item": [0, 1, 2, 3], "answer": ["option2", "option1", "option1", "option2"],
-                        "output": ["The correct answer is option 2.", "option 1 or option 2", "option1", "I think so"]})
+    gen = pd.DataFrame(
+        {
+            "item": [0, 1, 2, 3],
+            "answer": ["option2", "option1", "option1", "option2"],
+            "output": ["The correct answer is option 2.", "option 1 or option 2", "option1", "I think so"],
+        }
+    )
     loglik = pd.DataFrame({"item": [0, 1, 2, 3], "choices": ["['option1', 'option2']"] * 4})
     assert report.spaced_accuracy(gen, loglik, "winogrande") == 0.5  # items 0 and 2; item 1 names two labels
     assert math.isnan(report.spaced_accuracy(gen, None, "winogrande"))
     bools = pd.DataFrame({"item": [0, 1], "answer": [True, False], "output": ["true", "False."]})
-    assert report.spaced_accuracy(bools, pd.DataFrame({"item": [0, 1], "choices": ["['true', 'false']"] * 2}), "boolq") == 1.0
-    table = pd.DataFrame({"method": ["iti", "jola"], "task": ["winogrande"] * 2, "seed": [0, 0],
-                          "accuracy": [0.036, 0.52], "accuracy_spaced": [0.388, 0.52]})
+    assert (
+        report.spaced_accuracy(bools, pd.DataFrame({"item": [0, 1], "choices": ["['true', 'false']"] * 2}), "boolq")
+        == 1.0
+    )
+    table = pd.DataFrame(
+        {
+            "method": ["iti", "jola"],
+            "task": ["winogrande"] * 2,
+            "seed": [0, 0],
+            "accuracy": [0.036, 0.52],
+            "accuracy_spaced": [0.388, 0.52],
+        }
+    )
     lines = report._spaced_section(table)
     assert lines[-1] == "| iti | winogrande | 0 | 3.6 | 38.8 |" and not any("| jola |" in line for line in lines)
 
@@ -542,8 +723,13 @@ def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_p
     monkeypatch.setenv("JOLALENS_CACHE", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "tasks" / "e2e_nlg"
     cache.mkdir(parents=True)
-    refs = {"name: A": ["A is a pub.", "There is a pub called A."], "name: B": ["B serves food.", "Food is served at B."]}
-    test = [{"instruction": f"Describe.\n\n{i}", "answer": r, "meta": {"input": i}} for i, rs in refs.items() for r in rs]
+    refs = {
+        "name: A": ["A is a pub.", "There is a pub called A."],
+        "name: B": ["B serves food.", "Food is served at B."],
+    }
+    test = [
+        {"instruction": f"Describe.\n\n{i}", "answer": r, "meta": {"input": i}} for i, rs in refs.items() for r in rs
+    ]
     (cache / "test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in test))
     (cache / "train.jsonl").write_text(json.dumps(test[0]) + "\n")
     (cache / "source.json").write_text(json.dumps({"format": CACHE_FORMAT, "sizes": {"train": 1, "test": 4}}))
@@ -554,12 +740,15 @@ def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_p
     run.mkdir(parents=True)
     # each output is the *other* reference of its input: poor against its own, perfect against all
     other = {r: next(x for x in refs[ex.meta["input"]] if x != r) for ex in order for r in [ex.answer]}
-    pd.DataFrame({"item": range(4), "answer": [ex.answer for ex in order],
-                  "prediction": [other[ex.answer] for ex in order]}).to_csv(run / "test_items.csv", index=False)
+    pd.DataFrame(
+        {"item": range(4), "answer": [ex.answer for ex in order], "prediction": [other[ex.answer] for ex in order]}
+    ).to_csv(run / "test_items.csv", index=False)
     (run / "result.json").write_text(json.dumps({"score": 40.0, "n_test": 4}))
     table = report.multi_reference_rouge(tmp_path / "grid")
     assert table[["task", "method", "seed"]].values.tolist() == [["e2e_nlg", "red", 0]]
-    assert table["rougeL_all_references"].iloc[0] == pytest.approx(100.0) and table["references_per_item"].iloc[0] == 2.0
+    assert (
+        table["rougeL_all_references"].iloc[0] == pytest.approx(100.0) and table["references_per_item"].iloc[0] == 2.0
+    )
     assert report._multi_reference_section(table)[-1] == "| e2e_nlg | red | 0 | 2.0 | 40.0 | 100.0 |"
     # a task with runs but no cached data is named, not dropped silently
     assert report.uncached_run_tasks(tmp_path / "grid") == []
@@ -569,22 +758,34 @@ def test_multi_reference_rouge_scores_against_every_reference_of_the_input(tmp_p
     assert report.uncached_run_tasks(tmp_path / "grid") == ["web_nlg"]
     assert report.multi_reference_rouge(tmp_path / "grid")["task"].tolist() == ["e2e_nlg"]
     section = report._multi_reference_section(table, ["web_nlg"])
-    assert any("Not scored on this machine: web_nlg" in line for line in section) and section[-1].startswith("| e2e_nlg")
+    assert any("Not scored on this machine: web_nlg" in line for line in section) and section[-1].startswith(
+        "| e2e_nlg"
+    )
     assert report._multi_reference_section(table.iloc[:0], ["web_nlg"])[-2].startswith("**Not scored")
 
 
 def test_eos_probe_summarises_a_cell_with_both_protocols(tmp_path):
-    spec = importlib.util.spec_from_file_location("eos_probe", Path(__file__).parents[2] / "benchmarks" / "eos_probe.py")
+    spec = importlib.util.spec_from_file_location(
+        "eos_probe", Path(__file__).parents[2] / "benchmarks" / "eos_probe.py"
+    )
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "result.json").write_text(json.dumps({"score": 0.3, "hyperparameters": {"lr": 0.005}, "val_ce": 0.7,
-                                                 "info": {"best_epoch": 2}, "device": "cpu"}))
+    (run / "result.json").write_text(
+        json.dumps(
+            {"score": 0.3, "hyperparameters": {"lr": 0.005}, "val_ce": 0.7, "info": {"best_epoch": 2}, "device": "cpu"}
+        )
+    )
     (run / "gen_result.json").write_text(json.dumps({"accuracy": 0.25}))
-    pd.DataFrame({"item": range(4), "answer": ["answer1"] * 4, "prediction": ["answer1", None, None, "answer2"],
-                  "output": ["answer1", "answer1/answer2/answer3/answer4", "I think", "answer2"]}).to_csv(
-        run / "gen_test_items.csv.gz", index=False)
+    pd.DataFrame(
+        {
+            "item": range(4),
+            "answer": ["answer1"] * 4,
+            "prediction": ["answer1", None, None, "answer2"],
+            "output": ["answer1", "answer1/answer2/answer3/answer4", "I think", "answer2"],
+        }
+    ).to_csv(run / "gen_test_items.csv.gz", index=False)
     s = probe.cell_summary(run, "openbookqa")
     assert (s["loglik_accuracy"], s["gen_accuracy"], s["no_answer"], s["listing"]) == (0.3, 0.25, 0.5, 0.25)
     assert s["most_written"] == {"answer1": 1, "answer2": 1} and s["best_epoch"] == 2
@@ -592,9 +793,18 @@ def test_eos_probe_summarises_a_cell_with_both_protocols(tmp_path):
 
 def test_jola_against_every_seed_is_a_sign_test_over_cells():
     """Cells are matched by (task, seed); zero-shot's one run stands against every JoLA seed."""
-    rows = [("jola", "t1", 0, 0.30), ("jola", "t1", 1, 0.20), ("jola", "t2", 0, 0.50), ("jola", "t2", 1, 0.60),
-            ("red", "t1", 0, 0.25), ("red", "t1", 1, 0.20), ("red", "t2", 0, 0.40),  # red lacks t2 seed 1
-            ("zeroshot", "t1", 0, 0.10), ("zeroshot", "t2", 0, 0.70), ("jola_additive", "t1", 0, 0.9)]
+    rows = [
+        ("jola", "t1", 0, 0.30),
+        ("jola", "t1", 1, 0.20),
+        ("jola", "t2", 0, 0.50),
+        ("jola", "t2", 1, 0.60),
+        ("red", "t1", 0, 0.25),
+        ("red", "t1", 1, 0.20),
+        ("red", "t2", 0, 0.40),  # red lacks t2 seed 1
+        ("zeroshot", "t1", 0, 0.10),
+        ("zeroshot", "t2", 0, 0.70),
+        ("jola_additive", "t1", 0, 0.9),
+    ]
     cells = pd.DataFrame(rows, columns=["method", "task", "seed", "accuracy"])
     table = report.jola_against_every_seed(cells).set_index("method")
     assert set(table.index) == {"red", "zeroshot"}, "ablations are not baselines"
@@ -609,7 +819,10 @@ def test_jola_against_every_seed_is_a_sign_test_over_cells():
     assert "| red | 3 (2, 2) | 33.3 | 28.3 | +5.0 | 2 / 1 / 0 | 0.5 | 2 / 0 | 0.5 |" in text
     assert report._jola_every_seed_section(report.jola_against_every_seed(cells[cells["seed"] == 0])) == []
     ablated = report.jola_against_every_seed(cells, ablations=True).set_index("method")
-    assert list(ablated.index) == ["jola_additive"] and ablated.loc["jola_additive", ["cells", "lower"]].tolist() == [1, 1]
+    assert list(ablated.index) == ["jola_additive"] and ablated.loc["jola_additive", ["cells", "lower"]].tolist() == [
+        1,
+        1,
+    ]
     assert report._jola_every_seed_section(report.jola_against_every_seed(cells, ablations=True)) == [], "one seed only"
 
 
@@ -649,18 +862,62 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
     assert (results / "logs" / "20261128-cuda" / "worker0.log").read_text() == "done\n"
     assert (results / "main" / "summary.md").read_text() == "table of results", "the tree's own file is kept"
     assert "added 4 files" in done.stdout
-    missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True)
+    missing = subprocess.run(
+        ["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "no .tgz in" in missing.stderr
 
 
 def test_head_pairs_by_family_groups_one_seeds_pairs_of_tasks():
-    pairs = pd.DataFrame([
-        {"run_a": "xsum/seed0", "run_b": "web_nlg/seed0", "overlap": 10, "expected_overlap": 2.0, "jaccard": 0.4, "chance_jaccard": 0.05, "p": 1e-4},
-        {"run_a": "boolq/seed0", "run_b": "xsum/seed0", "overlap": 3, "expected_overlap": 2.0, "jaccard": 0.1, "chance_jaccard": 0.05, "p": 0.3},
-        {"run_a": "mmlu_law/seed0", "run_b": "siqa/seed0", "overlap": 4, "expected_overlap": 1.0, "jaccard": 0.2, "chance_jaccard": 0.05, "p": 0.01},
-        {"run_a": "siqa/seed0", "run_b": "boolq/seed0", "overlap": 6, "expected_overlap": 2.0, "jaccard": 0.3, "chance_jaccard": 0.1, "p": 0.02},
-        {"run_a": "siqa/seed0", "run_b": "siqa/seed2", "overlap": 9, "expected_overlap": 1.0, "jaccard": 0.5, "chance_jaccard": 0.1, "p": 1e-5},
-    ])
+    pairs = pd.DataFrame(
+        [
+            {
+                "run_a": "xsum/seed0",
+                "run_b": "web_nlg/seed0",
+                "overlap": 10,
+                "expected_overlap": 2.0,
+                "jaccard": 0.4,
+                "chance_jaccard": 0.05,
+                "p": 1e-4,
+            },
+            {
+                "run_a": "boolq/seed0",
+                "run_b": "xsum/seed0",
+                "overlap": 3,
+                "expected_overlap": 2.0,
+                "jaccard": 0.1,
+                "chance_jaccard": 0.05,
+                "p": 0.3,
+            },
+            {
+                "run_a": "mmlu_law/seed0",
+                "run_b": "siqa/seed0",
+                "overlap": 4,
+                "expected_overlap": 1.0,
+                "jaccard": 0.2,
+                "chance_jaccard": 0.05,
+                "p": 0.01,
+            },
+            {
+                "run_a": "siqa/seed0",
+                "run_b": "boolq/seed0",
+                "overlap": 6,
+                "expected_overlap": 2.0,
+                "jaccard": 0.3,
+                "chance_jaccard": 0.1,
+                "p": 0.02,
+            },
+            {
+                "run_a": "siqa/seed0",
+                "run_b": "siqa/seed2",
+                "overlap": 9,
+                "expected_overlap": 1.0,
+                "jaccard": 0.5,
+                "chance_jaccard": 0.1,
+                "p": 1e-5,
+            },
+        ]
+    )
     table = report.head_pairs_by_family(pairs).set_index("families")
     assert list(table.index) == ["GEM / GEM", "GEM / commonsense", "MMLU / commonsense", "commonsense / commonsense"]
     assert table.loc["GEM / GEM", ["pairs", "ratio", "above_chance"]].tolist() == [1, 5.0, 1]

@@ -27,8 +27,17 @@ machine = _load("_machine")
 def _tiny_llama(attn: str = "eager"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-                      num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()

@@ -83,9 +83,7 @@ def test_config_validation():
 
 def test_ray_runs_every_cell_as_the_local_engine_does_and_resumes(cluster, tmp_path, monkeypatch):
     logs: list[str] = []
-    results = run_compare_ray(
-        _factory(), _config(), tmp_path / "ray", _engine(max_retries=2), log=logs.append
-    )
+    results = run_compare_ray(_factory(), _config(), tmp_path / "ray", _engine(max_retries=2), log=logs.append)
     assert len(results) == 6 and (results["status"] == "done").all()
     killed = cluster.read_text()  # a worker died running this cell; Ray ran it again
     task, method, seed = killed.split("/")
@@ -104,9 +102,7 @@ def test_ray_runs_every_cell_as_the_local_engine_does_and_resumes(cluster, tmp_p
     again = run_compare_ray(_factory(), _config(), tmp_path / "ray", _engine(), log=logs.append)
     assert sum(line.startswith("skip ") for line in logs) == 6
     assert "0 cell(s) submitted" in " ".join(logs)
-    assert stamps == {
-        p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "runs").rglob("result.json")
-    }
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "runs").rglob("result.json")}
     assert len(again) == 6
 
 
@@ -121,9 +117,7 @@ def test_a_cell_whose_worker_dies_without_retries_is_recorded_as_failed(cluster,
     )
     assert cluster.is_file()
     assert list(results["status"]) == ["failed"]
-    error = (
-        tmp_path / "cmp" / "runs" / "arc_easy" / "zeroshot" / "seed0" / "error.txt"
-    ).read_text()
+    error = (tmp_path / "cmp" / "runs" / "arc_easy" / "zeroshot" / "seed0" / "error.txt").read_text()
     assert "failed after 0 retries" in error
 
 
@@ -161,7 +155,5 @@ def test_cli_dispatches_to_the_ray_engine_with_the_cell_shares(tmp_path, monkeyp
         ]
     )
     assert code == 0
-    assert seen["engine"] == RayEngineConfig(
-        cpus_per_cell=2.0, gpus_per_cell=0.25, max_retries=1, progress=False
-    )
+    assert seen["engine"] == RayEngineConfig(cpus_per_cell=2.0, gpus_per_cell=0.25, max_retries=1, progress=False)
     assert seen["factory"].keywords == {"device": "cuda"} and seen["config"].methods == ("jola",)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("reference_checks", Path(__file__).parents[2] / "benchmarks" / "reference_checks.py")
+_spec = importlib.util.spec_from_file_location(
+    "reference_checks", Path(__file__).parents[2] / "benchmarks" / "reference_checks.py"
+)
 checks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(checks)
 

@@ -44,8 +44,11 @@ def test_fit_repe_finds_a_direction_planted_in_the_tiny_model(tiny):
     """Correct answer "a", wrong "b" or "c": their embeddings differ only along ``v`` (scaled
     far above what the normalised attention and MLP can add), so layer 0's residual does too."""
     tok = tiny.tokenizer
-    a, b, c = (tok("a", add_special_tokens=False).input_ids[0], tok("b", add_special_tokens=False).input_ids[0],
-               tok("c", add_special_tokens=False).input_ids[0])
+    a, b, c = (
+        tok("a", add_special_tokens=False).input_ids[0],
+        tok("b", add_special_tokens=False).input_ids[0],
+        tok("c", add_special_tokens=False).input_ids[0],
+    )
     v = torch.nn.functional.normalize(torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(5)), dim=0)
     emb = hf_view(tiny).model.embed_tokens.weight
     with torch.no_grad():

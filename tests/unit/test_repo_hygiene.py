@@ -21,14 +21,23 @@ def _tracked() -> list[str]:
 
 
 def test_no_raw_run_outputs_are_tracked():
-    raw = [p for p in _tracked() if p.startswith("benchmarks/results/")
-           and ("/runs/" in p or p.endswith((".safetensors", ".csv.gz")) or "/points/" in p)]
+    raw = [
+        p
+        for p in _tracked()
+        if p.startswith("benchmarks/results/")
+        and ("/runs/" in p or p.endswith((".safetensors", ".csv.gz")) or "/points/" in p)
+    ]
     assert raw == [], f"raw run outputs are tracked: {raw[:5]}"
 
 
 def test_raw_run_outputs_would_be_ignored():
-    paths = ["runs/demo/edit/jola_weights.safetensors", "benchmarks/results/x/runs/a/result.json",
-             "benchmarks/results/x/edit.safetensors", "benchmarks/results/x/items.csv.gz"]
-    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths],
-                             capture_output=True, text=True).stdout.split()
+    paths = [
+        "runs/demo/edit/jola_weights.safetensors",
+        "benchmarks/results/x/runs/a/result.json",
+        "benchmarks/results/x/edit.safetensors",
+        "benchmarks/results/x/items.csv.gz",
+    ]
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True
+    ).stdout.split()
     assert ignored == paths

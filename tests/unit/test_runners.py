@@ -68,26 +68,18 @@ def test_both_backends_give_the_same_gradients(tiny):
         edit = _random_edit(tiny)
         runner = runner_for(tiny, backend)
         with runner.attached(edit):
-            logits = runner.logits_where(
-                batch.input_ids, batch.attention_mask, batch.position_ids, where
-            )
+            logits = runner.logits_where(batch.input_ids, batch.attention_mask, batch.position_ids, where)
             torch.nn.functional.cross_entropy(logits, targets).backward()
-        grads[backend] = torch.cat(
-            [p.grad.flatten() for p in edit.parameters() if p.grad is not None]
-        )
+        grads[backend] = torch.cat([p.grad.flatten() for p in edit.parameters() if p.grad is not None])
     assert grads[Backend.HF_VIEW].abs().sum() > 0
-    torch.testing.assert_close(
-        grads[Backend.HF_VIEW], grads[Backend.HOOK_POINTS], atol=1e-5, rtol=1e-3
-    )
+    torch.testing.assert_close(grads[Backend.HF_VIEW], grads[Backend.HOOK_POINTS], atol=1e-5, rtol=1e-3)
 
 
 def test_validation_ce_agrees_across_backends(tiny):
     data = [Example(f"say {c}", c) for c in "abcdef"]
     edit = _random_edit(tiny)
     ce = {
-        b: validation_ce(
-            tiny, edit, data, config=TrainConfig(backend=b, progress=False, padding_side="left")
-        )
+        b: validation_ce(tiny, edit, data, config=TrainConfig(backend=b, progress=False, padding_side="left"))
         for b in ("hf_view", "hook_points", None)
     }
     assert ce["hf_view"] == pytest.approx(ce["hook_points"], rel=1e-4)
@@ -116,10 +108,7 @@ def test_identity_is_the_weights_not_the_class():
     org_name = f"some-org/{ida['model_name'].upper()}"  # HookedTransformer names drop the org
     assert identity_mismatches(ida, dict(idsame, model_name=org_name, architecture="HT")) == []
     assert "model_name" in identity_mismatches(ida, dict(idsame, model_name="another"))[0]
-    assert (
-        identity_mismatches(ida, idother)
-        and "weights differ" in identity_mismatches(ida, idother)[0]
-    )
+    assert identity_mismatches(ida, idother) and "weights differ" in identity_mismatches(ida, idother)[0]
     edit = JolaEdit.for_model(a)
     edit.attach(same).remove()
     with pytest.raises(EditLoadError, match="weights differ"):

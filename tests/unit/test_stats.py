@@ -18,9 +18,7 @@ from jolalens.analysis.stats import (
 )
 
 
-@pytest.mark.parametrize(
-    "higher,lower", [(0, 1), (1, 1), (3, 9), (9, 3), (10, 0), (17, 25), (40, 61), (0, 30)]
-)
+@pytest.mark.parametrize("higher,lower", [(0, 1), (1, 1), (3, 9), (9, 3), (10, 0), (17, 25), (40, 61), (0, 30)])
 def test_sign_test_matches_scipy_binomtest(higher, lower):
     expected = sps.binomtest(higher, higher + lower, 0.5, alternative="two-sided").pvalue
     assert sign_test_p(higher, lower) == pytest.approx(expected, rel=1e-12)

