@@ -3,8 +3,9 @@
 Writes ``benchmarks/results/compare_embedded/`` (per-run ``result.json``, ``results.csv``,
 ``summary.csv``, ``summary.md``) and the comparison figures of seed 0 to
 ``figures/compare_embedded/`` (test accuracy per method, where the head-level methods edit, the
-Jaccard of their head sets, JoLA beside mean-ablation attribution scores). Resumable: rerun the same command and finished runs are
-skipped, so the grid can grow seed by seed and task by task. Usage::
+Jaccard of their head sets, JoLA beside mean-ablation attribution scores). Resumable: rerun the
+same command and finished runs are skipped, so the grid can grow seed by seed and task by task.
+Usage::
 
     python benchmarks/compare_embedded.py                       # arc_easy, seed 0
     python benchmarks/compare_embedded.py --tasks arc_easy,piqa --seeds 0,1,2

@@ -119,7 +119,8 @@ def main() -> int:
         f"`{summary['command']}`; the same {config.n_test} test items, data, seed and settings as the grid "
         f"(except the EOS token); {summary['seconds']} s.",
         "",
-        "| run | lr | best epoch | log-likelihood accuracy % | generation accuracy % | no answer % | lists labels % | most written | device |",
+        "| run | lr | best epoch | log-likelihood accuracy % | generation accuracy % | no answer % | lists labels % | "
+        "most written | device |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:

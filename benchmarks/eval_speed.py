@@ -79,7 +79,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['task']} | {r['n_items']} | {r['seconds']} | {r['items_per_s']} | {r['mean_instruction_tokens']} | {r['accuracy']} | {'yes' if r['meets_target'] else 'no'} |"
+        f"| {r['task']} | {r['n_items']} | {r['seconds']} | {r['items_per_s']} | {r['mean_instruction_tokens']} | "
+        f"{r['accuracy']} | {'yes' if r['meets_target'] else 'no'} |"
         for r in runs
     ]
     (OUT / "eval_speed.md").write_text("\n".join(lines) + "\n")

@@ -61,7 +61,8 @@ def main() -> int:
                 progress=False,
             )
             print(
-                f"reloaded {method}: gen rougeL {gen.summary['rougeL']:.3f}, mc gen accuracy {mc.summary['accuracy']:.3f}"
+                f"reloaded {method}: gen rougeL {gen.summary['rougeL']:.3f}, mc gen accuracy "
+                f"{mc.summary['accuracy']:.3f}"
             )
     ok = failed.empty
     print(f"SMOKE {'OK' if ok else 'FAILED'} on {args.device} in {time.perf_counter() - t0:.0f} s")

@@ -67,13 +67,15 @@ def main() -> None:
         f"Task {args.task}, {args.n_train}/{args.n_valid} train/valid, seed {args.seed}, "
         f"{args.epochs} epochs, lr {args.lr}, {args.warmup} warm-up steps; {machine}. Validation data only.",
         "",
-        "| lam | gate_lr_scale | val CE epoch 1 | best val CE | best epoch | closed additive | closed multiplicative | s |",
+        "| lam | gate_lr_scale | val CE epoch 1 | best val CE | best epoch | closed additive | closed multiplicative | "
+        "s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['lam']} | {r['gate_lr_scale']} | {r['val_ce_first_epoch']:.4f} | {r['val_ce_best']:.4f} | "
-            f"{r['best_epoch']} | {r.get('closed_additive', 0):.0%} | {r.get('closed_multiplicative', 0):.0%} | {r['seconds']:.0f} |"
+            f"{r['best_epoch']} | {r.get('closed_additive', 0):.0%} | {r.get('closed_multiplicative', 0):.0%} | "
+            f"{r['seconds']:.0f} |"
         )
     (out / f"lambda_sweep_{args.task}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

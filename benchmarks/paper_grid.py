@@ -450,7 +450,8 @@ def main() -> int:
     unmatched = [pat for pat in args.skip if not any(fnmatch.fnmatchcase(k, pat) for k in keys)]
     if unmatched:
         parser.error(
-            f"--skip: {unmatched} match no cell of the plan; cell keys look like main__piqa__red__seed1 (--plan lists them)"
+            f"--skip: {unmatched} match no cell of the plan; cell keys look like main__piqa__red__seed1 (--plan lists "
+            "them)"
         )
     for name, given, field in (
         ("--only", args.only, "group"),

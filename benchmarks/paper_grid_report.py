@@ -169,7 +169,8 @@ def cell_table(out: Path, group: str = "main") -> pd.DataFrame:
 
 
 def open_gate_maps(edit_dir: Path) -> dict[str, torch.Tensor]:
-    """Per gate kind, the ``[layer, head]`` map of gates a saved JoLA edit keeps open at evaluation (no model needed)."""
+    """Per gate kind, the ``[layer, head]`` map of gates a saved JoLA edit keeps open at evaluation (no model
+    needed)."""
     from safetensors.torch import load_file
 
     from jolalens import JolaConfig
@@ -258,10 +259,12 @@ def _head_pairs_section(pairs: pd.DataFrame) -> list[str]:
         "",
         "Every JoLA run (main table, MMLU, GEM) that closed some gates but not all; a head is open if either of its "
         "gates is. The seed fixes the initial gates and edit vectors, so two tasks' runs with the same seed start "
-        "alike; other task and other seed is the control. Chance: random head sets of the same sizes (expected overlap k_a k_b / N; hypergeometric p). "
+        "alike; other task and other seed is the control. Chance: random head sets of the same sizes (expected overlap "
+        "k_a k_b / N; hypergeometric p). "
         "All pairs: `jola_head_pairs.csv`.",
         "",
-        "| pairs | n | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+        "| pairs | n | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) "
+        "|",
         "|---|---|---|---|---|---|",
     ]
     for kind, g in pairs.groupby("pair", sort=True):
@@ -311,7 +314,8 @@ def _family_section(table: pd.DataFrame) -> list[str]:
         "",
         "Seed 0 only, pairs of different tasks grouped by task family:",
         "",
-        "| families | pairs | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < 0.05) |",
+        "| families | pairs | mean Jaccard | mean chance Jaccard | overlap / expected (mean) | pairs above chance (p < "
+        "0.05) |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
@@ -619,7 +623,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
         for r in jola.sort_values(["method", "task"]).itertuples():
             lines.append(
                 f"| {r.method} | {r.task} | {_pct(getattr(r, 'closed_additive', float('nan')))}% | "
-                f"{_pct(getattr(r, 'closed_multiplicative', float('nan')))}% | {int(getattr(r, 'best_epoch', -1))} | {json.loads(r.hyperparameters).get('lr')} |"
+                f"{_pct(getattr(r, 'closed_multiplicative', float('nan')))}% | {int(getattr(r, 'best_epoch', -1))} | "
+                f"{json.loads(r.hyperparameters).get('lr')} |"
             )
     wins = []
     for method in methods if "jola" in methods else []:
@@ -632,7 +637,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
         )
         if len(both):
             wins.append(
-                f"| {method} | {int((both['jola'] > both[method]).sum())} | {int((both['jola'] == both[method]).sum())} | "
+                f"| {method} | {int((both['jola'] > both[method]).sum())} | "
+                f"{int((both['jola'] == both[method]).sum())} | "
                 f"{int((both['jola'] < both[method]).sum())} | {len(both)} |"
             )
     if wins:
@@ -665,7 +671,8 @@ def report(out: Path, *, attribution: bool = True) -> str:
             "## The same edits scored with the generation protocol, seed 0: test accuracy (%)",
             "",
             "Each cell: generation-protocol accuracy (log-likelihood accuracy of the same edit; share of outputs "
-            "with no readable answer / share whose first line lists two or more labels). Beam search with 4 beams; the answer is read off the first generated line "
+            "with no readable answer / share whose first line lists two or more labels). Beam search with 4 beams; the "
+            "answer is read off the first generated line "
             "with anchored, whole-word extractors (`jolalens.evaluate.extract_answer`); a line that names two "
             "different labels, such as the prompt's format line `answer1/answer2/answer3/answer4`, holds no "
             "answer. The same 500 items.",
@@ -924,7 +931,8 @@ def _pooled_section(pooled: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
         "All tasks' test items pooled, seed 0, against zero-shot on the same items (exact McNemar); "
         "the last column counts single tasks with p < 0.05 (up / down).",
         "",
-        "| method | tasks | items | accuracy (%) | zero-shot on the same items (%) | items won / lost | p | tasks p < 0.05 |",
+        "| method | tasks | items | accuracy (%) | zero-shot on the same items (%) | items won / lost | p | tasks p < "
+        "0.05 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in pooled.itertuples():
@@ -1392,11 +1400,13 @@ def _attribution_section(out: Path) -> list[str]:
         "where some of JoLA's gates closed. k = the number of heads with an open gate. Computed with the "
         f"figures (`{ATTRIBUTION_CSV}`).",
         "",
-        "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman (all heads) |",
+        "| task | open heads (k) | overlap with attribution top-k | expected by chance | p (hypergeometric) | Spearman "
+        "(all heads) |",
         "|---|---|---|---|---|---|",
     ]
     return lines + [
-        f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | {r.spearman:.3f} |"
+        f"| {r.task} | {r.n_selected} | {r.overlap} | {r.expected_overlap:.1f} | {r.p_hypergeometric:.2g} | "
+        f"{r.spearman:.3f} |"
         for r in table.itertuples()
     ]
 

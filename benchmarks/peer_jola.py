@@ -70,7 +70,8 @@ def ensure_peer_env(env: Path, torch_spec: str) -> Path:
 
 
 def write_task_jsonl(task: str, n_train: int, n_valid: int, n_test: int, seed: int, out: Path) -> dict[str, list[Any]]:
-    """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader reads."""
+    """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader
+    reads."""
     from jolalens.tasks import load_task_splits
 
     splits = load_task_splits(task, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
@@ -209,21 +210,26 @@ def summarise(runs: list[dict[str, Any]], warmup: int, matmul_gflops: float) -> 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["summary"]
     lines = [
-        f"# jolalens vs jola==0.0.1: a JoLA training step ({result['task']}, batch {result['batch_size']}, {result['device']})",
+        f"# jolalens vs jola==0.0.1: a JoLA training step ({result['task']}, batch {result['batch_size']}, "
+        f"{result['device']})",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} threads, "
+        f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} "
+        "threads, "
         f"load average at start {result['machine'].get('loadavg_1_5_15')} (shared box)  ",
         f"Dense fp32 matmul rate (2048^2, same threads): best {result['matmul']['gflops_best']:.1f} GFLOP/s, "
         f"median {result['matmul']['gflops_median']:.1f}",
         "",
-        "| system | median s/step (wall) | median CPU s/step | useful GFLOP/s | of matmul rate | peak RSS MB | tokens/step | padding | trainable |",
+        "| system | median s/step (wall) | median CPU s/step | useful GFLOP/s | of matmul rate | peak RSS MB | "
+        "tokens/step | padding | trainable |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rows.values():
         lines.append(
-            f"| {s['system']} | {s['median_step_s']:.2f} | {s['median_step_cpu_s']:.2f} | {s['useful_gflops']:.1f} | {100 * s['fraction_of_matmul']:.0f}% "
-            f"| {s['peak_rss_mb']:.0f} | {s['tokens_per_step']:.0f} | {100 * s['padding_fraction']:.0f}% | {s['trainable_params']} |"
+            f"| {s['system']} | {s['median_step_s']:.2f} | {s['median_step_cpu_s']:.2f} | {s['useful_gflops']:.1f} | "
+            f"{100 * s['fraction_of_matmul']:.0f}% "
+            f"| {s['peak_rss_mb']:.0f} | {s['tokens_per_step']:.0f} | {100 * s['padding_fraction']:.0f}% | "
+            f"{s['trainable_params']} |"
         )
     lines += [
         "",
@@ -407,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
         "threads": threads,
         "machine": machine,
         "matmul": {**matmul, "gflops_best": best, "after": matmul_after},
-        "flop_formula": "2 x forward; forward = 2*P_body*real_tokens + 4*L*H*d_head*real_keys + 2*d_model*vocab*answer_tokens",
+        "flop_formula": (
+            "2 x forward; forward = 2*P_body*real_tokens + 4*L*H*d_head*real_keys + 2*d_model*vocab*answer_tokens"
+        ),
         "summary": summary,
         "speedup": summary["released"]["median_step_s"] / summary["jolalens"]["median_step_s"],
         "speedup_cpu": summary["released"]["median_step_cpu_s"] / summary["jolalens"]["median_step_cpu_s"],

@@ -188,7 +188,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['n_items']} items, batch {result['batch_size']}, {result['device']})",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} threads, "
+        f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} "
+        "threads, "
         f"load average at start {result['machine'].get('loadavg_1_5_15')} (shared box)  ",
         f"Dense fp32 matmul rate (2048^2, same threads): best {result['matmul']['gflops_best']:.1f} GFLOP/s  ",
         f"Useful work: {result['useful']['tokens']} tokens, {result['useful']['flops'] / 1e9:.0f} GFLOP "
@@ -207,7 +208,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"jolalens loglik / lm-eval throughput: **{result['ratio']:.2f}x** (goal >= 3x); in CPU seconds: "
         f"**{result['ratio_cpu']:.2f}x**",
         "",
-        f"Per-item choices, lm-eval vs jolalens loglik: {result['choice_disagreements']} of {result['n_items']} differ.",
+        f"Per-item choices, lm-eval vs jolalens loglik: {result['choice_disagreements']} of {result['n_items']} "
+        "differ.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nbformat as nbf
 
+# In SETUP, a backslash at the end of a line joins it to the next: the cell itself has one long line there.
 SETUP = """import json
 import os
 from pathlib import Path
@@ -42,10 +43,12 @@ pio.renderers["png"].width, pio.renderers["png"].height = None, None  # each fig
 # The precomputed run this notebook reads (see docs/notebooks.md); the tests point it at a fast one.
 RUN = Path(os.environ.get("JOLALENS_NOTEBOOK_RUNS", "../runs/notebooks/arc_easy"))
 if not (RUN / "manifest.json").is_file():
-    raise FileNotFoundError(f"{RUN.resolve()} holds no run: make it with `python benchmarks/notebook_runs.py --budget modest` from the repository root")
+    raise FileNotFoundError(f"{RUN.resolve()} holds no run: make it with \
+`python benchmarks/notebook_runs.py --budget modest` from the repository root")
 MANIFEST = json.loads((RUN / "manifest.json").read_text())
 TASK, BUDGET = MANIFEST["task"], MANIFEST["budget"]
-print(f"run: {MANIFEST['command']}\\nbudget: {MANIFEST['budget_name']}, machine: {MANIFEST['machine']}, protocol: {MANIFEST['protocol']}")
+print(f"run: {MANIFEST['command']}\\nbudget: {MANIFEST['budget_name']}, \
+machine: {MANIFEST['machine']}, protocol: {MANIFEST['protocol']}")
 if MANIFEST["fast"]:
     print("FAST MODE: tiny budgets that exercise the code; these numbers and figures show nothing")"""
 
@@ -73,113 +76,155 @@ explore = nb(
         "A JoLA edit trained on the embedded SmolLM2-135M-Instruct (ARC-e; the run and its budget are printed below, "
         "made by `benchmarks/notebook_runs.py`): which heads' gates stay open, how the selection formed over training "
         "(from the initial gates, epoch 0), what the edit does to the answer's log-probability, head by head, and what "
-        "the most effective selected head attends to. Figures are interactive in JupyterLab and stored as PNG for static viewers.",
+        "the most effective selected head attends to. Figures are interactive in JupyterLab and stored as PNG for "
+        "static viewers.",
         SETUP,
         LOAD,
         "md:## Training: losses and the fraction of gates open",
         'from jolalens.analysis import training_curves\n\ntraining_curves(history, title=f"{TASK}: JoLA training")',
-        "md:## The selected heads\n\nA head is edited at evaluation when its deterministic gate is above 0. `gate` is that value, "
-        "`p_open` the probability that the training-time (stochastic) gate is non-zero, `norm` the length of the edit vector. "
-        "Gate maps use a fixed [0, 1] colour scale, so white is a closed gate in every run.",
-        'heads = jolalens.selected_heads(edit)\nprint(f"{len(heads)} (head, type) edits open of {2 * edit.dims.n_layers * edit.dims.n_heads}")\nheads.head(10)',
+        "md:## The selected heads\n\n"
+        "A head is edited at evaluation when its deterministic gate is above 0. `gate` is that value, `p_open` the "
+        "probability that the training-time (stochastic) gate is non-zero, `norm` the length of the edit vector. Gate "
+        "maps use a fixed [0, 1] colour scale, so white is a closed gate in every run.",
+        'heads = jolalens.selected_heads(edit)\nprint(f"{len(heads)} (head, type) edits open of {2 * '
+        'edit.dims.n_layers * edit.dims.n_heads}")\nheads.head(10)',
         "from jolalens.analysis import gate_heatmap, head_heatmap, side_by_side\n\nmaps = edit.head_maps()\n"
         'side_by_side({"additive gate": maps["gate_additive"], "multiplicative gate": maps["gate_multiplicative"]},\n'
-        '             ranges={"additive gate": (0, 1), "multiplicative gate": (0, 1)}, title=f"{TASK}: JoLA gates at evaluation")',
+        '             ranges={"additive gate": (0, 1), "multiplicative gate": (0, 1)}, title=f"{TASK}: JoLA gates at '
+        'evaluation")',
         'gate_heatmap(maps["p_open_additive"], title="P(gate open), additive: the training-time gate")',
-        'head_heatmap(maps["norm_additive"] * maps["gate_additive"], title="effective additive edit |g_a a|", colorbar_title="L2 norm")',
-        "md:## How the selected set changes over training\n\nEpoch 0 is the initial state (every gate open). `jaccard_to_final` compares each epoch's open heads with the final epoch's.",
+        'head_heatmap(maps["norm_additive"] * maps["gate_additive"], title="effective additive edit |g_a a|", '
+        'colorbar_title="L2 norm")',
+        "md:## How the selected set changes over training\n\n"
+        "Epoch 0 is the initial state (every gate open). `jaccard_to_final` compares each epoch's open heads with the "
+        "final epoch's.",
         "from jolalens.analysis import gate_dynamics, selection_dynamics, selection_over_training\n\n"
         'selection = selection_over_training(gate_history, key="gate_additive")\nselection',
         'selection_dynamics(selection, title="additive gates: open heads over training")',
         'gate_dynamics(gate_history, key="p_open_additive", title="P(gate open) of the heads still open at the end")',
-        "md:## What the edit does to the answer's log-probability\n\nMean log-probability of the reference answer on test items, "
-        "base model against the edited one; then each selected head's edit switched off alone (the rest kept).",
-        'from jolalens.analysis import answer_logprobs, edit_head_effects\n\nitems = splits.test[: 8 if MANIFEST["fast"] else 32]\n'
+        "md:## What the edit does to the answer's log-probability\n\n"
+        "Mean log-probability of the reference answer on test items, base model against the edited one; then each "
+        "selected head's edit switched off alone (the rest kept).",
+        "from jolalens.analysis import answer_logprobs, edit_head_effects\n\n"
+        'items = splits.test[: 8 if MANIFEST["fast"] else 32]\n'
         "base, edited = answer_logprobs(model, items), answer_logprobs(model, items, edit=edit)\n"
-        'print(f"{len(items)} test items: mean answer log-prob {base.mean():.3f} (base) -> {edited.mean():.3f} (JoLA), "\n'
+        'print(f"{len(items)} test items: mean answer log-prob {base.mean():.3f} (base) '
+        '-> {edited.mean():.3f} (JoLA), "\n'
         '      f"raised on {int((edited > base).sum())} of {len(items)}")',
         'effects = edit_head_effects(model, edit, items, top_k=3 if MANIFEST["fast"] else 8)\neffects',
-        "md:## What does the most effective selected head attend to?\n\nThe selected head whose edit moves the answer most "
-        "(top row above), on a real test prompt. The pattern comes from the TransformerLens bridge (`hook_pattern`, "
-        "`[batch, head, query, key]`). `circuitsvis` draws it interactively (its JavaScript is inline; it needs a live "
-        "notebook); the plotly heatmap below it is the static fallback.",
+        "md:## What does the most effective selected head attend to?\n\n"
+        "The selected head whose edit moves the answer most (top row above), on a real test prompt. The pattern comes "
+        "from the TransformerLens bridge (`hook_pattern`, `[batch, head, query, key]`). `circuitsvis` draws it "
+        "interactively (its JavaScript is inline; it needs a live notebook); the plotly heatmap below it is the static "
+        "fallback.",
         'import circuitsvis\n\nlayer, head = int(effects.iloc[0]["layer"]), int(effects.iloc[0]["head"])\n'
-        'prompt = jolalens.data.format_prompt(items[0].instruction)\ntokens = model.tokenizer(prompt, return_tensors="pt").input_ids\n'
-        'name = f"blocks.{layer}.attn.hook_pattern"\nwith torch.no_grad():\n    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)\n'
-        "pattern = cache[name][0, head]\nlabels = [model.tokenizer.decode([t]) for t in tokens[0]]\nwindow = slice(max(0, len(labels) - 40), len(labels))\n"
+        "prompt = jolalens.data.format_prompt(items[0].instruction)\n"
+        'tokens = model.tokenizer(prompt, return_tensors="pt").input_ids\n'
+        'name = f"blocks.{layer}.attn.hook_pattern"\nwith torch.no_grad():\n'
+        "    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)\n"
+        "pattern = cache[name][0, head]\nlabels = [model.tokenizer.decode([t]) for t in tokens[0]]\n"
+        "window = slice(max(0, len(labels) - 40), len(labels))\n"
         'print(f"L{layer}H{head}, answer: {items[0].answer!r}")\n'
         "circuitsvis.attention.attention_patterns(tokens=labels[window], attention=pattern[None, window, window])",
         "import plotly.express as px\n\n"
-        "px.imshow(pattern[window, window].numpy(), x=list(range(window.start, len(labels))), y=list(range(window.start, len(labels))),\n"
-        '          color_continuous_scale="Reds", zmin=0, zmax=1, labels={"x": "key position", "y": "query position", "color": "attention"},\n'
-        '          title=f"L{layer}H{head}: attention over the last {window.stop - window.start} prompt tokens", width=720, height=640)',
-        'top = pattern[-1].topk(8)\npd.DataFrame({"position": top.indices.tolist(), "token": [labels[k] for k in top.indices.tolist()],\n'
+        "px.imshow(pattern[window, window].numpy(), x=list(range(window.start, len(labels))), "
+        "y=list(range(window.start, len(labels))),\n"
+        '          color_continuous_scale="Reds", zmin=0, zmax=1, labels={"x": "key position", "y": "query position", '
+        '"color": "attention"},\n'
+        '          title=f"L{layer}H{head}: attention over the last {window.stop - window.start} prompt tokens", '
+        "width=720, height=640)",
+        'top = pattern[-1].topk(8)\npd.DataFrame({"position": top.indices.tolist(), "token": [labels[k] for k in '
+        "top.indices.tolist()],\n"
         '              "attention from the last token": top.values.tolist()})',
     ]
 )
 
 versus = nb(
     [
-        "md:# JoLA's heads against ablation-based localization\n\nDo the heads JoLA edits matter to the base model? "
-        "Each head is scored by how much mean-ablating its `hook_z` output lowers the answer log-probability (true "
-        "ablation, one forward per head) and by attribution patching (a one-pass first-order estimate); both were "
-        "computed by `benchmarks/notebook_runs.py` on the same validation items and are loaded here.",
+        "md:# JoLA's heads against ablation-based localization\n\n"
+        "Do the heads JoLA edits matter to the base model? Each head is scored by how much mean-ablating its `hook_z` "
+        "output lowers the answer log-probability (true ablation, one forward per head) and by attribution patching (a "
+        "one-pass first-order estimate); both were computed by `benchmarks/notebook_runs.py` on the same validation "
+        "items and are loaded here.",
         SETUP,
         LOAD,
-        'from jolalens.analysis import HeadScores, spearman\n\nablation = HeadScores.load(RUN / "jola" / "ablation" / "mean.pt")\n'
+        "from jolalens.analysis import HeadScores, spearman\n\n"
+        'ablation = HeadScores.load(RUN / "jola" / "ablation" / "mean.pt")\n'
         'attribution = HeadScores.load(RUN / "jola" / "ablation" / "attribution.pt")\n'
         'print(f"true mean-ablation on {ablation.n_examples} items; attribution on {attribution.n_examples}")\n'
-        'print(f"Spearman(attribution, ablation) over {ablation.logprob_drop.numel()} heads: {spearman(attribution.logprob_drop, ablation.logprob_drop):.3f}")\n'
+        'print(f"Spearman(attribution, ablation) over {ablation.logprob_drop.numel()} heads: '
+        '{spearman(attribution.logprob_drop, ablation.logprob_drop):.3f}")\n'
         'ablation.to_frame().sort_values("logprob_drop", ascending=False).head(10)',
-        "md:## Agreement between JoLA's gates and ablation importance\n\nThe selection is the heads with an open gate of either type; "
-        "it is compared with the same number of most important heads. `p_permutation` asks how often random head sets "
-        "of that size overlap as much.",
+        "md:## Agreement between JoLA's gates and ablation importance\n\n"
+        "The selection is the heads with an open gate of either type; it is compared with the same number of most "
+        "important heads. `p_permutation` asks how often random head sets of that size overlap as much.",
         "from jolalens.analysis import compare_selection, layer_distribution\n\nmaps = edit.head_maps()\n"
         'gates = torch.maximum(maps["gate_additive"], maps["gate_multiplicative"])\nn_open = int((gates > 0).sum())\n'
         'print(f"{n_open} of {gates.numel()} heads have an open gate")\n'
-        'rows = [compare_selection(gates, scores.logprob_drop).assign(scores=name) for name, scores in (("ablation", ablation), ("attribution", attribution))] if 0 < n_open < gates.numel() else []\n'
+        'rows = [compare_selection(gates, scores.logprob_drop).assign(scores=name) for name, scores in (("ablation", '
+        'ablation), ("attribution", attribution))] if 0 < n_open < gates.numel() else []\n'
         'pd.concat(rows, ignore_index=True) if rows else "no contrast: every gate (or none) is open"',
         "layer_distribution(gates > 0, n_layers=gates.shape[0], n_heads=gates.shape[1])",
-        "md:Gates on [0, 1]; the log-prob drops are signed (ablating a head can help), so they diverge around 0: red = the head helps the answer, blue = it hurts.",
+        "md:Gates on [0, 1]; the log-prob drops are signed (ablating a head can help), so they diverge around 0: red = "
+        "the head helps the answer, blue = it hurts.",
         "from jolalens.analysis import side_by_side\n\n"
-        'side_by_side({"JoLA gate (max of types)": gates, "true mean-ablation drop": ablation.logprob_drop, "attribution estimate": attribution.logprob_drop},\n'
-        '             ranges={"JoLA gate (max of types)": (0, 1)}, title=f"{TASK}: JoLA\'s selection beside ablation importance")',
+        'side_by_side({"JoLA gate (max of types)": gates, "true mean-ablation drop": ablation.logprob_drop, '
+        '"attribution estimate": attribution.logprob_drop},\n'
+        '             ranges={"JoLA gate (max of types)": (0, 1)}, title=f"{TASK}: JoLA\'s selection beside ablation '
+        'importance")',
     ]
 )
 
 baselines = nb(
     [
-        "md:# JoLA against the baselines, and where each one edits\n\nTest accuracy of JoLA, ITI, RED, LoFiT, LoRA, BitFit and "
-        "zero-shot on hundreds of test items, read from a finished `jolalens compare` directory (by default the committed "
-        "paper grid, `benchmarks/results/paper_grid/main`: 200/200 training/validation examples, 500 test items), then the "
-        "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the same heads?",
+        "md:# JoLA against the baselines, and where each one edits\n\n"
+        "Test accuracy of JoLA, ITI, RED, LoFiT, LoRA, BitFit and zero-shot on hundreds of test items, read from a "
+        "finished `jolalens compare` directory (by default the committed paper grid, "
+        "`benchmarks/results/paper_grid/main`: 200/200 training/validation examples, 500 test items), then the "
+        "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the "
+        "same heads?",
         SETUP.replace("import torch\n", "").replace("from jolalens.tasks import load_task_splits\n", ""),
-        'from jolalens.compare import collect, summarise\n\nMETHODS = ["jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"]\n'
+        "from jolalens.compare import collect, summarise\n\n"
+        'METHODS = ["jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"]\n'
         'compare_dir = Path(MANIFEST["compare_dir"])\nresults = collect(compare_dir)\n'
         'results = results[(results["task"] == TASK) & results["method"].isin(METHODS) & (results["seed"] == 0)]\n'
         'print(f"{os.path.relpath(compare_dir, Path.cwd().parent)}: {len(results)} runs")\n'
-        'results[["method", "score", "n_test", "val_ce", "trainable_parameters", "hyperparameters"]].set_index("method").loc[METHODS]',
-        "md:## Test accuracy per method\n\nThe dashed line is zero-shot. On ARC-e a 4-way chance level is 0.25; with n test items, "
-        "the standard error of an accuracy near 0.3 is about sqrt(0.3 * 0.7 / n).",
-        'from jolalens.analysis import method_bar\n\nsummary = summarise(results).set_index("method").loc[METHODS].reset_index()\n'
-        'n_test = int(results["n_test"].min())\nzero = float(summary.loc[summary["method"] == "zeroshot", "mean"].iloc[0])\n'
-        'method_bar(summary, x="method", y="mean", y_title="test accuracy", reference=zero, reference_label="zero-shot",\n'
+        'results[["method", "score", "n_test", "val_ce", "trainable_parameters", '
+        '"hyperparameters"]].set_index("method").loc[METHODS]',
+        "md:## Test accuracy per method\n\n"
+        "The dashed line is zero-shot. On ARC-e a 4-way chance level is 0.25; with n test items, the standard error of "
+        "an accuracy near 0.3 is about sqrt(0.3 * 0.7 / n).",
+        "from jolalens.analysis import method_bar\n\n"
+        'summary = summarise(results).set_index("method").loc[METHODS].reset_index()\n'
+        'n_test = int(results["n_test"].min())\n'
+        'zero = float(summary.loc[summary["method"] == "zeroshot", "mean"].iloc[0])\n'
+        'method_bar(summary, x="method", y="mean", y_title="test accuracy", reference=zero, '
+        'reference_label="zero-shot",\n'
         '           title=f"{TASK}: test accuracy on {n_test} items (seed 0)")',
-        "md:This notebook's own run (`runs/notebooks`, the budget printed above) scored JoLA and zero-shot on its test items too:",
+        "md:This notebook's own run (`runs/notebooks`, the budget printed above) scored JoLA and zero-shot on its test "
+        "items too:",
         'scored = RUN / "eval" / "summary.json"\n'
-        'pd.DataFrame(json.loads(scored.read_text())).T[["n", "accuracy", "protocol"]] if scored.is_file() else "not scored yet: run benchmarks/notebook_runs.py --steps eval"',
-        "md:## Which heads do the head-level methods pick?\n\nJoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, "
-        "ITI by its probes' validation accuracy (scaled from chance, 0.5, to 1), LoFiT keeps the heads with the largest stage-1 "
-        "scales. We compare the top-K of each, with K = LoFiT's K.",
-        "from jolalens.analysis import (\n    MAP_RANGES,\n    head_level_maps,\n    jaccard_matrix,\n    side_by_side,\n    similarity_matrix,\n    top_k,\n)\n\n"
-        'model = jolalens.load_model()\nmaps = head_level_maps(compare_dir, TASK, model)\nk = int(maps["LoFiT heads"].sum())\n'
-        'selections = {"JoLA": top_k(maps["JoLA |edit|"], k), "ITI": top_k(maps["ITI probe accuracy"], k), "LoFiT": top_k(maps["LoFiT heads"], k)}\n'
-        "print(f\"K = {k} of {maps['JoLA |edit|'].numel()} heads; random sets of K share about {k * k / maps['JoLA |edit|'].numel():.1f} heads\")\n"
+        'pd.DataFrame(json.loads(scored.read_text())).T[["n", "accuracy", "protocol"]] if scored.is_file() '
+        'else "not scored yet: run benchmarks/notebook_runs.py --steps eval"',
+        "md:## Which heads do the head-level methods pick?\n\n"
+        "JoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, ITI by its probes' validation "
+        "accuracy (scaled from chance, 0.5, to 1), LoFiT keeps the heads with the largest stage-1 scales. We compare "
+        "the top-K of each, with K = LoFiT's K.",
+        "from jolalens.analysis import (\n    MAP_RANGES,\n    head_level_maps,\n    jaccard_matrix,\n"
+        "    side_by_side,\n    similarity_matrix,\n    top_k,\n)\n\n"
+        "model = jolalens.load_model()\nmaps = head_level_maps(compare_dir, TASK, model)\n"
+        'k = int(maps["LoFiT heads"].sum())\n'
+        'selections = {"JoLA": top_k(maps["JoLA |edit|"], k), "ITI": top_k(maps["ITI probe accuracy"], k), "LoFiT": '
+        'top_k(maps["LoFiT heads"], k)}\n'
+        "print(f\"K = {k} of {maps['JoLA |edit|'].numel()} heads; "
+        "random sets of K share about {k * k / maps['JoLA |edit|'].numel():.1f} heads\")\n"
         "jaccard_matrix(selections)",
         'similarity_matrix(jaccard_matrix(selections), title=f"Top-{k} head sets, Jaccard")',
-        'side_by_side(maps, ranges={name: r for name, r in MAP_RANGES.items() if name in maps}, title=f"{TASK}: where each method edits")',
+        'side_by_side(maps, ranges={name: r for name, r in MAP_RANGES.items() if name in maps}, title=f"{TASK}: where '
+        'each method edits")',
         'from jolalens.analysis import layer_distribution\n\nn_layers, n_heads = maps["JoLA |edit|"].shape\n'
-        'pd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)["n_selected"] for name, sel in selections.items()})',
+        'pd.DataFrame({name: layer_distribution(sel, n_layers, n_heads)["n_selected"] for name, sel in '
+        "selections.items()})",
         "md:RED (MLP outputs), LoRA and BitFit (weights) have no head-level selection to compare.",
     ]
 )

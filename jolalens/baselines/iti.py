@@ -154,7 +154,10 @@ class ItiEdit(BaselineEdit):
 
     def extra_repr(self) -> str:
         top = self.probe_accuracy.max().item() if self.probe_accuracy.numel() else float("nan")
-        return f"k={self.config.k}, alpha={self.config.alpha:g}, heads={self.dims.n_layers}x{self.dims.n_heads}, best probe acc={top:.2f}"
+        return (
+            f"k={self.config.k}, alpha={self.config.alpha:g}, heads={self.dims.n_layers}x{self.dims.n_heads}, "
+            f"best probe acc={top:.2f}"
+        )
 
 
 # ---- fitting -----------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class LoraConfig:
         normalise_sites(self)
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(
-                f"need r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}"
+                f"need r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, "
+                f"dropout={self.dropout}"
             )
 
     def n_parameters(self, dims: ModelDims) -> int:

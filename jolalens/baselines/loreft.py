@@ -210,7 +210,8 @@ class LoreftEdit(BaselineEdit):
                 h = output[0] if isinstance(output, tuple) else output
                 if self._windows is None:
                     raise JolaError(
-                        "LoReFT's decoder-layer hook ran without its model pre-hook: attach the edit with edit.attach(model)"
+                        "LoReFT's decoder-layer hook ran without its model pre-hook: attach the edit with "
+                        "edit.attach(model)"
                     )
                 edited = self.apply(h, layer, *self._windows)
                 return (edited, *output[1:]) if isinstance(output, tuple) else edited

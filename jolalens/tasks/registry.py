@@ -119,7 +119,10 @@ def _cs(name: str, key: str, licence: str, label: str, n: int, desc: str, note: 
 
 
 _OFFICIAL_VAL = "valid sampled from the official validation split; test = official test split"
-_CARVED = "no validation split distinct from test: valid carved from train (disjoint from the train sample); test = official validation split (the LLM-Adapters test set)"
+_CARVED = (
+    "no validation split distinct from test: valid carved from train (disjoint from the train sample); "
+    "test = official validation split (the LLM-Adapters test set)"
+)
 
 _COMMONSENSE = [
     _cs(
@@ -205,7 +208,8 @@ MMLU_DOMAINS: dict[str, tuple[str, ...]] = {
 _MMLU_NOTE = (
     "MMLU dev+validation of the domain's subjects form the train pool (train and valid are "
     "sampled from it); where it holds fewer than 400 items, a fixed seeded part of MMLU test "
-    "(at most half of it) is moved into it (as the paper carved MMLU-Pro train/valid from test); test = the rest of MMLU test"
+    "(at most half of it) is moved into it (as the paper carved MMLU-Pro train/valid from test); test = the rest of "
+    "MMLU test"
 )
 
 _NLU = [

@@ -322,7 +322,10 @@ def _convert_mmlu(task: Task, archive: Path) -> dict[str, list[Example]]:
 
 _GEM_PROMPTS = {
     "e2e_nlg": "Given the following attributes of a restaurant, write a fluent description of it.\n\n{input}",
-    "webnlg_en": "Verbalize the following knowledge-graph triples (subject | property | object) as fluent English text.\n\n{input}",
+    "webnlg_en": (
+        "Verbalize the following knowledge-graph triples (subject | property | object) as fluent English text.\n\n"
+        "{input}"
+    ),
     "common_gen": "Write one sentence of everyday English that uses all of these concepts: {input}",
     "xsum": "Summarize the following article in one sentence.\n\n{input}",
 }
