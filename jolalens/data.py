@@ -48,21 +48,35 @@ class PromptStyle(StrEnum):
 
     ALPACA = "alpaca"  # the paper's template, as in the released code
     CHAT = "chat"  # the model's own chat template
+    CLOZE = "cloze"  # no template, no chat: the raw context, options scored as its continuation
 
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction with its reference answer (and answer options, if multiple choice)."""
+    """One instruction with its reference answer (and answer options, if multiple choice).
+
+    In the cloze rendering (``PromptStyle.CLOZE``) ``instruction`` is the raw context and each
+    option is scored as the continuation ``" " + choice``. ``choice_contexts`` (WinoGrande):
+    the options differ in the context instead; option k is scored as ``" " + instruction``
+    after ``choice_contexts[k]`` (lm-eval's partial scoring).
+    """
 
     instruction: str
     answer: str
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    choice_contexts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.choice_contexts is not None and (self.choices is None or len(self.choice_contexts) != len(self.choices)):
+            raise DataError("choice_contexts needs one context per choice; give 'choices' of the same length")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.choice_contexts is not None:
+            out["choice_contexts"] = list(self.choice_contexts)
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -87,8 +101,13 @@ class Example:
             if obj["answer"] not in choices:
                 raise DataError(f"{where}: answer {obj['answer']!r} is not one of choices {choices}")
             choices = tuple(choices)
+        contexts = obj.get("choice_contexts")
+        if contexts is not None:
+            if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts) or len(contexts) != len(choices or ()):
+                raise DataError(f"{where}: 'choice_contexts' must be a list of strings, one per choice")
+            contexts = tuple(contexts)
         meta = obj.get("meta") or {}
-        return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
+        return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta, choice_contexts=contexts)
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
@@ -131,6 +150,8 @@ def format_prompt(instruction: str, style: PromptStyle = PromptStyle.ALPACA, tok
     style = PromptStyle(style)
     if style is PromptStyle.ALPACA:
         return ALPACA_TEMPLATE.format(instruction=instruction)
+    if style is PromptStyle.CLOZE:
+        return instruction
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise DataError("PromptStyle.CHAT needs a tokenizer with a chat template")
     return tokenizer.apply_chat_template(
@@ -153,11 +174,19 @@ def tokenize_example(
     chat style carries its own), the answer without. Over-long prompts lose their start, so
     the answer is always kept. ``eos_id``: appended to the answer (and its labels), so that a
     model trained on it learns to stop after the answer.
+
+    ``PromptStyle.CLOZE``: the ids are lm-evaluation-harness's (context, continuation) split of
+    the gold option (``answer`` picks another option); see :func:`jolalens.cloze.encode_pair`.
     """
-    prompt = format_prompt(example.instruction, style, tokenizer)
-    add_special = PromptStyle(style) is PromptStyle.ALPACA
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special).input_ids
-    answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
+    if PromptStyle(style) is PromptStyle.CLOZE:
+        from .cloze import cloze_pair, encode_pair
+
+        prompt_ids, answer_ids = encode_pair(tokenizer, *cloze_pair(example, example.answer if answer is None else answer))
+    else:
+        prompt = format_prompt(example.instruction, style, tokenizer)
+        add_special = PromptStyle(style) is PromptStyle.ALPACA
+        prompt_ids = tokenizer(prompt, add_special_tokens=add_special).input_ids
+        answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
     if not answer_ids:
         raise DataError(f"answer {example.answer!r} tokenizes to nothing")
     if eos_id is not None:

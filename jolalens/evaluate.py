@@ -1,11 +1,13 @@
 """Evaluate a model, with or without an edit attached, on a task's examples.
 
-Two protocols:
+Three protocols:
 
 * ``Protocol.LOGLIK`` ranks each multiple-choice item's answer options by the summed
   log-probability of their tokens after the prompt: no dependence on output format, and
   fast, because the prompt is run once per item (and a prefix shared by all prompts, such
   as the Alpaca header, once in all) with the options scored from the KV cache.
+* ``Protocol.CLOZE`` ranks the option *texts* after the raw context as lm-evaluation-harness
+  does (``acc`` and ``acc_norm``); see :mod:`jolalens.cloze`.
 * ``Protocol.GEN`` decodes as the paper does (beam 4 by default, 16 new tokens, 64 for
   NLG, left padding), keeps the first line and reads it with anchored extractors that
   avoid the released code's bugs (B6: "Based on..." is not answer B; BoolQ is
@@ -54,6 +56,7 @@ class Protocol(StrEnum):
 
     LOGLIK = "loglik"
     GEN = "gen"
+    CLOZE = "cloze"  # lm-eval's multiple-choice scoring of option texts: see jolalens.cloze
 
 
 @dataclass
@@ -275,9 +278,13 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
 
 def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Example], style: PromptStyle, max_length: int, batch_size: int, bar: Any) -> list[list[float]]:
     """Fast path: shared prefix once, each prompt once, choices from the KV cache."""
+    return _cached_logprobs(view, tok, [_encode(tok, ex, style, max_length) for ex in examples], batch_size, bar)
+
+
+def _cached_logprobs(view: nn.Module, tok: Any, encoded: Sequence[tuple[list[int], list[list[int]]]], batch_size: int, bar: Any) -> list[list[float]]:
+    """Summed log-probs of each entry's choice ids after its prompt ids (KV-cache sharing)."""
     from transformers import DynamicCache
 
-    encoded = [_encode(tok, ex, style, max_length) for ex in examples]
     device = next(view.parameters()).device
     pad = _pad_id(tok)
     n_prefix = _common_prefix([p for p, _ in encoded])
@@ -286,8 +293,8 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
         prefix_cache = DynamicCache(config=view.config)
         with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
             view(input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device), **{_cache_kw(view): prefix_cache}, use_cache=True, logits_to_keep=1)
-    sums: list[list[float]] = [[] for _ in examples]
-    order = sorted(range(len(examples)), key=lambda i: len(encoded[i][0]))
+    sums: list[list[float]] = [[] for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         suffixes = [encoded[i][0][n_prefix:] for i in idx]
@@ -434,7 +441,18 @@ def evaluate(
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = [{"item": i, "instruction": ex.instruction, "answer": ex.answer} for i, ex in enumerate(examples)]
     summary: dict[str, Any] = {"task": task.name, "protocol": protocol.value, "n": len(examples), "edit": getattr(edit, "method", None) if edit is not None else "none"}
-    if protocol is Protocol.LOGLIK:
+    if protocol is Protocol.CLOZE:
+        from .cloze import cloze_rows, score_cloze
+
+        if task.metric is not Metric.ACCURACY:
+            raise DataError(f"task {task.name} is a generation task; evaluate it with protocol='gen'")
+        _check_mc(examples)
+        scores = score_cloze(model, examples, edit=edit, batch_size=batch_size, max_length=max_length, progress=progress)
+        cloze_items, cloze_summary = cloze_rows(examples, scores)
+        for row, extra in zip(rows, cloze_items, strict=True):
+            row.update(extra)
+        summary.update(cloze_summary)
+    elif protocol is Protocol.LOGLIK:
         if task.metric is not Metric.ACCURACY:
             raise DataError(f"task {task.name} is a generation task; evaluate it with protocol='gen'")
         scores = score_choices(model, examples, edit=edit, style=style, batch_size=batch_size, max_length=max_length, progress=progress)
@@ -451,7 +469,7 @@ def evaluate(
             if task.metric is Metric.ACCURACY:
                 row["correct"] = pred is not None and pred == ex.answer
         summary.update(num_beams=num_beams, max_new_tokens=n_new)
-    if task.metric is Metric.ACCURACY:
+    if task.metric is Metric.ACCURACY and protocol is not Protocol.CLOZE:
         summary["accuracy"] = sum(r["correct"] for r in rows) / len(rows)
         if protocol is Protocol.GEN:
             summary["unparsed"] = sum(r["prediction"] is None for r in rows) / len(rows)
