@@ -21,22 +21,20 @@ from ..data import Example, read_jsonl, write_jsonl
 from ..errors import DataError
 from ..fileio import atomic_path
 from .registry import Family, Task, get_task
-from .sources import _HAS_OFFICIAL_VAL, _olmo_docs, _strip_qa, ensure_task_data, fetch_archive, task_cache_dir
+from .sources import (
+    _HAS_OFFICIAL_VAL,
+    _olmo_docs,
+    _strip_qa,
+    ensure_task_data,
+    fetch_archive,
+    task_cache_dir,
+)
 
-__all__ = ["CLOZE_FORMAT", "CLOZE_RENDERERS", "cloze_cache_dir", "ensure_cloze_data", "hellaswag_preprocess"]
+__all__ = ["CLOZE_FORMAT", "CLOZE_RENDERERS", "cloze_cache_dir", "ensure_cloze_data"]
 
 logger = logging.getLogger(__name__)
 
 CLOZE_FORMAT = 1
-
-
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's HellaSwag clean-up (``tasks/hellaswag/utils.py``), written from its rules."""
-    import re
-
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
 
 
 def _gold(options: list[str], index: int, doc: dict[str, Any]) -> str:
@@ -65,7 +63,8 @@ def _boolq(doc: dict[str, Any]) -> Example:
 
 
 def _hellaswag(doc: dict[str, Any]) -> Example:
-    # OLMES stores lm-eval's processed query ("{activity}: {ctx_a} {Ctx_b}", cleaned) and endings
+    # OLMES stores the query and endings after lm-eval's own preprocess (brackets gone, a leading
+    # space kept where lm-eval keeps one), so they are used as they are
     opts = list(doc["choices"])
     ctx = doc["query"]
     return Example(ctx, _gold(opts, int(doc["gold"]), doc), tuple(opts), {"ind": doc.get("ind")})
