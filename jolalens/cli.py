@@ -32,7 +32,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gates", choices=["separate", "shared", "none"], default="separate")
     p.add_argument("--layers", help="comma-separated layer indices to edit (default: all)")
     p.add_argument("--backend", choices=["hf_view", "hook_points"], default="hf_view")
-    p.add_argument("--prompt", choices=["alpaca", "chat"], default="alpaca")
+    p.add_argument("--prompt", choices=["alpaca", "chat", "cloze"], default="alpaca")
+    p.add_argument("--protocol", choices=["label", "cloze"], default="label",
+                   help="cloze: lm-eval's rendering of --task, trained on the gold option's text (implies --prompt cloze)")
     p.add_argument("--max-length", type=int, default=400)
     p.add_argument("--answer-eos", action="store_true",
                    help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
@@ -48,7 +50,8 @@ def _load_training_data(args: argparse.Namespace):
             raise JolaError("give either --task or --train/--valid, not both")
         from .tasks import load_task_splits
 
-        splits = load_task_splits(args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=0, seed=args.seed)
+        splits = load_task_splits(args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=0, seed=args.seed,
+                                  protocol=getattr(args, "protocol", None))
         return splits.train, splits.valid
     if not args.train or not args.valid:
         raise JolaError("give --train and --valid JSONL files, or --task NAME (see `jolalens tasks`)")
@@ -64,6 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import SparsityConfig, TrainConfig, train_jola
 
     prepare_output_dir(args.out, overwrite=args.overwrite)  # fail before the long work, not after
+    if args.protocol == "cloze":
+        args.prompt = "cloze"
     train, valid = _load_training_data(args)
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
@@ -153,7 +158,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-valid", type=int, default=200)
     p.add_argument("--n-test", type=int, default=500, help="fixed test subset per task (0: the full split)")
-    p.add_argument("--protocol", choices=["loglik", "gen"], default="loglik")
+    p.add_argument("--protocol", choices=["loglik", "gen", "cloze"], default="loglik",
+                   help="cloze: lm-eval's option-text scoring (acc, acc_norm), training on the gold option's text")
     p.add_argument("--budget", type=int, default=2, help="hyper-parameter points tried per method (same for all)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)

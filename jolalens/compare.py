@@ -37,7 +37,7 @@ from .baselines import (
     fit_iti,
     train_lofit,
 )
-from .data import Example
+from .data import Example, PromptStyle
 from .edit import Edit
 from .errors import JolaError
 from .evaluate import Protocol, evaluate
@@ -185,6 +185,8 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", Protocol(self.protocol))
+        if self.protocol is Protocol.CLOZE and self.train.prompt_style is not PromptStyle.CLOZE:
+            object.__setattr__(self, "train", replace(self.train, prompt_style=PromptStyle.CLOZE))  # train as scored
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise JolaError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -262,7 +264,8 @@ def _load_point(model: nn.Module, point_dir: Path, hp: dict[str, Any]) -> tuple[
 def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     from .tasks import load_task_splits
 
-    splits = load_task_splits(task, n_train=config.n_train, n_valid=config.n_valid, n_test=config.n_test, seed=seed)
+    splits = load_task_splits(task, n_train=config.n_train, n_valid=config.n_valid, n_test=config.n_test, seed=seed,
+                              protocol=config.protocol.value)
     cfg = replace(config.train, seed=seed)
     points = spec.search_space(model_dims(model))[: config.budget]
     ctx: dict[str, Any] = {}
@@ -312,6 +315,8 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
         "device": device,
         "info": fitted.info,
     }
+    if config.protocol is Protocol.CLOZE:
+        row.update(protocol=config.protocol.value, acc_norm=float(result.summary["acc_norm"]))
     if resumed:  # fit_seconds then sums attempts that may have run on different devices
         row["resumed_points"] = resumed
     return row

@@ -120,3 +120,24 @@ def test_train_jola_under_cloze_raises_gold_loglik(tiny):
     out = evaluate(tiny, data, custom_task(data), edit=result.edit, protocol="cloze", progress=False)
     assert {"accuracy", "acc_norm", "accuracy_ci95", "acc_norm_ci95"} <= set(out.summary)
     assert {"logprobs", "prediction_norm", "correct_norm", "option_lengths"} <= set(out.items.columns)
+
+
+def test_compare_under_cloze_trains_on_texts_and_records_acc_norm(tiny, tmp_path, monkeypatch):
+    import jolalens.tasks
+    from jolalens.compare import CompareConfig, run_compare
+    from jolalens.testing import choice_splits
+
+    seen = {}
+
+    def splits(*args, **kw):
+        seen["protocol"] = kw.get("protocol")
+        return choice_splits(*args, **kw)
+
+    monkeypatch.setattr(jolalens.tasks, "load_task_splits", splits)
+    train = TrainConfig(epochs=1, batch_size=4, warmup_steps=1, progress=False, max_length=64)
+    config = CompareConfig(methods=("jola", "zeroshot"), tasks=("arc_easy",), n_train=6, n_valid=3, n_test=5, budget=1,
+                           protocol="cloze", train=train)
+    assert config.train.prompt_style is PromptStyle.CLOZE
+    results = run_compare(tiny, config, tmp_path / "cmp", log=lambda s: None)
+    assert seen["protocol"] == "cloze" and (results["status"] == "done").all()
+    assert results["acc_norm"].between(0, 1).all() and (results["protocol"] == "cloze").all()
