@@ -98,6 +98,12 @@ def run_demo(
         tests[key] = mcnemar_exact(list(before.items[col]), list(after.items[col]))
         t = tests[key]
         print(f"  paired: {t.b_only} items fixed, {t.a_only} broken; exact McNemar p = {t.p_value:.3g}")
+    prior = _position_prior(splits.test, before, after)
+    print(
+        f"  label-prior control: always picking the best single option position scores {prior['constant']:.1%}; "
+        f"the most frequent predicted position covers {prior['zeroshot_top']:.0%} of items zero-shot, "
+        f"{prior['jola_top']:.0%} with JoLA (acc_norm predictions)"
+    )
     summary = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in summary["closed_fraction"].items())
     print(f"\ntrainable parameters: {summary['trainable_parameters']:,}; gates closed: {closed}")
@@ -132,6 +138,19 @@ def run_demo(
             print(f"(figures not written: {exc})")
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _position_prior(examples, before: EvalResult, after: EvalResult) -> dict[str, float]:
+    """What a pure position prior could do: the best constant option index, and how concentrated
+    the predictions are, so that a gain from preferring one position is seen as such."""
+    from collections import Counter
+
+    gold = Counter(ex.choices.index(ex.answer) for ex in examples)
+    def top(res: EvalResult) -> float:
+        pos = Counter(ex.choices.index(p) for ex, p in zip(examples, res.items["prediction_norm"], strict=True))
+        return max(pos.values()) / len(examples)
+
+    return {"constant": max(gold.values()) / len(examples), "zeroshot_top": top(before), "jola_top": top(after)}
 
 
 def _chance(examples) -> float:
