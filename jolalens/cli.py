@@ -23,7 +23,9 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model loading")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     g.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
         help="model weights' dtype (default auto: bfloat16 on a GPU that supports it, else "
         "float32); edits stay float32",
     )
@@ -49,9 +51,7 @@ def _json_option(text: str | None, flag: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JolaError(
-            f"{flag}: invalid JSON ({exc.msg}); give a name like 'auto' or a JSON object"
-        ) from exc
+        raise JolaError(f"{flag}: invalid JSON ({exc.msg}); give a name like 'auto' or a JSON object") from exc
 
 
 def loading_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,20 +83,34 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lam", type=float, default=None, help="sparsity weight (paper mode); default: SparsityConfig().lam")
+    p.add_argument(
+        "--lam", type=float, default=None, help="sparsity weight (paper mode); default: SparsityConfig().lam"
+    )
     p.add_argument("--penalty", choices=["paper", "released"], default="paper")
     p.add_argument("--edit-type", choices=["both", "additive", "multiplicative"], default="both")
     p.add_argument("--gates", choices=["separate", "shared", "none"], default="separate")
     p.add_argument("--layers", help="comma-separated layer indices to edit (default: all)")
     p.add_argument("--backend", choices=["auto", "hf_view", "hook_points"], default="auto")
-    p.add_argument("--prompt", choices=["alpaca", "chat"], default="alpaca")
+    p.add_argument("--prompt", choices=["alpaca", "chat", "cloze"], default="alpaca")
+    p.add_argument(
+        "--protocol",
+        choices=["label", "cloze"],
+        default="label",
+        help="cloze: lm-eval's rendering of --task, trained on the gold option's text (implies --prompt cloze)",
+    )
     p.add_argument("--max-length", type=int, default=400)
-    p.add_argument("--answer-eos", action="store_true",
-                   help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
+    p.add_argument(
+        "--answer-eos",
+        action="store_true",
+        help="train the end-of-sequence token after each answer (the paper does not), so generation stops",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--distributed", action="store_true",
-                   help="one rank of `accelerate launch --num_processes N -m jolalens.cli train --distributed ...`: "
-                        "each process trains on a shard of every batch; rank 0 writes --out (docs/scale-out.md)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one rank of `accelerate launch --num_processes N -m jolalens.cli train --distributed ...`: "
+        "each process trains on a shard of every batch; rank 0 writes --out (docs/scale-out.md)",
+    )
     add_loading_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -109,7 +123,14 @@ def _load_training_data(args: argparse.Namespace):
             raise JolaError("give either --task or --train/--valid, not both")
         from .tasks import load_task_splits
 
-        splits = load_task_splits(args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=0, seed=args.seed)
+        splits = load_task_splits(
+            args.task,
+            n_train=args.n_train,
+            n_valid=args.n_valid,
+            n_test=0,
+            seed=args.seed,
+            protocol=getattr(args, "protocol", None),
+        )
         return splits.train, splits.valid
     if not args.train or not args.valid:
         raise JolaError("give --train and --valid JSONL files, or --task NAME (see `jolalens tasks`)")
@@ -131,10 +152,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dp = _data_parallel_group(args)
     if dp is not None and not dp.is_main:
         _quiet_rank()
+    if args.protocol == "cloze":
+        args.prompt = "cloze"
     jola = JolaConfig(layers=layers, edit_type=args.edit_type, gate_mode=args.gates, seed=args.seed)
     config = TrainConfig(
-        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
-        prompt_style=args.prompt, max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        backend=args.backend,
+        prompt_style=args.prompt,
+        max_length=args.max_length,
+        progress=not args.no_progress,
+        answer_eos=args.answer_eos,
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     from .distributed import data_parallel
@@ -181,8 +211,10 @@ def _data_parallel_group(args: argparse.Namespace):
 
     if not args.distributed:
         if launched_with_several_processes():
-            raise JolaError("this process is one of several (WORLD_SIZE > 1): add --distributed, "
-                            "or every process would train the whole run and write --out")
+            raise JolaError(
+                "this process is one of several (WORLD_SIZE > 1): add --distributed, "
+                "or every process would train the whole run and write --out"
+            )
         return None
     return DataParallel.from_accelerate()
 
@@ -245,8 +277,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded model (what `make demo` runs)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     add_loading_args(p)
-    p.set_defaults(func=lambda args: __import__("jolalens.demo", fromlist=["run_demo"]).run_demo(
-        model_name=args.model, load_options=loading_options(args)))
+    p.set_defaults(
+        func=lambda args: __import__("jolalens.demo", fromlist=["run_demo"]).run_demo(
+            model_name=args.model, load_options=loading_options(args)
+        )
+    )
 
 
 def _csv(kind):
@@ -259,33 +294,53 @@ def _csv(kind):
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="JoLA vs baselines: one run per (method, task, seed), resumable")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--methods", type=_csv(str), default=("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"),
-                   help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: these seven), loreft,repe "
-                        "and the JoLA ablations jola_additive,jola_multiplicative,jola_shared_gate,jola_no_gate")
+    p.add_argument(
+        "--methods",
+        type=_csv(str),
+        default=("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"),
+        help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: these seven), loreft,repe "
+        "and the JoLA ablations jola_additive,jola_multiplicative,jola_shared_gate,jola_no_gate",
+    )
     p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated task names (see `jolalens tasks`)")
     p.add_argument("--seeds", type=_csv(int), default=(0,), help="comma-separated seeds (data sample and training)")
     p.add_argument("--out", type=Path, required=True, help="comparison directory (rerun the same command to resume)")
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-valid", type=int, default=200)
     p.add_argument("--n-test", type=int, default=500, help="fixed test subset per task (0: the full split)")
-    p.add_argument("--protocol", choices=["loglik", "gen"], default="loglik")
+    p.add_argument(
+        "--protocol",
+        choices=["loglik", "gen", "cloze"],
+        default="loglik",
+        help="cloze: lm-eval's option-text scoring (acc, acc_norm), training on the gold option's text",
+    )
     p.add_argument("--budget", type=int, default=2, help="hyper-parameter points tried per method (same for all)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--max-length", type=int, default=400)
-    p.add_argument("--answer-eos", action="store_true",
-                   help="train the end-of-sequence token after each answer (the paper does not), so generation stops")
+    p.add_argument(
+        "--answer-eos",
+        action="store_true",
+        help="train the end-of-sequence token after each answer (the paper does not), so generation stops",
+    )
     p.add_argument("--no-progress", action="store_true")
     ray = p.add_argument_group("engine (docs/scale-out.md)")
-    ray.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="local: one cell after another in this process; ray: one Ray task per cell")
+    ray.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one cell after another in this process; ray: one Ray task per cell",
+    )
     ray.add_argument("--address", default=None, help="ray: an existing cluster (e.g. auto); default: start a local one")
     ray.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: all)")
     ray.add_argument("--cpus-per-cell", type=float, default=1.0, help="ray: CPUs each cell reserves")
-    ray.add_argument("--gpus-per-cell", type=float, default=0.0,
-                     help="ray: GPU share each cell reserves, e.g. 0.25 puts four cells on one GPU (0: CPU)")
+    ray.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=0.0,
+        help="ray: GPU share each cell reserves, e.g. 0.25 puts four cells on one GPU (0: CPU)",
+    )
     ray.add_argument("--max-retries", type=int, default=2, help="ray: reruns of a cell whose worker died")
     add_loading_args(p)
     p.set_defaults(func=_cmd_compare)
@@ -301,12 +356,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for task in args.tasks:
         get_task(task)  # unknown names fail before the model loads
     train = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, warmup_steps=args.warmup_steps,
-        max_length=args.max_length, progress=not args.no_progress, answer_eos=args.answer_eos,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        warmup_steps=args.warmup_steps,
+        max_length=args.max_length,
+        progress=not args.no_progress,
+        answer_eos=args.answer_eos,
     )
     config = CompareConfig(
-        methods=args.methods, tasks=args.tasks, seeds=args.seeds, n_train=args.n_train, n_valid=args.n_valid,
-        n_test=args.n_test or None, protocol=args.protocol, budget=args.budget, train=train,
+        methods=args.methods,
+        tasks=args.tasks,
+        seeds=args.seeds,
+        n_train=args.n_train,
+        n_valid=args.n_valid,
+        n_test=args.n_test or None,
+        protocol=args.protocol,
+        budget=args.budget,
+        train=train,
     )
     with output_lock(args.out, "jolalens compare"):
         pass  # a busy --out fails now, before the model loads; the engine then holds the lock
@@ -315,8 +382,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
         from .engines.ray_engine import RayEngineConfig, run_compare_ray
 
-        engine = RayEngineConfig(address=args.address, num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell,
-                                 gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, progress=not args.no_progress)
+        engine = RayEngineConfig(
+            address=args.address,
+            num_cpus=args.num_cpus,
+            cpus_per_cell=args.cpus_per_cell,
+            gpus_per_cell=args.gpus_per_cell,
+            max_retries=args.max_retries,
+            progress=not args.no_progress,
+        )
         options = loading_options(args)
         if args.gpus_per_cell > 0 and options["device"] is None:
             options["device"] = "cuda"
@@ -328,7 +401,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         results = run_compare(model, config, args.out, exclusive=True)  # one process per --out
     print((args.out / "summary.md").read_text())
     failed = int((results["status"] == "failed").sum()) if "status" in results else 0
-    print(f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else ""))
+    print(
+        f"tables in {args.out}/summary.md, summary.csv, results.csv" + (f"; {failed} run(s) failed" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -40,7 +40,7 @@ from .baselines import (
 )
 from .baselines.loreft import LoreftConfig, LoreftEdit, loreft_search_space
 from .baselines.repe import RepeConfig, fit_repe, repe_search_space, with_search_point
-from .data import Example
+from .data import Example, PromptStyle
 from .edit import Edit
 from .errors import JolaError
 from .evaluate import Protocol, evaluate
@@ -53,7 +53,17 @@ from .tasks.registry import get_task
 from .train import TrainConfig, train_edit, train_jola, validation_ce
 from .validation import check_positive_int
 
-__all__ = ["METHODS", "CompareConfig", "Fitted", "MethodSpec", "cell_dir", "cells", "run_cell", "run_compare", "summarise"]
+__all__ = [
+    "METHODS",
+    "CompareConfig",
+    "Fitted",
+    "MethodSpec",
+    "cell_dir",
+    "cells",
+    "run_cell",
+    "run_compare",
+    "summarise",
+]
 
 
 @dataclass
@@ -91,7 +101,12 @@ def _jola_fit(edit_type: EditType = EditType.BOTH, gate_mode: GateMode = GateMod
         jola = JolaConfig(edit_type=edit_type, gate_mode=gate_mode)  # init seed as before: runs stay reproducible
         result = train_jola(model, train, valid, jola=jola, config=replace(cfg, lr=hp["lr"]))
         closed = {k: 1 - v for k, v in result.edit.open_fractions().items()}
-        return Fitted(result.edit, _best_val(result), result.edit.n_trainable(), {"best_epoch": result.best_epoch, "closed_fraction": closed})
+        return Fitted(
+            result.edit,
+            _best_val(result),
+            result.edit.n_trainable(),
+            {"best_epoch": result.best_epoch, "closed_fraction": closed},
+        )
 
     return fit
 
@@ -114,7 +129,9 @@ def _n_heads(dims: ModelDims, fraction: float) -> int:
 
 def _fit_lofit(model, train, valid, hp, cfg, ctx) -> Fitted:
     k = _n_heads(model_dims(model), hp["k_frac"])
-    res = train_lofit(model, train, valid, k=k, stage1_lr=hp["stage1_lr"], stage2_lr=hp["stage2_lr"], l1=hp["l1"], config=cfg)
+    res = train_lofit(
+        model, train, valid, k=k, stage1_lr=hp["stage1_lr"], stage2_lr=hp["stage2_lr"], l1=hp["l1"], config=cfg
+    )
     return Fitted(
         res.stage2.edit,
         _best_val(res.stage2),
@@ -126,16 +143,32 @@ def _fit_lofit(model, train, valid, hp, cfg, ctx) -> Fitted:
 def _fit_iti(model, train, valid, hp, cfg, ctx) -> Fitted:
     key = ("iti", cfg.seed)
     if key not in ctx:  # probes and directions do not depend on k or alpha: fit them once
-        ctx[key] = fit_iti(model, train, ItiConfig(seed=cfg.seed), style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+        ctx[key] = fit_iti(
+            model,
+            train,
+            ItiConfig(seed=cfg.seed),
+            style=cfg.prompt_style,
+            max_length=cfg.max_length,
+            progress=cfg.progress,
+        )
     k = _n_heads(model_dims(model), hp["k_frac"])
     edit = ctx[key].with_strength(k=k, alpha=hp["alpha"])
-    return Fitted(edit, validation_ce(model, edit, valid, config=cfg), 0, {"k": k, "stored_parameters": edit.n_stored()})
+    return Fitted(
+        edit, validation_ce(model, edit, valid, config=cfg), 0, {"k": k, "stored_parameters": edit.n_stored()}
+    )
 
 
 def _fit_repe(model, train, valid, hp, cfg, ctx) -> Fitted:
     key = ("repe", cfg.seed)
     if key not in ctx:  # the directions do not depend on strength or layers: read them once
-        ctx[key] = fit_repe(model, train, RepeConfig(seed=cfg.seed), style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+        ctx[key] = fit_repe(
+            model,
+            train,
+            RepeConfig(seed=cfg.seed),
+            style=cfg.prompt_style,
+            max_length=cfg.max_length,
+            progress=cfg.progress,
+        )
     edit = with_search_point(ctx[key], hp)
     info = {"strength": edit.config.strength, "layers": list(edit.layers), "stored_parameters": edit.n_stored()}
     return Fitted(edit, validation_ce(model, edit, valid, config=cfg), 0, info)
@@ -149,43 +182,91 @@ def _fit_zeroshot(model, train, valid, hp, cfg, ctx) -> Fitted:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
-        MethodSpec("jola", _jola_space, _jola_fit(),
-                   "gated additive + multiplicative head edits (paper recipe, lr first)"),
-        MethodSpec("iti", lambda d: [{"k_frac": 48 / 1024, "alpha": 15.0}, {"k_frac": 48 / 1024, "alpha": 5.0},
-                                     {"k_frac": 16 / 1024, "alpha": 15.0}, {"k_frac": 64 / 1024, "alpha": 10.0}], _fit_iti,
-                   "probe-selected heads shifted along the mass-mean direction (K as a fraction of all heads)",
-                   needs_choices=True),
-        MethodSpec("red", lambda d: [{"lr": 5e-3}, {"lr": 1e-2}, {"lr": 1e-3}, {"lr": 2e-2}],
-                   _fit_trained(lambda m, hp, cfg: RedEdit.for_model(m, RedConfig())),
-                   "scale and bias on every MLP output"),
-        MethodSpec("lofit", lambda d: [
-            {"k_frac": 0.03, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
-            {"k_frac": 0.06, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
-            {"k_frac": 0.03, "stage1_lr": 1e-3, "l1": 1e-3, "stage2_lr": 5e-3},
-            {"k_frac": 0.015, "stage1_lr": 5e-3, "l1": 1e-3, "stage2_lr": 1e-2}], _fit_lofit,
-                   "L1-scaled heads, top 3% kept, bias vectors on them"),
-        MethodSpec("lora", lambda d: [{"lr": 3e-4, "r": 8}, {"lr": 1e-3, "r": 8}, {"lr": 1e-4, "r": 32}, {"lr": 3e-4, "r": 32}],
-                   _fit_trained(lambda m, hp, cfg: LoraEdit.for_model(m, LoraConfig(r=hp["r"], alpha=2.0 * hp["r"], seed=cfg.seed))),
-                   "peft LoRA on q, k, v, up, down (alpha = 2r, dropout 0.05)"),
-        MethodSpec("bitfit", lambda d: [{"lr": 1e-3}, {"lr": 5e-3}, {"lr": 5e-4}, {"lr": 1e-4}],
-                   _fit_trained(lambda m, hp, cfg: BitFitEdit.for_model(m, BitFitConfig())),
-                   "zero-initialised biases on all seven linear maps"),
+        MethodSpec(
+            "jola", _jola_space, _jola_fit(), "gated additive + multiplicative head edits (paper recipe, lr first)"
+        ),
+        MethodSpec(
+            "iti",
+            lambda d: [
+                {"k_frac": 48 / 1024, "alpha": 15.0},
+                {"k_frac": 48 / 1024, "alpha": 5.0},
+                {"k_frac": 16 / 1024, "alpha": 15.0},
+                {"k_frac": 64 / 1024, "alpha": 10.0},
+            ],
+            _fit_iti,
+            "probe-selected heads shifted along the mass-mean direction (K as a fraction of all heads)",
+            needs_choices=True,
+        ),
+        MethodSpec(
+            "red",
+            lambda d: [{"lr": 5e-3}, {"lr": 1e-2}, {"lr": 1e-3}, {"lr": 2e-2}],
+            _fit_trained(lambda m, hp, cfg: RedEdit.for_model(m, RedConfig())),
+            "scale and bias on every MLP output",
+        ),
+        MethodSpec(
+            "lofit",
+            lambda d: [
+                {"k_frac": 0.03, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
+                {"k_frac": 0.06, "stage1_lr": 5e-3, "l1": 5e-4, "stage2_lr": 1e-2},
+                {"k_frac": 0.03, "stage1_lr": 1e-3, "l1": 1e-3, "stage2_lr": 5e-3},
+                {"k_frac": 0.015, "stage1_lr": 5e-3, "l1": 1e-3, "stage2_lr": 1e-2},
+            ],
+            _fit_lofit,
+            "L1-scaled heads, top 3% kept, bias vectors on them",
+        ),
+        MethodSpec(
+            "lora",
+            lambda d: [{"lr": 3e-4, "r": 8}, {"lr": 1e-3, "r": 8}, {"lr": 1e-4, "r": 32}, {"lr": 3e-4, "r": 32}],
+            _fit_trained(
+                lambda m, hp, cfg: LoraEdit.for_model(m, LoraConfig(r=hp["r"], alpha=2.0 * hp["r"], seed=cfg.seed))
+            ),
+            "peft LoRA on q, k, v, up, down (alpha = 2r, dropout 0.05)",
+        ),
+        MethodSpec(
+            "bitfit",
+            lambda d: [{"lr": 1e-3}, {"lr": 5e-3}, {"lr": 5e-4}, {"lr": 1e-4}],
+            _fit_trained(lambda m, hp, cfg: BitFitEdit.for_model(m, BitFitConfig())),
+            "zero-initialised biases on all seven linear maps",
+        ),
         MethodSpec("zeroshot", lambda d: [{}], _fit_zeroshot, "the frozen model, same prompt"),
-        MethodSpec("loreft", loreft_search_space,
-                   _fit_trained(lambda m, hp, cfg: LoreftEdit.for_model(m, LoreftConfig(rank=hp["rank"], seed=cfg.seed))),
-                   "LoReFT: orthogonal low-rank edit of the residual stream, first/last 7 prompt tokens, all layers"),
-        MethodSpec("repe", repe_search_space, _fit_repe,
-                   "RePE: PCA reading vector per layer (correct - wrong), added with a strength chosen on validation",
-                   needs_choices=True),
+        MethodSpec(
+            "loreft",
+            loreft_search_space,
+            _fit_trained(lambda m, hp, cfg: LoreftEdit.for_model(m, LoreftConfig(rank=hp["rank"], seed=cfg.seed))),
+            "LoReFT: orthogonal low-rank edit of the residual stream, first/last 7 prompt tokens, all layers",
+        ),
+        MethodSpec(
+            "repe",
+            repe_search_space,
+            _fit_repe,
+            "RePE: PCA reading vector per layer (correct - wrong), added with a strength chosen on validation",
+            needs_choices=True,
+        ),
         # the paper's ablations of JoLA: same search space and trainer, one design choice changed
-        MethodSpec("jola_additive", _jola_space, _jola_fit(edit_type=EditType.ADDITIVE),
-                   "JoLA ablation: additive edit only (separate gates)"),
-        MethodSpec("jola_multiplicative", _jola_space, _jola_fit(edit_type=EditType.MULTIPLICATIVE),
-                   "JoLA ablation: multiplicative edit only (separate gates)"),
-        MethodSpec("jola_shared_gate", _jola_space, _jola_fit(gate_mode=GateMode.SHARED),
-                   "JoLA ablation: one gate per head shared by both edits"),
-        MethodSpec("jola_no_gate", _jola_space, _jola_fit(gate_mode=GateMode.NONE),
-                   "JoLA ablation: no gates (every head edited, no L0 penalty)"),
+        MethodSpec(
+            "jola_additive",
+            _jola_space,
+            _jola_fit(edit_type=EditType.ADDITIVE),
+            "JoLA ablation: additive edit only (separate gates)",
+        ),
+        MethodSpec(
+            "jola_multiplicative",
+            _jola_space,
+            _jola_fit(edit_type=EditType.MULTIPLICATIVE),
+            "JoLA ablation: multiplicative edit only (separate gates)",
+        ),
+        MethodSpec(
+            "jola_shared_gate",
+            _jola_space,
+            _jola_fit(gate_mode=GateMode.SHARED),
+            "JoLA ablation: one gate per head shared by both edits",
+        ),
+        MethodSpec(
+            "jola_no_gate",
+            _jola_space,
+            _jola_fit(gate_mode=GateMode.NONE),
+            "JoLA ablation: no gates (every head edited, no L0 penalty)",
+        ),
     ]
 }
 
@@ -206,6 +287,8 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", Protocol(self.protocol))
+        if self.protocol is Protocol.CLOZE and self.train.prompt_style is not PromptStyle.CLOZE:
+            object.__setattr__(self, "train", replace(self.train, prompt_style=PromptStyle.CLOZE))  # train as scored
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise JolaError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -220,11 +303,21 @@ class CompareConfig:
 
     def protocol_dict(self) -> dict[str, Any]:
         """Everything that makes runs comparable (methods, tasks and seeds may grow later)."""
-        train = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self.train).items() if k not in ("progress", "seed")}
+        train = {
+            k: (v.value if hasattr(v, "value") else v)
+            for k, v in asdict(self.train).items()
+            if k not in ("progress", "seed")
+        }
         if not self.train.answer_eos:  # added later: left out at its default, so older comparisons still resume
             del train["answer_eos"]
-        return {"n_train": self.n_train, "n_valid": self.n_valid, "n_test": self.n_test,
-                "protocol": self.protocol.value, "budget": self.budget, "train": train}
+        return {
+            "n_train": self.n_train,
+            "n_valid": self.n_valid,
+            "n_test": self.n_test,
+            "protocol": self.protocol.value,
+            "budget": self.budget,
+            "train": train,
+        }
 
 
 RESULT_FILE = "result.json"
@@ -256,16 +349,26 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
-POINTS_DIR = "points"  # the finished search points of an unfinished run, so that a stopped run resumes at the next point
+POINTS_DIR = (
+    "points"  # the finished search points of an unfinished run, so that a stopped run resumes at the next point
+)
 POINT_FILE = "point.json"
 
 
 def _save_point(point_dir: Path, hp: dict[str, Any], fitted: Fitted, seconds: float, device: str) -> None:
     """Keep one finished search point; ``point.json`` is written last and marks it complete."""
     fitted.edit.save(point_dir / "edit", overwrite=True)
-    _write_json_atomic(point_dir / POINT_FILE, {
-        "hyperparameters": hp, "val_ce": fitted.val_ce, "trainable_parameters": fitted.trainable_parameters,
-        "info": fitted.info, "seconds": seconds, "device": device})
+    _write_json_atomic(
+        point_dir / POINT_FILE,
+        {
+            "hyperparameters": hp,
+            "val_ce": fitted.val_ce,
+            "trainable_parameters": fitted.trainable_parameters,
+            "info": fitted.info,
+            "seconds": seconds,
+            "device": device,
+        },
+    )
 
 
 def _load_point(
@@ -294,10 +397,25 @@ def _load_point(
     return fitted, seconds, str(saved.get("device", "unrecorded"))
 
 
-def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: CompareConfig, run_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def _run_one(
+    model: nn.Module,
+    spec: MethodSpec,
+    task: str,
+    seed: int,
+    config: CompareConfig,
+    run_dir: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from .tasks import load_task_splits
 
-    splits = load_task_splits(task, n_train=config.n_train, n_valid=config.n_valid, n_test=config.n_test, seed=seed)
+    splits = load_task_splits(
+        task,
+        n_train=config.n_train,
+        n_valid=config.n_valid,
+        n_test=config.n_test,
+        seed=seed,
+        protocol=config.protocol.value,
+    )
     cfg = replace(config.train, seed=seed)
     points = spec.search_space(model_dims(model))[: config.budget]
     ctx: dict[str, Any] = {}
@@ -311,8 +429,10 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
         if kept is not None:
             fitted, seconds, kept_on = kept
             resumed.append({"point": i + 1, "device": kept_on, "fit_seconds": round(seconds, 1)})
-            log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp} "
-                f"kept from an interrupted attempt (val CE {fitted.val_ce:.4f})")
+            log(
+                f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp} "
+                f"kept from an interrupted attempt (val CE {fitted.val_ce:.4f})"
+            )
         else:
             log(f"  {spec.name} {task} seed {seed}: point {i + 1}/{len(points)} {hp}")
             t0 = time.perf_counter()
@@ -332,21 +452,39 @@ def _run_one(model: nn.Module, spec: MethodSpec, task: str, seed: int, config: C
     hp, fitted = best
     fitted.edit.save(run_dir / "edit")
     pd.DataFrame(search).to_csv(run_dir / "search.csv", index=False)
-    result = evaluate(model, splits.test, task, edit=fitted.edit if spec.name != "zeroshot" else None,
-                      protocol=config.protocol, style=cfg.prompt_style, max_length=cfg.max_length, progress=cfg.progress)
+    result = evaluate(
+        model,
+        splits.test,
+        task,
+        edit=fitted.edit if spec.name != "zeroshot" else None,
+        protocol=config.protocol,
+        style=cfg.prompt_style,
+        max_length=cfg.max_length,
+        progress=cfg.progress,
+    )
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "test_items.csv", index=False)
     metric = "accuracy" if "accuracy" in result.summary else "rougeL"
     shutil.rmtree(run_dir / POINTS_DIR, ignore_errors=True)  # search.csv and the kept edit hold what they did
     row = {
-        "task": task, "method": spec.name, "seed": seed, "status": "done",
-        "metric": metric, "score": float(result.summary[metric]),
-        "n_test": len(splits.test), "n_train": len(splits.train), "n_valid": len(splits.valid),
-        "val_ce": fitted.val_ce, "hyperparameters": hp,
+        "task": task,
+        "method": spec.name,
+        "seed": seed,
+        "status": "done",
+        "metric": metric,
+        "score": float(result.summary[metric]),
+        "n_test": len(splits.test),
+        "n_train": len(splits.train),
+        "n_valid": len(splits.valid),
+        "val_ce": fitted.val_ce,
+        "hyperparameters": hp,
         "trainable_parameters": fitted.trainable_parameters,
-        "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(float(result.summary["seconds"]), 1),
+        "fit_seconds": round(fit_seconds, 1),
+        "eval_seconds": round(float(result.summary["seconds"]), 1),
         "device": device,
         "info": fitted.info,
     }
+    if config.protocol is Protocol.CLOZE:
+        row.update(protocol=config.protocol.value, acc_norm=float(result.summary["acc_norm"]))
     if resumed:  # fit_seconds then sums attempts that may have run on different devices
         row["resumed_points"] = resumed
     return row
@@ -416,8 +554,17 @@ def cell_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
     return Path(out) / "runs" / task / method / f"seed{seed}"
 
 
-def run_cell(model: nn.Module, config: CompareConfig, out: Path, task: str, name: str, seed: int,
-             *, log: Callable[[str], None] = print, run_lock: bool = False) -> str:
+def run_cell(
+    model: nn.Module,
+    config: CompareConfig,
+    out: Path,
+    task: str,
+    name: str,
+    seed: int,
+    *,
+    log: Callable[[str], None] = print,
+    run_lock: bool = False,
+) -> str:
     """Run one cell into its run directory, ``result.json`` last; ``'skipped'`` (already done),
     ``'busy'`` (another process holds its lock), ``'done'``, ``'not_applicable'`` or ``'failed'``
     (traceback in ``error.txt``; nothing raised). ``run_lock``: hold the run's own lock."""
@@ -437,9 +584,16 @@ def run_cell(model: nn.Module, config: CompareConfig, out: Path, task: str, name
                     stale.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         if METHODS[name].needs_choices and not get_task(task).multiple_choice:
-            _write_json_atomic(run_dir / RESULT_FILE, {
-                "task": task, "method": name, "seed": seed, "status": "not_applicable",
-                "reason": f"{name} needs answer options; {task} is a generation task"})
+            _write_json_atomic(
+                run_dir / RESULT_FILE,
+                {
+                    "task": task,
+                    "method": name,
+                    "seed": seed,
+                    "status": "not_applicable",
+                    "reason": f"{name} needs answer options; {task} is a generation task",
+                },
+            )
             log(f"  {name} does not apply to {task} (a generation task): recorded as not applicable")
             return "not_applicable"
         log(f"run {task}/{name}/seed{seed}")
@@ -450,12 +604,10 @@ def run_cell(model: nn.Module, config: CompareConfig, out: Path, task: str, name
         except Exception as exc:  # one failed run must not cost the others
             # written atomically; a full disk is logged and the comparison goes on
             write_text_safely(run_dir / "error.txt", traceback.format_exc(), log)
-            log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} "
-                f"(see {run_dir / 'error.txt'})")
+            log(f"  FAILED {task}/{name}/seed{seed}: {type(exc).__name__}: {exc} (see {run_dir / 'error.txt'})")
             return "failed"
         _write_json_atomic(run_dir / RESULT_FILE, row)
-        log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, "
-            f"{row['fit_seconds']:.0f} s fit)")
+        log(f"  {row['metric']} {row['score']:.4f} (val CE {row['val_ce']:.4f}, {row['fit_seconds']:.0f} s fit)")
         return "done"
 
 
@@ -502,7 +654,10 @@ def _resumed_elsewhere(results: pd.DataFrame) -> pd.Series:
             return False
         return any(point.get("device") != device for point in json.loads(kept))
 
-    return pd.Series([elsewhere(k, d) for k, d in zip(results["resumed_points"], results["device"], strict=True)], index=results.index)
+    return pd.Series(
+        [elsewhere(k, d) for k, d in zip(results["resumed_points"], results["device"], strict=True)],
+        index=results.index,
+    )
 
 
 def usual_device_times(results: pd.DataFrame) -> pd.DataFrame:
@@ -513,7 +668,9 @@ def usual_device_times(results: pd.DataFrame) -> pd.DataFrame:
     if usual is None:
         return results
     same = (results["device"] == usual) & ~_resumed_elsewhere(results)
-    return results.assign(fit_seconds=results["fit_seconds"].where(same), eval_seconds=results["eval_seconds"].where(same))
+    return results.assign(
+        fit_seconds=results["fit_seconds"].where(same), eval_seconds=results["eval_seconds"].where(same)
+    )
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -522,19 +679,30 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     Wall times are means over the runs on the usual device only (:func:`usual_device_times`).
     """
     if results.empty or "score" not in results:
-        return pd.DataFrame(columns=["task", "method", "mean", "std", "n_seeds", "trainable_parameters", "fit_seconds", "eval_seconds"])
+        return pd.DataFrame(
+            columns=["task", "method", "mean", "std", "n_seeds", "trainable_parameters", "fit_seconds", "eval_seconds"]
+        )
     done = usual_device_times(_finished(results))
     grouped = done.groupby(["task", "method"], sort=False)
     summary = grouped.agg(
-        mean=("score", "mean"), std=("score", "std"), n_seeds=("seed", "nunique"),
-        trainable_parameters=("trainable_parameters", "mean"), fit_seconds=("fit_seconds", "mean"),
-        eval_seconds=("eval_seconds", "mean"), val_ce=("val_ce", "mean"),
+        mean=("score", "mean"),
+        std=("score", "std"),
+        n_seeds=("seed", "nunique"),
+        trainable_parameters=("trainable_parameters", "mean"),
+        fit_seconds=("fit_seconds", "mean"),
+        eval_seconds=("eval_seconds", "mean"),
+        val_ce=("val_ce", "mean"),
     ).reset_index()
     return summary
 
 
-def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = None, not_applicable: pd.DataFrame | None = None,
-                   *, scale: float = 100.0) -> str:
+def markdown_table(
+    summary: pd.DataFrame,
+    methods_order: Sequence[str] | None = None,
+    not_applicable: pd.DataFrame | None = None,
+    *,
+    scale: float = 100.0,
+) -> str:
     """Methods as rows, tasks as columns (``mean ± std`` in %), then average, parameters, time.
 
     ``not_applicable``: rows (task, method) shown as ``n/a`` instead of ``–`` (not run yet).
@@ -563,7 +731,9 @@ def markdown_table(summary: pd.DataFrame, methods_order: Sequence[str] | None = 
         avg = f"{scale * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
         params = int(rows["trainable_parameters"].iloc[0])
         fit = rows["fit_seconds"].mean()
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {'–' if pd.isna(fit) else f'{fit:.0f}'} |")
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {avg} | {params:,} | {'–' if pd.isna(fit) else f'{fit:.0f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -580,17 +750,26 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     failed = results[results["status"] == "failed"] if "status" in results else results
     note = ""
     if len(failed):
-        note = "\nFailed runs (see their error.txt; rerun the same command to retry): " + ", ".join(
-            f"{r.task}/{r.method}/seed{r.seed}" for r in failed.itertuples()) + "\n"
+        note = (
+            "\nFailed runs (see their error.txt; rerun the same command to retry): "
+            + ", ".join(f"{r.task}/{r.method}/seed{r.seed}" for r in failed.itertuples())
+            + "\n"
+        )
     metric = results["metric"].dropna().iloc[0] if "metric" in results and results["metric"].notna().any() else "score"
     usual = usual_device(results)
     others = sorted(set(_finished(results)["device"].dropna()) - {usual}) if usual else []
     if others:
-        note += f"\n`fit s`: mean over the runs on {usual} only; runs on {', '.join(others)} are left out of it (–: all were).\n"
+        note += (
+            f"\n`fit s`: mean over the runs on {usual} only; "
+            f"runs on {', '.join(others)} are left out of it (–: all were).\n"
+        )
     text = (
         f"# jolalens compare: test {metric} (%), mean ± std over seeds\n\n"
-        + markdown_table(summary, not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
-                         scale=100.0 if metric == "accuracy" else 1.0)
+        + markdown_table(
+            summary,
+            not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
+            scale=100.0 if metric == "accuracy" else 1.0,
+        )
         + note
     )
     with atomic_path(out / "summary.md") as tmp:

@@ -53,30 +53,44 @@ class PromptStyle(StrEnum):
 
     ALPACA = "alpaca"  # the paper's template, as in the released code
     CHAT = "chat"  # the model's own chat template
+    CLOZE = "cloze"  # no template, no chat: the raw context, options scored as its continuation
 
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction with its reference answer (and answer options, if multiple choice)."""
+    """One instruction with its reference answer (and answer options, if multiple choice).
+
+    In the cloze rendering (``PromptStyle.CLOZE``) ``instruction`` is the raw context and each
+    option is scored as the continuation ``" " + choice``. ``choice_contexts`` (WinoGrande):
+    the options differ in the context instead; option k is scored as ``" " + instruction``
+    after ``choice_contexts[k]`` (lm-eval's partial scoring).
+    """
 
     instruction: str
     answer: str
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    choice_contexts: tuple[str, ...] | None = None
 
-    def __post_init__(self) -> None:  # the Python API gets the same type checks as JSONL records
+    def __post_init__(self) -> None:
+        """Check what JSONL records are checked for, so that the Python API fails the same way."""
+        if self.choice_contexts is not None and (
+            self.choices is None or len(self.choice_contexts) != len(self.choices)
+        ):
+            raise DataError("choice_contexts needs one context per choice; give 'choices' of the same length")
+        # the Python API gets the same type checks as JSONL records
         if not isinstance(self.meta, dict):
             raise DataError(f"Example.meta must be a dict, got {type(self.meta).__name__}")
         refs = self.meta.get("references")
         if refs is not None and not _strings(refs):
-            raise DataError(
-                f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}"
-            )
+            raise DataError(f"Example.meta['references'] must be a non-empty list of strings, got {refs!r:.80}")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instruction": self.instruction, "answer": self.answer}
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.choice_contexts is not None:
+            out["choice_contexts"] = list(self.choice_contexts)
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -101,6 +115,15 @@ class Example:
             if obj["answer"] not in choices:
                 raise DataError(f"{where}: answer {obj['answer']!r} is not one of choices {choices}")
             choices = tuple(choices)
+        contexts = obj.get("choice_contexts")
+        if contexts is not None:
+            if (
+                not isinstance(contexts, list)
+                or not all(isinstance(c, str) for c in contexts)
+                or len(contexts) != len(choices or ())
+            ):
+                raise DataError(f"{where}: 'choice_contexts' must be a list of strings, one per choice")
+            contexts = tuple(contexts)
         meta = obj.get("meta", {})
         if meta is None:
             meta = {}
@@ -108,10 +131,10 @@ class Example:
             raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
         refs = meta.get("references")
         if refs is not None and not (isinstance(refs, list) and _strings(refs)):
-            raise DataError(
-                f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}"
-            )
-        return cls(instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta)
+            raise DataError(f"{where}: 'meta.references' must be a non-empty list of strings, got {refs!r:.80}")
+        return cls(
+            instruction=obj["instruction"], answer=obj["answer"], choices=choices, meta=meta, choice_contexts=contexts
+        )
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
@@ -160,6 +183,8 @@ def format_prompt(instruction: str, style: PromptStyle = PromptStyle.ALPACA, tok
     style = PromptStyle(style)
     if style is PromptStyle.ALPACA:
         return ALPACA_TEMPLATE.format(instruction=instruction)
+    if style is PromptStyle.CLOZE:
+        return instruction
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise DataError("PromptStyle.CHAT needs a tokenizer with a chat template")
     return tokenizer.apply_chat_template(
@@ -183,11 +208,21 @@ def tokenize_example(
     the answer is always kept; a warning gives the count of dropped tokens. ``eos_id``: appended
     to the answer (and its labels), so that a
     model trained on it learns to stop after the answer.
+
+    ``PromptStyle.CLOZE``: the ids are lm-evaluation-harness's (context, continuation) split of
+    the gold option (``answer`` picks another option); see :func:`jolalens.cloze.encode_pair`.
     """
-    prompt = format_prompt(example.instruction, style, tokenizer)
-    add_special = PromptStyle(style) is PromptStyle.ALPACA
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special).input_ids
-    answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
+    if PromptStyle(style) is PromptStyle.CLOZE:
+        from .cloze import cloze_pair, encode_pair
+
+        prompt_ids, answer_ids = encode_pair(
+            tokenizer, *cloze_pair(example, example.answer if answer is None else answer)
+        )
+    else:
+        prompt = format_prompt(example.instruction, style, tokenizer)
+        add_special = PromptStyle(style) is PromptStyle.ALPACA
+        prompt_ids = tokenizer(prompt, add_special_tokens=add_special).input_ids
+        answer_ids = tokenizer(example.answer if answer is None else answer, add_special_tokens=False).input_ids
     if not answer_ids:
         raise DataError(f"answer {example.answer!r} tokenizes to nothing")
     if eos_id is not None:
@@ -216,7 +251,11 @@ def clip_prompt(prompt_ids: list[int], keep: int, *, max_length: int) -> list[in
             "prompt of %d tokens does not fit max_length=%d (room for %d): dropped its first "
             "%d tokens (the template header among them); %d prompt(s) cut in this process so "
             "far; raise max_length or shorten the instruction",
-            len(prompt_ids), max_length, keep, len(prompt_ids) - keep, _CUT_PROMPTS,
+            len(prompt_ids),
+            max_length,
+            keep,
+            len(prompt_ids) - keep,
+            _CUT_PROMPTS,
         )
     return prompt_ids[-keep:]
 
@@ -245,9 +284,7 @@ class Batch:
         return int((self.labels[:, 1:] != -100).sum())
 
 
-def collate(
-    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right"
-) -> Batch:
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> Batch:
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(ids) for ids, _ in rows)

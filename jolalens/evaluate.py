@@ -1,11 +1,13 @@
 """Evaluate a model, with or without an edit attached, on a task's examples.
 
-Two protocols:
+Three protocols:
 
 * ``Protocol.LOGLIK`` ranks each multiple-choice item's answer options by the summed
   log-probability of their tokens after the prompt: no dependence on output format, and
   fast, because the prompt is run once per item (and a prefix shared by all prompts, such
   as the Alpaca header, once in all) with the options scored from the KV cache.
+* ``Protocol.CLOZE`` ranks the option *texts* after the raw context as lm-evaluation-harness
+  does (``acc`` and ``acc_norm``); see :mod:`jolalens.cloze`.
 * ``Protocol.GEN`` decodes as the paper does (beam 4 by default, 16 new tokens, 64 for
   NLG, left padding), keeps the first line and reads it with anchored extractors that
   avoid the released code's bugs (B6: "Based on..." is not answer B; BoolQ is
@@ -62,6 +64,7 @@ class Protocol(StrEnum):
 
     LOGLIK = "loglik"
     GEN = "gen"
+    CLOZE = "cloze"  # lm-eval's multiple-choice scoring of option texts: see jolalens.cloze
 
 
 @dataclass
@@ -113,7 +116,7 @@ def _labels_named(labels: Sequence[str], line: str, spaced: bool = False) -> set
         m = run.match(word)
         if not m:
             continue
-        rest = word[m.end():].lower()
+        rest = word[m.end() :].lower()
         if rest and not (cut_short and i == len(words) - 1 and any(lab.lower().startswith(rest) for lab in labels)):
             continue
         found |= {x.lower() for x in one.findall(m.group(0))}
@@ -129,8 +132,9 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
     ]
 
 
-def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = None, *,
-                 spaced_labels: bool = False) -> set[str]:
+def labels_named(
+    text: str, task: Task | str, choices: Sequence[str] | None = None, *, spaced_labels: bool = False
+) -> set[str]:
     """The labels (lower case) that a generated first line names, to tell an output that lists the
     options (two or more) from one that answers in words (none). Empty for letter and text tasks."""
     task = get_task(task)
@@ -142,8 +146,9 @@ def labels_named(text: str, task: Task | str, choices: Sequence[str] | None = No
     return set()
 
 
-def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = None, *,
-                   spaced_labels: bool = False) -> str | None:
+def extract_answer(
+    text: str, task: Task | str, choices: Sequence[str] | None = None, *, spaced_labels: bool = False
+) -> str | None:
     """The prediction in a generated first line, or None when it holds no valid answer.
 
     LABEL: the label the line names as a whole word (``answer2`` but not ``answer21``; a run of
@@ -177,7 +182,9 @@ def extract_answer(text: str, task: Task | str, choices: Sequence[str] | None = 
 # ---- metrics ---------------------------------------------------------------------------------
 
 
-def nlg_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, list[float], list[float]]:
+def nlg_scores(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> tuple[float, list[float], list[float]]:
     """Corpus BLEU (sacrebleu, 0-100), per-item sentence BLEU and ROUGE-L F (0-100, best reference)."""
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -188,7 +195,10 @@ def nlg_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) 
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
     corpus = sacrebleu.corpus_bleu(list(predictions), streams).score if predictions else 0.0
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [100 * scorer.score_multi(list(refs), pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references, strict=True)]
+    rouge = [
+        100 * scorer.score_multi(list(refs), pred)["rougeL"].fmeasure
+        for pred, refs in zip(predictions, references, strict=True)
+    ]
     sent = [sacrebleu.sentence_bleu(pred, list(refs)).score for pred, refs in zip(predictions, references, strict=True)]
     return corpus, sent, rouge
 
@@ -223,7 +233,9 @@ def _pad_id(tok: Any) -> int:
 def _encode(tok: Any, ex: Example, style: PromptStyle, max_length: int) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and each choice's ids, cut exactly as :func:`tokenize_example` would."""
     assert ex.choices is not None
-    prompt = tok(format_prompt(ex.instruction, style, tok), add_special_tokens=PromptStyle(style) is PromptStyle.ALPACA).input_ids
+    prompt = tok(
+        format_prompt(ex.instruction, style, tok), add_special_tokens=PromptStyle(style) is PromptStyle.ALPACA
+    ).input_ids
     choice_ids = [tok(c, add_special_tokens=False).input_ids for c in ex.choices]
     if any(not c for c in choice_ids):
         raise DataError(f"a choice of {ex.choices} tokenizes to nothing")
@@ -242,7 +254,15 @@ def _check_mc(examples: Sequence[Example]) -> None:
         )
 
 
-def _choice_logprobs_packed(view: nn.Module, tok: Any, examples: Sequence[Example], style: PromptStyle, max_length: int, batch_size: int, bar: Any) -> list[list[float]]:
+def _choice_logprobs_packed(
+    view: nn.Module,
+    tok: Any,
+    examples: Sequence[Example],
+    style: PromptStyle,
+    max_length: int,
+    batch_size: int,
+    bar: Any,
+) -> list[list[float]]:
     """Reference path: one right-padded row per (item, choice), scored with position ids."""
     rows, owners = [], []
     for i, ex in enumerate(examples):
@@ -255,7 +275,9 @@ def _choice_logprobs_packed(view: nn.Module, tok: Any, examples: Sequence[Exampl
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad, "right").to(device)
         with answer_positions(answer_mask(batch.labels)):
-            logits = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+            logits = view(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = batch.labels[:, 1:]
         mask = target != -100
@@ -281,11 +303,25 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
-def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Example], style: PromptStyle, max_length: int, batch_size: int, bar: Any) -> list[list[float]]:
+def _choice_logprobs_cached(
+    view: nn.Module,
+    tok: Any,
+    examples: Sequence[Example],
+    style: PromptStyle,
+    max_length: int,
+    batch_size: int,
+    bar: Any,
+) -> list[list[float]]:
     """Fast path: shared prefix once, each prompt once, choices from the KV cache."""
+    return _cached_logprobs(view, tok, [_encode(tok, ex, style, max_length) for ex in examples], batch_size, bar)
+
+
+def _cached_logprobs(
+    view: nn.Module, tok: Any, encoded: Sequence[tuple[list[int], list[list[int]]]], batch_size: int, bar: Any
+) -> list[list[float]]:
+    """Summed log-probs of each entry's choice ids after its prompt ids (KV-cache sharing)."""
     from transformers import DynamicCache
 
-    encoded = [_encode(tok, ex, style, max_length) for ex in examples]
     device = next(view.parameters()).device
     pad = _pad_id(tok)
     n_prefix = _common_prefix([p for p, _ in encoded])
@@ -293,9 +329,14 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
     if n_prefix:
         prefix_cache = DynamicCache(config=view.config)
         with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
-            view(input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device), **{_cache_kw(view): prefix_cache}, use_cache=True, logits_to_keep=1)
-    sums: list[list[float]] = [[] for _ in examples]
-    order = sorted(range(len(examples)), key=lambda i: len(encoded[i][0]))
+            view(
+                input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device),
+                **{_cache_kw(view): prefix_cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
+    sums: list[list[float]] = [[] for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         suffixes = [encoded[i][0][n_prefix:] for i in idx]
@@ -315,7 +356,14 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
         last_prompt_token = torch.zeros((len(idx), width), dtype=torch.bool, device=device)
         last_prompt_token[:, -1] = True  # the only position here that predicts an answer token
         with answer_positions(last_prompt_token):
-            out = view(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), **{_cache_kw(view): cache}, use_cache=True, logits_to_keep=1)
+            out = view(
+                input_ids=ids.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=pos.to(device),
+                **{_cache_kw(view): cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
         first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         # one row per (item, choice) for the choice tokens after the first
         rows = [(r, c_ids) for r, i in enumerate(idx) for c_ids in encoded[i][1]]
@@ -334,7 +382,13 @@ def _choice_logprobs_cached(view: nn.Module, tok: Any, examples: Sequence[Exampl
             c_pos = pos[owner, -1:] + 1 + torch.arange(cont_w)
             c_full = torch.cat([full_mask[owner], c_mask], dim=1)
             with answer_positions(c_mask.bool().to(device)):
-                logits = view(input_ids=c_ids_t.to(device), attention_mask=c_full.to(device), position_ids=c_pos.to(device), **{_cache_kw(view): cache}, use_cache=True).logits
+                logits = view(
+                    input_ids=c_ids_t.to(device),
+                    attention_mask=c_full.to(device),
+                    position_ids=c_pos.to(device),
+                    **{_cache_kw(view): cache},
+                    use_cache=True,
+                ).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for j, k in enumerate(longer):
                 target = torch.tensor(rows[k][1][1:], device=device)
@@ -378,13 +432,23 @@ def score_choices(
         return fn(view, tok, examples, PromptStyle(style), max_length, batch_size, bar)
 
 
-def _generate(model: nn.Module, examples: Sequence[Example], *, edit: Any, style: PromptStyle, batch_size: int, num_beams: int, max_new_tokens: int, max_length: int, progress: bool) -> list[str]:
+def _generate(
+    model: nn.Module,
+    examples: Sequence[Example],
+    *,
+    edit: Any,
+    style: PromptStyle,
+    batch_size: int,
+    num_beams: int,
+    max_new_tokens: int,
+    max_length: int,
+    progress: bool,
+) -> list[str]:
     tok = _tokenizer(model)
     pad = _pad_id(tok)
     add_special = PromptStyle(style) is PromptStyle.ALPACA
     encoded = [
-        tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids
-        for ex in examples
+        tok(format_prompt(ex.instruction, style, tok), add_special_tokens=add_special).input_ids for ex in examples
     ]
     prompts = [clip_prompt(ids, max_length, max_length=max_length) for ids in encoded]
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
@@ -448,26 +512,60 @@ def evaluate(
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = [{"item": i, "instruction": ex.instruction, "answer": ex.answer} for i, ex in enumerate(examples)]
-    summary: dict[str, Any] = {"task": task.name, "protocol": protocol.value, "n": len(examples), "edit": getattr(edit, "method", None) if edit is not None else "none"}
-    if protocol is Protocol.LOGLIK:
+    rows: list[dict[str, Any]] = [
+        {"item": i, "instruction": ex.instruction, "answer": ex.answer} for i, ex in enumerate(examples)
+    ]
+    summary: dict[str, Any] = {
+        "task": task.name,
+        "protocol": protocol.value,
+        "n": len(examples),
+        "edit": getattr(edit, "method", None) if edit is not None else "none",
+    }
+    if protocol is Protocol.CLOZE:
+        from .cloze import cloze_rows, score_cloze
+
         if task.metric is not Metric.ACCURACY:
             raise DataError(f"task {task.name} is a generation task; evaluate it with protocol='gen'")
-        scores = score_choices(model, examples, edit=edit, style=style, batch_size=batch_size, max_length=max_length, progress=progress)
+        _check_mc(examples)
+        scores = score_cloze(
+            model, examples, edit=edit, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        cloze_items, cloze_summary = cloze_rows(examples, scores)
+        for row, extra in zip(rows, cloze_items, strict=True):
+            row.update(extra)
+        summary.update(cloze_summary)
+    elif protocol is Protocol.LOGLIK:
+        if task.metric is not Metric.ACCURACY:
+            raise DataError(f"task {task.name} is a generation task; evaluate it with protocol='gen'")
+        scores = score_choices(
+            model, examples, edit=edit, style=style, batch_size=batch_size, max_length=max_length, progress=progress
+        )
         for row, ex, s in zip(rows, examples, scores, strict=True):
             assert ex.choices is not None
             best = max(range(len(s)), key=lambda k: s[k])
-            row.update(choices=list(ex.choices), logprobs=s, prediction=ex.choices[best], correct=ex.choices[best] == ex.answer)
+            row.update(
+                choices=list(ex.choices), logprobs=s, prediction=ex.choices[best], correct=ex.choices[best] == ex.answer
+            )
     else:
         n_new = max_new_tokens if max_new_tokens is not None else task.max_new_tokens
-        outputs = _generate(model, examples, edit=edit, style=style, batch_size=batch_size, num_beams=num_beams, max_new_tokens=n_new, max_length=max_length, progress=progress)
+        outputs = _generate(
+            model,
+            examples,
+            edit=edit,
+            style=style,
+            batch_size=batch_size,
+            num_beams=num_beams,
+            max_new_tokens=n_new,
+            max_length=max_length,
+            progress=progress,
+        )
         for row, ex, out in zip(rows, examples, outputs, strict=True):
             pred = extract_answer(out, task, ex.choices)
             row.update(output=out, prediction=pred)
             if task.metric is Metric.ACCURACY:
                 row["correct"] = pred is not None and pred == ex.answer
         summary.update(num_beams=num_beams, max_new_tokens=n_new)
-    if task.metric is Metric.ACCURACY:
+    if task.metric is Metric.ACCURACY and protocol is not Protocol.CLOZE:
         summary["accuracy"] = sum(r["correct"] for r in rows) / len(rows)
         if protocol is Protocol.GEN:
             summary["unparsed"] = sum(r["prediction"] is None for r in rows) / len(rows)

@@ -24,8 +24,10 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         df = df[df["family"] == args.family]
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
         _out(df[["task", "family", "train", "valid", "test", "source", "licence", "metric"]].to_string(index=False))
-    _out("\nSplit sizes are shown once a task's data is cached (first use converts it); "
-          "MMLU-Pro is not available offline: the NLU tasks are MMLU grouped into its 14 domains.")
+    _out(
+        "\nSplit sizes are shown once a task's data is cached (first use converts it); "
+        "MMLU-Pro is not available offline: the NLU tasks are MMLU grouped into its 14 domains."
+    )
     return 0
 
 
@@ -54,7 +56,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .registry import get_task
 
         task = get_task(args.task)
-        examples = load_task_splits(task, n_train=0, n_valid=0, n_test=args.n_test).test
+        examples = load_task_splits(task, n_train=0, n_valid=0, n_test=args.n_test, protocol=args.protocol).test
     from ..cli import loading_options
 
     model = jolalens.load_model(args.model, **loading_options(args))
@@ -96,7 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", default="smollm2-135m-instruct")
     ev.add_argument("--edit", help="directory of a saved edit (zero-shot without it)")
     ev.add_argument("--task", required=True, help="registered task name (see `jolalens tasks`) or a test .jsonl file")
-    ev.add_argument("--protocol", choices=["gen", "loglik"], default="loglik")
+    ev.add_argument(
+        "--protocol",
+        choices=["gen", "loglik", "cloze"],
+        default="loglik",
+        help="cloze: lm-eval's scoring of the option texts after the raw context (acc, acc_norm)",
+    )
     ev.add_argument("--n-test", type=int, default=None, help="fixed seeded test subset of N (default: full split)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--num-beams", type=int, default=4, help="beam width for --protocol gen (1 = greedy)")

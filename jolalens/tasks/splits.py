@@ -55,12 +55,22 @@ def load_task_splits(
     *,
     test_seed: int = 0,
     download: bool = True,
+    protocol: str | None = None,
 ) -> TaskSplits:
-    """Seeded train/valid samples and the test split of a registered task (None = all)."""
+    """Seeded train/valid samples and the test split of a registered task (None = all).
+
+    ``protocol="cloze"``: the same items (same seeds, same draws) in lm-eval's cloze
+    rendering (:mod:`jolalens.tasks.cloze_data`); any other value: the paper's label format.
+    """
     for label, n in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
         _check_n(label, n)
     task = get_task(name)
-    root = ensure_task_data(task, download=download)
+    if protocol is not None and str(protocol) == "cloze":
+        from .cloze_data import ensure_cloze_data
+
+        root = ensure_cloze_data(task, download=download)
+    else:
+        root = ensure_task_data(task, download=download)
     pool = read_jsonl(root / "train.jsonl")
     rng = random.Random(seed)
     order = list(range(len(pool)))
@@ -108,7 +118,7 @@ def load_jsonl_splits(
 ) -> TaskSplits:
     """Your own JSONL files (``instruction``, ``answer``, optional ``choices``), validated
     with file:line errors; train/valid are sampled like the registry tasks."""
-    read = (lambda p: read_jsonl(p) if p is not None else [])  # noqa: E731
+    read = lambda p: read_jsonl(p) if p is not None else []  # noqa: E731
     return TaskSplits(
         sample_examples(read(train), n_train, seed),
         sample_examples(read(valid), n_valid, seed),
