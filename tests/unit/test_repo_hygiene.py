@@ -41,3 +41,18 @@ def test_raw_run_outputs_would_be_ignored():
         ["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True
     ).stdout.split()
     assert ignored == paths
+
+
+def test_the_demo_writes_only_where_git_ignores():
+    """`make demo` must leave `git status` clean: every default output path is git-ignored."""
+    import inspect
+
+    import jolalens.demo as demo
+
+    defaults = inspect.signature(demo.run_demo).parameters
+    paths = [str(defaults[name].default) + "/x" for name in ("run_dir", "figures_dir")]
+    _tracked()  # skips without git
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == paths
