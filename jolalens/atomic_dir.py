@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import JolaError
+from .locking import pid_alive
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -111,7 +112,7 @@ def _remove_leftovers(final: Path) -> None:
     for kind in ("old", "tmp"):
         for stale in sorted(final.parent.glob(f".{final.name}.{kind}-*")):
             pid = stale.name.rsplit("-", 2)[-2]
-            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
                 continue
             if kind == "old" and not final.exists():
                 os.rename(stale, final)
@@ -122,16 +123,6 @@ def _remove_leftovers(final: Path) -> None:
                 )
             else:
                 shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_replaceable(final: str | Path, *, overwrite: bool) -> None:

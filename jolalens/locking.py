@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import JolaError
 
-__all__ = ["LockError", "lock_path", "output_lock", "read_holder"]
+__all__ = ["LockError", "lock_path", "output_lock", "pid_alive", "read_holder"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def read_holder(path: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,7 +100,7 @@ def output_lock(out: str | Path, command: str = "jolalens", *, shared: bool = Fa
             and not shared
             and old.get("host") == socket.gethostname()
             and isinstance(old.get("pid"), int)
-            and not _pid_alive(old["pid"])
+            and not pid_alive(old["pid"])
         ):
             logger.warning("recovered a stale lock on %s left by dead %s", out, _describe(old))
         me = {
