@@ -8,7 +8,9 @@ An edit can attach in two equivalent ways (tested equal for each method):
   (e.g. the input of ``o_proj`` for ``hook_z``), which runs the stock Hugging Face model with
   SDPA attention and a KV cache: the fast path for training, evaluation and generation.
 
-Run the model that matches the backend: the TransformerLens model for ``HOOK_POINTS``,
+A method declares where it acts once, as :meth:`Edit.site_edits` (a
+:class:`jolalens.sites.Site` and one function per site); the base class compiles that for both
+backends. Run the model that matches the backend: the TransformerLens model for ``HOOK_POINTS``,
 ``hf_view(model)`` for ``HF_VIEW``. jolalens removes only the hooks it added.
 """
 
@@ -32,6 +34,7 @@ from torch import nn
 from .atomic_dir import atomic_dir
 from .errors import EditLoadError
 from .models import identity_mismatches, model_identity
+from .sites import HookFn, ModuleHook, Site, SiteFn, hf_hook, tl_hook
 from .validation import nonfinite_tensors
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ __all__ = [
     "EditHandle",
     "HookFn",
     "ModuleHook",
+    "Site",
+    "SiteFn",
     "load_edit",
     "prepare_output_dir",
     "read_edit_dir",
@@ -57,7 +62,6 @@ CONFIG_FILE = "jola_config.json"
 WEIGHTS_FILE = "jola_weights.safetensors"
 FORMAT_VERSION = 1
 
-HookFn = Callable[..., Any]
 _METHODS: dict[str, type[Edit]] = {}
 _ANSWER_POSITIONS: ContextVar[torch.Tensor | None] = ContextVar("jolalens_answer_positions", default=None)
 
@@ -95,15 +99,6 @@ class Backend(StrEnum):
 
     HOOK_POINTS = "hook_points"
     HF_VIEW = "hf_view"
-
-
-@dataclass(frozen=True)
-class ModuleHook:
-    """A torch hook on a module of ``hf_view(model)``: ``pre`` hooks see the module's input."""
-
-    module: nn.Module
-    fn: Callable[..., Any]
-    pre: bool = True
 
 
 @dataclass
@@ -156,13 +151,26 @@ class Edit(nn.Module, ABC):
     method: ClassVar[str]
     model_identity: dict[str, Any] | None  # set by for_model/load; None: attach to any model
 
-    @abstractmethod
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        """TransformerLens ``(hook_name, fn)`` pairs applying this edit."""
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """Where this edit acts: one ``(site, fn)`` per edited tensor, for both backends.
 
-    @abstractmethod
+        ``fn`` maps the site's tensor, in the shape :mod:`jolalens.sites` documents (``hook_z``:
+        ``[batch, pos, head_index, d_head]``), to its replacement. :meth:`fwd_hooks` and
+        :meth:`hf_hooks` compile the list for TransformerLens hook points and for the modules of
+        ``hf_view(model)``; a method that needs something else overrides those two instead.
+        Called once per attach, so values computed here are fixed while attached.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no edit sites: define site_edits() (or override fwd_hooks and hf_hooks)"
+        )
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        """TransformerLens ``(hook_name, fn)`` pairs applying this edit (from :meth:`site_edits`)."""
+        return [tl_hook(site, fn) for site, fn in self.site_edits()]
+
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        """The same edit as torch hooks on the modules of ``hf_view(model)``."""
+        """The same edit as torch hooks on the modules of ``hf_view(model)`` (from :meth:`site_edits`)."""
+        return [hf_hook(site, fn, view) for site, fn in self.site_edits()]
 
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
@@ -265,8 +273,7 @@ class Edit(nn.Module, ABC):
                 from .hf_view import hf_view
 
                 for hook in self.hf_hooks(hf_view(model)):
-                    register = hook.module.register_forward_pre_hook if hook.pre else hook.module.register_forward_hook
-                    handle._removers.append(register(hook.fn).remove)
+                    handle._removers.append(hook.register().remove)
         except Exception:
             handle.remove()
             raise

@@ -1,5 +1,6 @@
-"""What the baseline edits share: sites (HF modules and their TransformerLens hook points),
-config (de)serialisation, and strict per-layer safetensors keys."""
+"""What the baseline edits share: projection shapes, config (de)serialisation, and strict
+per-layer safetensors keys. The sites themselves (``Projection``, ``decoder_layers``) live in
+:mod:`jolalens.sites` and are re-exported here."""
 
 from __future__ import annotations
 
@@ -14,47 +15,9 @@ from torch import Tensor, nn
 from ..edit import Edit
 from ..errors import EditLoadError, ModelError
 from ..models import ModelDims, model_dims, model_identity
+from ..sites import Projection, decoder_layers
 
 __all__ = ["BaselineEdit", "Projection", "decoder_layers", "normalise_sites", "projection_shape"]
-
-
-class Projection(StrEnum):
-    """The linear maps of a Llama-style decoder layer, by their Hugging Face names."""
-
-    Q = "q_proj"
-    K = "k_proj"
-    V = "v_proj"
-    O = "o_proj"  # noqa: E741
-    GATE = "gate_proj"
-    UP = "up_proj"
-    DOWN = "down_proj"
-
-    @property
-    def hf_parent(self) -> str:
-        return "self_attn" if self in (Projection.Q, Projection.K, Projection.V, Projection.O) else "mlp"
-
-    @property
-    def tl_component(self) -> str:
-        """The TransformerBridge component wrapping this projection (``attn.q``, ``mlp.in`` ...)."""
-        return {
-            Projection.Q: "attn.q",
-            Projection.K: "attn.k",
-            Projection.V: "attn.v",
-            Projection.O: "attn.o",
-            Projection.GATE: "mlp.gate",
-            Projection.UP: "mlp.in",
-            Projection.DOWN: "mlp.out",
-        }[self]
-
-    def hook_name(self, layer: int, side: str) -> str:
-        """``blocks.{layer}.{component}.hook_in`` or ``hook_out`` on a TransformerBridge."""
-        return f"blocks.{layer}.{self.tl_component}.hook_{side}"
-
-    def hf_module(self, view: nn.Module, layer: int) -> nn.Linear:
-        module = getattr(getattr(decoder_layers(view)[layer], self.hf_parent, None), self.value, None)
-        if not isinstance(module, nn.Module):
-            raise ModelError(f"layer {layer} of {type(view).__name__} has no {self.hf_parent}.{self.value}")
-        return module
 
 
 def projection_shape(dims: ModelDims, proj: Projection) -> tuple[int, int]:
@@ -81,13 +44,6 @@ def normalise_sites(config: Any) -> None:
     object.__setattr__(config, "targets", targets)
     if config.layers is not None:
         object.__setattr__(config, "layers", tuple(int(x) for x in config.layers))
-
-
-def decoder_layers(view: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(view, "model", None), "layers", None)
-    if layers is None:
-        raise ModelError(f"{type(view).__name__} has no model.layers (not a Llama-style decoder)")
-    return layers
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
