@@ -20,10 +20,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .edit import Edit, HookFn, ModuleHook, register_method
+from .edit import Edit, register_method
 from .errors import EditLoadError
 from .gates import HardConcrete
-from .hf_view import o_proj_modules
 from .jola_training import (
     DEFAULT_GATE_LR_SCALE,
     SparsityConfig,
@@ -32,6 +31,7 @@ from .jola_training import (
     sparsity_penalty,
 )
 from .models import ModelDims, hook_z_name, model_dims, model_identity
+from .sites import Site, SiteFn, SiteKind
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -264,29 +264,14 @@ class JolaEdit(Edit):
             return z
         return out.to(z.dtype)
 
-    # ---- hooks --------------------------------------------------------------------------
-    def _hook_z_fn(self, i: int) -> HookFn:
-        def edit_hook_z(z: Tensor, hook: Any = None) -> Tensor:
-            return self.apply(z, i)
+    # ---- where it acts ------------------------------------------------------------------
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """:meth:`apply` at ``hook_z`` of every edited layer (the input of ``o_proj`` on the HF view)."""
 
-        return edit_hook_z
+        def at(i: int) -> SiteFn:
+            return lambda z: self.apply(z, i)
 
-    def _o_proj_fn(self, i: int) -> HookFn:
-        h, d = self.dims.n_heads, self.dims.d_head
-
-        def edit_o_proj_input(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            x = args[0]
-            edited = self.apply(x.view(*x.shape[:-1], h, d), i).reshape(x.shape)
-            return (edited, *args[1:])
-
-        return edit_o_proj_input
-
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        return [(hook_z_name(layer), self._hook_z_fn(i)) for i, layer in enumerate(self.layers)]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        projections = o_proj_modules(view)
-        return [ModuleHook(projections[layer], self._o_proj_fn(i)) for i, layer in enumerate(self.layers)]
+        return [(Site(SiteKind.HOOK_Z, layer), at(i)) for i, layer in enumerate(self.layers)]
 
     # ---- training hooks (the trainer's interface; the maths is in jola_training) ---------
     def penalty(self, step: int) -> tuple[Tensor, float]:

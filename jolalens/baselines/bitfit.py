@@ -3,19 +3,20 @@
 Llama-style models have no biases, so BitFit adds a zero-initialised bias to the output of
 every chosen linear map (by default all seven per layer: q, k, v, o, gate, up, down). The
 model starts unchanged. On a TransformerBridge the bias is added at the wrapping component's
-``hook_out`` (``blocks.{l}.attn.q.hook_out`` ...); on the HF view, to the ``Linear``'s output.
+``hook_out`` (``blocks.{l}.attn.q.hook_out`` ...); on the HF view, to the ``Linear``'s output:
+the ``proj_out`` site of :mod:`jolalens.sites`, which also flattens per-head hook points.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..edit import HookFn, ModuleHook, register_method
+from ..edit import register_method
 from ..models import ModelDims
+from ..sites import Site, SiteFn, SiteKind
 from ._common import BaselineEdit, Projection, normalise_sites, projection_shape
 
 __all__ = ["BitFitConfig", "BitFitEdit"]
@@ -55,29 +56,16 @@ class BitFitEdit(BaselineEdit):
 
     def _add(self, out: Tensor, proj: Projection, i: int) -> Tensor:
         bias = self.biases[proj.value][i].float().to(out.device)
-        bias = bias.view(out.shape[2:]) if out.dim() == 4 else bias
         return (out + bias).to(out.dtype)  # added in float32, rounded once
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        def make(proj: Projection, i: int) -> HookFn:
-            def add_bias(out: Tensor, hook: Any = None) -> Tensor:
-                return self._add(out, proj, i)
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """A bias added at the output of each target projection of each edited layer."""
 
-            return add_bias
-
-        return [
-            (t.hook_name(layer, "out"), make(t, i)) for t in self.config.targets for i, layer in enumerate(self.layers)
-        ]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        def make(proj: Projection, i: int):
-            def add_bias(module: nn.Module, args: Any, out: Tensor) -> Tensor:
-                return self._add(out, proj, i)
-
-            return add_bias
+        def at(proj: Projection, i: int) -> SiteFn:
+            return lambda out: self._add(out, proj, i)
 
         return [
-            ModuleHook(t.hf_module(view, layer), make(t, i), pre=False)
+            (Site(SiteKind.PROJ_OUT, layer, t), at(t, i))
             for t in self.config.targets
             for i, layer in enumerate(self.layers)
         ]

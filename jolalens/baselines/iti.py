@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import Example, PromptStyle, collate, tokenize_example
-from ..edit import HookFn, ModuleHook, current_answer_positions, register_method
+from ..edit import HookFn, current_answer_positions, register_method
 from ..errors import DataError, JolaError
 from ..hf_view import hf_view, o_proj_modules
 from ..models import ModelDims, hook_z_name, model_dims
+from ..sites import Site, SiteFn, SiteKind
 from ._common import BaselineEdit
 
 __all__ = ["ItiConfig", "ItiEdit", "fit_iti", "probe_accuracies"]
@@ -114,31 +115,14 @@ class ItiEdit(BaselineEdit):
     def _edited_layers(self) -> list[int]:
         return self.selected().any(dim=1).nonzero().flatten().tolist()
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """:meth:`apply` at ``hook_z`` of every layer with a selected head (shift fixed at attach)."""
         shift = self.shift()
 
-        def make(layer: int) -> HookFn:
-            def iti_hook_z(z: Tensor, hook: Any = None) -> Tensor:
-                return self.apply(z, shift[layer])
+        def at(layer: int) -> SiteFn:
+            return lambda z: self.apply(z, shift[layer])
 
-            return iti_hook_z
-
-        return [(hook_z_name(layer), make(layer)) for layer in self._edited_layers()]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        shift = self.shift()
-        projections = o_proj_modules(view)
-        h, d = self.dims.n_heads, self.dims.d_head
-
-        def make(layer: int):
-            def iti_o_proj_input(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-                x = args[0]
-                edited = self.apply(x.view(*x.shape[:-1], h, d), shift[layer]).reshape(x.shape)
-                return (edited, *args[1:])
-
-            return iti_o_proj_input
-
-        return [ModuleHook(projections[layer], make(layer)) for layer in self._edited_layers()]
+        return [(Site(SiteKind.HOOK_Z, layer), at(layer)) for layer in self._edited_layers()]
 
     def n_stored(self) -> int:
         return self.config.n_parameters(self.dims)

@@ -17,9 +17,9 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..data import Example
-from ..edit import HookFn, ModuleHook, register_method
-from ..hf_view import o_proj_modules
+from ..edit import register_method
 from ..models import ModelDims, hook_z_name
+from ..sites import Site, SiteFn, SiteKind
 from ._common import BaselineEdit
 
 __all__ = ["LofitConfig", "LofitEdit", "LofitResult", "train_lofit"]
@@ -113,27 +113,13 @@ class LofitEdit(BaselineEdit):
         top = torch.topk(scores, min(k, scores.numel())).indices.tolist()
         return tuple(divmod(i, self.dims.n_heads) for i in top)
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        def make(layer: int) -> HookFn:
-            def lofit_hook_z(z: Tensor, hook: Any = None) -> Tensor:
-                return self.apply(z, layer)
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """:meth:`apply` at ``hook_z`` of every layer with an edited head."""
 
-            return lofit_hook_z
+        def at(layer: int) -> SiteFn:
+            return lambda z: self.apply(z, layer)
 
-        return [(hook_z_name(layer), make(layer)) for layer in self._layers_edited()]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        projections = o_proj_modules(view)
-        h, d = self.dims.n_heads, self.dims.d_head
-
-        def make(layer: int):
-            def lofit_o_proj_input(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-                x = args[0]
-                return (self.apply(x.view(*x.shape[:-1], h, d), layer).reshape(x.shape), *args[1:])
-
-            return lofit_o_proj_input
-
-        return [ModuleHook(projections[layer], make(layer)) for layer in self._layers_edited()]
+        return [(Site(SiteKind.HOOK_Z, layer), at(layer)) for layer in self._layers_edited()]
 
     def _saved(self) -> dict[str, Tensor]:
         if self.config.heads is None:

@@ -8,15 +8,15 @@ small updates are not rounded away (the released code keeps the scale itself in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..edit import HookFn, ModuleHook, register_method
+from ..edit import register_method
 from ..models import ModelDims
-from ._common import BaselineEdit, decoder_layers
+from ..sites import Site, SiteFn, SiteKind
+from ._common import BaselineEdit
 
 __all__ = ["RedConfig", "RedEdit"]
 
@@ -67,25 +67,13 @@ class RedEdit(BaselineEdit):
             edit = bias if edit is None else edit + bias
         return m if edit is None else (m + edit).to(m.dtype)
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        def make(i: int) -> HookFn:
-            def edit_mlp_out(m: Tensor, hook: Any = None) -> Tensor:
-                return self.apply(m, i)
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """:meth:`apply` at ``hook_mlp_out`` of every edited layer (the output of the HF ``mlp``)."""
 
-            return edit_mlp_out
+        def at(i: int) -> SiteFn:
+            return lambda m: self.apply(m, i)
 
-        return [(f"blocks.{layer}.hook_mlp_out", make(i)) for i, layer in enumerate(self.layers)]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        blocks = decoder_layers(view)
-
-        def make(i: int):
-            def edit_mlp_output(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-                return self.apply(output, i)
-
-            return edit_mlp_output
-
-        return [ModuleHook(blocks[layer].mlp, make(i), pre=False) for i, layer in enumerate(self.layers)]
+        return [(Site(SiteKind.MLP_OUT, layer), at(i)) for i, layer in enumerate(self.layers)]
 
     def _saved(self) -> dict[str, Tensor]:
         names = [n for n, on in (("scale_delta", self.config.scaling), ("bias", self.config.bias)) if on]

@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import Example, PromptStyle, collate, tokenize_example
-from ..edit import HookFn, ModuleHook, register_method
+from ..edit import register_method
 from ..errors import DataError
 from ..hf_view import hf_view
 from ..models import ModelDims, model_dims
+from ..sites import Site, SiteFn, SiteKind
 from ._common import BaselineEdit, decoder_layers
 from .loreft import resid_post_name
 
@@ -93,27 +94,13 @@ class RepeEdit(BaselineEdit):
         other.load_state_dict(self.state_dict())
         return other.to(self.direction.device).eval()
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        def make(layer: int) -> HookFn:
-            def repe_resid_post(h: Tensor, hook: Any = None) -> Tensor:
-                return h + self.shift(layer).to(h.dtype)
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
+        """``h + strength * direction`` at ``hook_resid_post`` (the HF decoder layer's output)."""
 
-            return repe_resid_post
+        def at(layer: int) -> SiteFn:
+            return lambda h: h + self.shift(layer).to(h.dtype)
 
-        return [(resid_post_name(layer), make(layer)) for layer in self.layers]
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        blocks = decoder_layers(view)
-
-        def make(layer: int):
-            def repe_block_output(module: nn.Module, args: tuple[Tensor, ...], output: Any) -> Any:
-                h = output[0] if isinstance(output, tuple) else output
-                edited = h + self.shift(layer).to(h.dtype)
-                return (edited, *output[1:]) if isinstance(output, tuple) else edited
-
-            return repe_block_output
-
-        return [ModuleHook(blocks[layer], make(layer), pre=False) for layer in self.layers]
+        return [(Site(SiteKind.RESID_POST, layer), at(layer)) for layer in self.layers]
 
     def n_stored(self) -> int:
         return self.config.n_parameters(self.dims)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
-from ..edit import HookFn, ModuleHook, register_method
+from ..edit import register_method
 from ..models import ModelDims
+from ..sites import Site, SiteFn
 from ._common import BaselineEdit
 
 __all__ = ["ZeroShotConfig", "ZeroShotEdit"]
@@ -32,10 +31,7 @@ class ZeroShotEdit(BaselineEdit):
     def __init__(self, dims: ModelDims, config: ZeroShotConfig | None = None) -> None:
         super().__init__(dims, config or ZeroShotConfig())
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        return []
-
-    def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
+    def site_edits(self) -> list[tuple[Site, SiteFn]]:
         return []
 
     def _saved(self) -> dict:
