@@ -242,11 +242,12 @@ def tl_hook(site: Site, fn: SiteFn) -> tuple[str, HookFn]:
     """
     flatten = site.kind.needs_projection
 
-    def site_hook(x: Tensor, hook: Any = None) -> Tensor | None:
+    def site_hook(x: Tensor, hook: Any = None) -> Tensor:
         if flatten and x.dim() == 4:
             out = fn(x.flatten(2))
-            return None if out is None else out.reshape(x.shape)
-        return fn(x)
+            return x if out is None else out.reshape(x.shape)
+        out = fn(x)
+        return x if out is None else out
 
     site_hook.__name__ = f"{getattr(fn, '__name__', 'edit')}_at_{site.kind.value}"
     return site.hook_name, site_hook

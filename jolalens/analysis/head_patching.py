@@ -1,8 +1,9 @@
 """Running the frozen model with a patch on chosen heads' ``hook_z``, on either backend.
 
 One patch function per layer maps ``z`` ``[rows, pos, n_heads, d_head]`` to its replacement;
-:class:`HeadPatchRunner` applies it at ``blocks.{l}.attn.hook_z`` (TransformerLens) or at the
-input of ``o_proj`` in :func:`jolalens.hf_view.hf_view` (the same tensor flattened over heads).
+:class:`HeadPatchRunner` applies it at the layer's ``hook_z`` site (:mod:`jolalens.sites`):
+``blocks.{l}.attn.hook_z`` (TransformerLens) or the input of ``o_proj`` in
+:func:`jolalens.hf_view.hf_view` (the same tensor flattened over heads), as edits do.
 Also here: the per-row answer metrics and the mean/resample sources the ablations patch in.
 """
 
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..edit import Backend
 from ..errors import DataError
-from ..models import hook_z_name, model_dims
+from ..models import model_dims
+from ..sites import Site, SiteKind, hf_hook, tl_hook
 from .scoring_data import ScoringChunk, ScoringData
 
 __all__ = [
@@ -41,55 +43,37 @@ Patch = Callable[[Tensor], Tensor]
 
 
 class HeadPatchRunner:
-    """Runs the model with per-layer patches on ``hook_z`` (TL) or the ``o_proj`` input (HF)."""
+    """Runs the model with per-layer patches on the ``hook_z`` site of either backend."""
 
     def __init__(self, model: nn.Module, backend: Backend) -> None:
         self.model: Any = model  # a TransformerLens model (run_with_hooks)
         self.backend = backend
         self.dims = model_dims(model)
         if backend is Backend.HF_VIEW:
-            from ..hf_view import hf_view, o_proj_modules
+            from ..hf_view import hf_view
 
             self.view = hf_view(model)
-            self.o_proj = o_proj_modules(self.view)
         self.device = next(model.parameters()).device
-
-    def _as_z(self, x: Tensor) -> Tensor:
-        return x.reshape(*x.shape[:2], self.dims.n_heads, self.dims.d_head)
 
     def logits(
         self, input_ids: Tensor, attention_mask: Tensor, keep_from: int, patches: dict[int, Patch]
     ) -> Float[Tensor, "rows kept vocab"]:
         """Logits at positions ``keep_from..end``, ``patches[layer]`` applied to that layer's z."""
         n_keep = input_ids.shape[1] - keep_from
+        sites = [(Site(SiteKind.HOOK_Z, layer), patch) for layer, patch in patches.items()]
         if self.backend is Backend.HF_VIEW:
             handles = []
-
-            def make(layer: int) -> Callable[..., Any]:
-                def pre_hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-                    x = args[0]
-                    z = patches[layer](self._as_z(x))
-                    return (z.reshape(x.shape), *args[1:])
-
-                return pre_hook
-
             try:
-                for layer in patches:
-                    handles.append(self.o_proj[layer].register_forward_pre_hook(make(layer)))
+                for site, patch in sites:
+                    handles.append(hf_hook(site, patch, self.view).register())
                 out = self.view(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep)
             finally:
                 for handle in handles:
                     handle.remove()
             return out.logits[:, -n_keep:]
 
-        def make_tl(layer: int) -> Callable[..., Any]:
-            def hook(z: Tensor, hook: Any) -> Tensor:
-                return patches[layer](z)
-
-            return hook
-
         # Right padding: pads follow every real token, so causal attention never sees them.
-        fwd_hooks = [(hook_z_name(layer), make_tl(layer)) for layer in patches]
+        fwd_hooks = [tl_hook(site, patch) for site, patch in sites]
         logits = self.model.run_with_hooks(input_ids, fwd_hooks=fwd_hooks)
         return logits[:, keep_from:]
 
