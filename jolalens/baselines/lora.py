@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..edit import Backend, EditHandle, HookFn, ModuleHook, register_method
 from ..errors import ModelError
 from ..models import ModelDims, model_dims, model_identity
+from ..sites import Site, SiteKind, tl_hook
 from ._common import BaselineEdit, Projection, normalise_sites, projection_shape
 
 __all__ = ["LoraConfig", "LoraEdit"]
@@ -66,7 +67,15 @@ def _key(proj: Projection, layer: int) -> str:
 
 @register_method
 class LoraEdit(BaselineEdit):
-    """peft LoRA adapters on the chosen projections of the chosen layers."""
+    """peft LoRA adapters on the chosen projections of the chosen layers.
+
+    LoRA keeps its own attaching instead of one ``site_edits()`` function per site: its update
+    needs a projection's input *and* output in the same call, and on the HF view :meth:`attach`
+    swaps peft's own ``lora.Linear`` layers in for the target modules (peft's dropout, scaling
+    and float32 adapters), which no hook reproduces. :meth:`hf_hooks` (one forward hook per
+    ``Linear``, seeing its input and output) and :meth:`fwd_hooks` (the ``proj_in`` and
+    ``proj_out`` sites of :mod:`jolalens.sites`) are the same update as hooks, tested equal.
+    """
 
     method = "lora"
     config_cls = LoraConfig
@@ -169,21 +178,25 @@ class LoraEdit(BaselineEdit):
         ]
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        """On a TransformerBridge: read the projection's input at its ``proj_in`` site and add the
+        update at its ``proj_out`` site (two hook points, so the input is kept in between)."""
         hooks: list[tuple[str, HookFn]] = []
         for layer in self.layers:
             for proj in self.config.targets:
                 key = _key(proj, layer)
                 inputs: dict[str, Tensor] = {}
 
-                def read(x: Tensor, hook: Any = None, inputs: dict[str, Tensor] = inputs) -> Tensor:
-                    inputs["x"] = x.flatten(2) if x.dim() == 4 else x
-                    return x
+                def read(x: Tensor, inputs: dict[str, Tensor] = inputs) -> None:
+                    inputs["x"] = x
 
-                def write(out: Tensor, hook: Any = None, inputs: dict[str, Tensor] = inputs, key: str = key) -> Tensor:
+                def write(out: Tensor, inputs: dict[str, Tensor] = inputs, key: str = key) -> Tensor:
                     x = inputs.pop("x")
-                    return (out + self.delta(x, key).to(out.device).view(out.shape)).to(out.dtype)
+                    return (out + self.delta(x, key).to(out.device)).to(out.dtype)
 
-                hooks += [(proj.hook_name(layer, "in"), read), (proj.hook_name(layer, "out"), write)]
+                hooks += [
+                    tl_hook(Site(SiteKind.PROJ_IN, layer, proj), read),
+                    tl_hook(Site(SiteKind.PROJ_OUT, layer, proj), write),
+                ]
         return hooks
 
     def _saved(self) -> dict[str, Tensor]:

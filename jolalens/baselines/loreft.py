@@ -24,6 +24,7 @@ Where the prompt is, per forward call (see :func:`prompt_windows`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,8 @@ from ..edit import (
 )
 from ..errors import JolaError
 from ..models import ModelDims
-from ._common import BaselineEdit, decoder_layers
+from ..sites import Site, SiteKind, hf_hook, tl_hook
+from ._common import BaselineEdit
 
 __all__ = [
     "LoreftConfig",
@@ -56,7 +58,8 @@ __all__ = [
 
 
 def resid_post_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
+    """``blocks.{layer}.hook_resid_post``: the hook name of the layer's ``resid_post`` site."""
+    return Site(SiteKind.RESID_POST, layer).hook_name
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,16 @@ def prompt_windows(
 
 @register_method
 class LoreftEdit(BaselineEdit):
-    """LoReFT interventions on the residual stream of the chosen layers."""
+    """LoReFT interventions on the residual stream (the ``resid_post`` site) of the chosen layers.
+
+    It keeps its own :meth:`fwd_hooks` and :meth:`hf_hooks` instead of one ``site_edits()``
+    function per site: which positions it edits depends on the backend. On the HF view a
+    pre-hook on the decoder stack (added by :meth:`attach`) reads the attention mask and KV cache
+    to locate each row's prompt tokens (left padding, cached decoding steps); on hook points
+    the windows come from the tensor itself (right or no padding). Both still use the
+    ``resid_post`` :class:`~jolalens.sites.Site` for the hook point, the module and the tuple
+    output of a decoder layer.
+    """
 
     method = "loreft"
     config_cls = LoreftConfig
@@ -194,31 +206,24 @@ class LoreftEdit(BaselineEdit):
         return prompt_windows(index, real, answer, 0, self.config.first_n, self.config.last_n)
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        def make(layer: int) -> HookFn:
-            def loreft_resid_post(h: Tensor, hook: Any = None) -> Tensor:
-                return self.apply(h, layer, *self._tl_windows(h))
+        def at(layer: int) -> Callable[[Tensor], Tensor]:
+            return lambda h: self.apply(h, layer, *self._tl_windows(h))
 
-            return loreft_resid_post
-
-        return [(resid_post_name(layer), make(layer)) for layer in self.layers]
+        return [tl_hook(Site(SiteKind.RESID_POST, layer), at(layer)) for layer in self.layers]
 
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
-        blocks = decoder_layers(view)
-
-        def make(layer: int):
-            def loreft_block_output(module: nn.Module, args: tuple[Tensor, ...], output: Any) -> Any:
-                h = output[0] if isinstance(output, tuple) else output
+        def at(layer: int) -> Callable[[Tensor], Tensor]:
+            def loreft_block_output(h: Tensor) -> Tensor:
                 if self._windows is None:
                     raise JolaError(
                         "LoReFT's decoder-layer hook ran without its model pre-hook: attach the edit with "
                         "edit.attach(model)"
                     )
-                edited = self.apply(h, layer, *self._windows)
-                return (edited, *output[1:]) if isinstance(output, tuple) else edited
+                return self.apply(h, layer, *self._windows)
 
             return loreft_block_output
 
-        return [ModuleHook(blocks[layer], make(layer), pre=False) for layer in self.layers]
+        return [hf_hook(Site(SiteKind.RESID_POST, layer), at(layer), view) for layer in self.layers]
 
     def _capture_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Pre-hook on the decoder stack: where this call's prompt tokens are (padding, cache)."""
