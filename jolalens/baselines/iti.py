@@ -29,11 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import Example, PromptStyle, collate, tokenize_example
-from ..edit import HookFn, current_answer_positions, register_method
+from ..edit import current_answer_positions, register_method
 from ..errors import DataError, JolaError
-from ..hf_view import hf_view, o_proj_modules
+from ..hf_view import hf_view
 from ..models import ModelDims, hook_z_name, model_dims
-from ..sites import Site, SiteFn, SiteKind
+from ..sites import Site, SiteFn, SiteKind, hf_hook, tl_hook
 from ._common import BaselineEdit
 
 __all__ = ["ItiConfig", "ItiEdit", "fit_iti", "probe_accuracies"]
@@ -149,7 +149,7 @@ class ItiEdit(BaselineEdit):
 def _last_token_z(
     model: nn.Module, rows: list[tuple[list[int], list[int]]], batch_size: int, progress: bool
 ) -> Float[Tensor, "n n_layers n_heads d_head"]:
-    """``hook_z`` of every layer at each row's last token (o_proj inputs of the HF view)."""
+    """``hook_z`` of every layer at each row's last token (the ``hook_z`` site on the HF view)."""
     from ..edit import Backend
     from ..runners import runner_for
 
@@ -163,22 +163,21 @@ def _last_token_z(
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
 
-    def make(layer: int):
-        def grab(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0]
-            rows = torch.arange(x.shape[0], device=x.device)
-            captured[layer] = x[rows, last.to(x.device)].float().cpu()
+    def make(layer: int) -> SiteFn:
+        def grab(z: Tensor) -> None:
+            rows = torch.arange(z.shape[0], device=z.device)
+            captured[layer] = z[rows, last.to(z.device)].float().cpu()
 
         return grab
 
-    handles = [p.register_forward_pre_hook(make(i)) for i, p in enumerate(o_proj_modules(view))]
+    handles = [hf_hook(Site(SiteKind.HOOK_Z, i), make(i), view).register() for i in range(dims.n_layers)]
     feats = []
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc="ITI activations", unit="batch", disable=not progress):
             batch = collate(rows[start : start + batch_size], pad, "right").to(device)
             last = batch.attention_mask.sum(-1) - 1
             view.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-            feats.append(torch.stack(captured, dim=1).view(len(last), dims.n_layers, dims.n_heads, dims.d_head))
+            feats.append(torch.stack(captured, dim=1))
     finally:
         for handle in handles:
             handle.remove()
@@ -200,13 +199,13 @@ def _last_token_z_hook_points(
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
 
-    def make(layer: int) -> HookFn:
-        def grab(z: Tensor, hook: Any = None) -> None:
+    def make(layer: int) -> SiteFn:
+        def grab(z: Tensor) -> None:
             captured[layer] = z[torch.arange(z.shape[0], device=z.device), last].float().cpu()
 
         return grab
 
-    removers = [_add_tl_hook(model, hook_z_name(i), make(i)) for i in range(dims.n_layers)]
+    removers = [_add_tl_hook(model, *tl_hook(Site(SiteKind.HOOK_Z, i), make(i))) for i in range(dims.n_layers)]
     feats = []
     try:
         starts = range(0, len(rows), batch_size)

@@ -33,8 +33,8 @@ from ..edit import register_method
 from ..errors import DataError
 from ..hf_view import hf_view
 from ..models import ModelDims, model_dims
-from ..sites import Site, SiteFn, SiteKind
-from ._common import BaselineEdit, decoder_layers
+from ..sites import Site, SiteFn, SiteKind, hf_hook
+from ._common import BaselineEdit
 from .loreft import resid_post_name
 
 __all__ = [
@@ -130,14 +130,13 @@ def residual_at_last_token(
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
 
-    def make(layer: int):
-        def grab(module: nn.Module, args: tuple[Tensor, ...], output: Any) -> None:
-            h = output[0] if isinstance(output, tuple) else output
+    def make(layer: int) -> SiteFn:
+        def grab(h: Tensor) -> None:
             captured[layer] = h[torch.arange(h.shape[0], device=h.device), last].float().cpu()
 
         return grab
 
-    handles = [block.register_forward_hook(make(i)) for i, block in enumerate(decoder_layers(view))]
+    handles = [hf_hook(Site(SiteKind.RESID_POST, i), make(i), view).register() for i in range(dims.n_layers)]
     feats = []
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc="RePE activations", unit="batch", disable=not progress):
