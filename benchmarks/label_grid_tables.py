@@ -3,7 +3,7 @@
 ``python benchmarks/label_grid_tables.py`` prints the markdown that benchmarks/RESULTS.md quotes:
 mean test accuracy per (method, task) over the seeds run, the 8-task average, and JoLA against
 each method in a sign test over paired (task, seed) cells. The CSV itself was written by the grid
-(``benchmarks/paper_grid.py``, then ``benchmarks/paper_grid_report.py``) from the raw runs.
+(``benchmarks/paper_grid.py``, then ``benchmarks/paper_grid_report.py OUT/main``) from the raw runs.
 """
 
 from __future__ import annotations

@@ -94,16 +94,11 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import jolalens
     from jolalens import Backend, JolaConfig, JolaEdit, SparsityConfig, TrainConfig
+    from jolalens.answer_loss import answer_logits, make_batches, tokenize_rows
+    from jolalens.data import padding_id
     from jolalens.runners import runner_for
     from jolalens.tasks import load_task_splits
-    from jolalens.train import (
-        _batches,
-        _logits_at_answers,
-        _lr_lambda,
-        _tokenize_all,
-        freeze,
-        sparsity_penalty,
-    )
+    from jolalens.train import _lr_lambda, freeze, sparsity_penalty
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,9 +109,8 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
     splits = load_task_splits(args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=args.seed)
     cfg = TrainConfig(batch_size=args.batch_size, warmup_steps=args.warmup_steps, progress=False, seed=args.seed)
     tok = model.tokenizer
-    rows = _tokenize_all(tok, list(splits.train), cfg, "training")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batches = _batches(rows, cfg.batch_size, pad, cfg.padding_side, range(len(rows)))
+    rows = tokenize_rows(tok, list(splits.train), cfg, "training")
+    batches = make_batches(rows, cfg.batch_size, padding_id(tok), cfg.padding_side, range(len(rows)))
     edit = JolaEdit.for_model(model, JolaConfig(seed=args.seed)).to(args.device)
     gates = [p for n, p in edit.named_parameters() if n.startswith("log_alpha_")]
     vectors = [p for n, p in edit.named_parameters() if not n.startswith("log_alpha_")]
@@ -134,7 +128,7 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
             batch = batches[t % len(batches)].to(args.device)
             _machine.sync(args.device)
             start, cpu0 = time.perf_counter(), time.process_time()
-            picked, targets = _logits_at_answers(runner, batch)
+            picked, targets = answer_logits(runner, batch)
             penalty, _ = sparsity_penalty(edit, sparsity, t)
             loss = F.cross_entropy(picked.float(), targets) + penalty
             opt.zero_grad(set_to_none=True)

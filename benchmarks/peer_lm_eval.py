@@ -54,11 +54,11 @@ def protocols() -> list[str]:
 def useful_flops(model: Any, items: list[Any], shape: _machine.ModelShape) -> dict[str, float]:
     """The minimal forward work of scoring ``items`` by option log-likelihood (see the module doc)."""
     from jolalens.data import PromptStyle
-    from jolalens.evaluate import _common_prefix, _encode
+    from jolalens.scoring import common_prefix, encode_choices
 
     tok = model.tokenizer
-    encoded = [_encode(tok, ex, PromptStyle.ALPACA, 400) for ex in items]
-    n0 = _common_prefix([p for p, _ in encoded])
+    encoded = [encode_choices(tok, ex, PromptStyle.ALPACA, 400) for ex in items]
+    n0 = common_prefix([p for p, _ in encoded])
     tokens, keys, unembedded = n0, _machine.causal_keys(n0), 0
     for prompt, choices in encoded:
         own = len(prompt) - n0

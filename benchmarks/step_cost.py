@@ -34,8 +34,10 @@ import torch.nn.functional as F
 
 import jolalens
 from jolalens import Backend, JolaConfig, JolaEdit, hf_view, merge_edit
+from jolalens.answer_loss import answer_logits
 from jolalens.data import Batch
-from jolalens.train import _logits_at_answers, freeze
+from jolalens.runners import runner_for
+from jolalens.train import freeze
 
 SHAPES = {
     # name: (layers, d_model, heads, kv_heads, d_mlp, vocab, batch, seq)
@@ -147,8 +149,8 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
         edit.zero_grad(set_to_none=True)
 
     def jola_train():
-        with edit.attached(model, Backend.HF_VIEW) as net:
-            picked, targets = _logits_at_answers(net, batch, Backend.HF_VIEW)
+        with runner_for(model, Backend.HF_VIEW).attached(edit) as runner:
+            picked, targets = answer_logits(runner, batch)
             F.cross_entropy(picked.float(), targets).backward()
         edit.zero_grad(set_to_none=True)
 

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Example
+from .data import Example, model_tokenizer
 from .errors import DataError
+from .runners import attached_lm
+from .scoring import cached_choice_logprobs
 
 __all__ = [
     "TARGET_DELIMITER",
@@ -133,18 +135,16 @@ def score_cloze(
     ``Protocol.LOGLIK``); position-dependent edits see the positions that predict
     continuation tokens through :func:`jolalens.edit.answer_positions`.
     """
-    from .evaluate import _cached_logprobs, _runner, _tokenizer
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tok = _tokenizer(model)
+    tok = model_tokenizer(model)
     entries, where = _encoded_entries(tok, examples, max_length)
     with (
-        _runner(model, edit) as view,
+        attached_lm(model, edit) as view,
         torch.inference_mode(),
         tqdm(total=len(entries), desc="cloze", unit="context", disable=not progress) as bar,
     ):
-        sums = _cached_logprobs(view, tok, entries, batch_size, bar)
+        sums = cached_choice_logprobs(view, tok, entries, batch_size, bar)
     return [[sums[e][k] for e, k in slots] for slots in where]
 
 

@@ -32,6 +32,9 @@ __all__ = [
     "clip_prompt",
     "collate",
     "format_prompt",
+    "model_tokenizer",
+    "pad_sequences",
+    "padding_id",
     "read_jsonl",
     "sample_examples",
     "tokenize_example",
@@ -298,6 +301,31 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, padding_si
         mask_t[i, span] = 1
     pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
     return Batch(ids_t, mask_t, lab_t, pos_t)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> Batch:
+    """Token id lists (no answer) padded into a :class:`Batch` by :func:`collate`; every label is -100."""
+    return collate([(list(s), [-100] * len(s)) for s in seqs], pad_id, padding_side)
+
+
+def model_tokenizer(model: Any) -> Any:
+    """The tokenizer :func:`jolalens.load_model` attached to ``model``; :class:`DataError` without one."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise DataError(f"{type(model).__name__} has no tokenizer; load it with jolalens.load_model")
+    return tok
+
+
+def padding_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its end-of-sequence token.
+
+    Padded positions are masked out, so any id would do; a tokenizer with neither is refused
+    rather than padded with an arbitrary real token.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("the tokenizer has neither a pad nor an eos token to pad with")
+    return int(pad)
 
 
 def answer_mask(labels: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["forget_view", "hf_view", "o_proj_modules"]
+__all__ = ["decoder_layers", "forget_view", "hf_view", "o_proj_modules"]
 
 _WRAPPER = "._original_component"
 _VIEWS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
@@ -140,13 +140,18 @@ def _set(root: nn.Module, dotted: str, value: torch.Tensor, *, buffer: bool = Fa
         module._parameters[leaf] = value
 
 
+def decoder_layers(view: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama-style Hugging Face causal LM (``view.model.layers``)."""
+    layers = getattr(getattr(view, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(f"{type(view).__name__} has no model.layers (not a Llama-style decoder)")
+    return layers
+
+
 def o_proj_modules(view: nn.Module) -> list[nn.Linear]:
     """The attention output projection of every decoder layer, in layer order."""
-    layers = getattr(getattr(view, "model", None), "layers", None)
-    if layers is None:
-        raise ModelError(f"{type(view).__name__} has no model.layers; cannot find o_proj")
     projections = []
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(decoder_layers(view)):
         proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
         if not isinstance(proj, nn.Linear):
             raise ModelError(f"Layer {i} of {type(view).__name__} has no self_attn.o_proj Linear")

@@ -27,7 +27,14 @@ from .errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelRunner", "has_hf_view", "is_hooked_transformer", "resolve_backend", "runner_for"]
+__all__ = [
+    "ModelRunner",
+    "attached_lm",
+    "has_hf_view",
+    "is_hooked_transformer",
+    "resolve_backend",
+    "runner_for",
+]
 
 
 def is_hooked_transformer(model: nn.Module) -> bool:
@@ -164,3 +171,18 @@ class ModelRunner:
 def runner_for(model: nn.Module, backend: Backend | str | None = None) -> ModelRunner:
     """The runner of ``model``: HF view where it exists (``backend=None``), else hook points."""
     return ModelRunner(model, backend)
+
+
+@contextmanager
+def attached_lm(model: nn.Module, edit: Any) -> Iterator[Any]:
+    """A Hugging Face-style causal LM of ``model`` with ``edit`` attached, for evaluation.
+
+    The HF view (SDPA, KV cache, ``generate``) where the model has one; else its hook points
+    behind the same calls (:class:`jolalens.hook_lm.HookPointLM`, whose ``config`` is ``None``).
+    """
+    from .hf_view import hf_view
+    from .hook_lm import HookPointLM
+
+    runner = runner_for(model)
+    with runner.attached(edit):
+        yield hf_view(model) if runner.backend is Backend.HF_VIEW else HookPointLM(runner)

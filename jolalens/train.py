@@ -6,6 +6,10 @@ only the edit's parameters reach the optimizer, and by default the forward pass 
 TransformerLens hook points otherwise (:func:`jolalens.runners.runner_for`).
 Everything method-specific (JoLA's expected-L0 penalty, its faster gates, its gate report)
 comes from the edit's training hooks (:class:`jolalens.edit.Edit`), never from a type check.
+
+This module is the loop; the loss and the validation number are :mod:`jolalens.answer_loss`, the
+recipe :mod:`jolalens.train_config` and the returned run :mod:`jolalens.train_result` (their public
+names stay importable from here).
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +30,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .atomic_dir import atomic_dir
-from .data import Batch, Example, PromptStyle, answer_mask, collate, tokenize_example
+from .answer_loss import (
+    answer_cross_entropy,
+    answer_logits,
+    make_batches,
+    mean_answer_ce,
+    tokenize_rows,
+    validation_ce,
+)
+from .data import Example, collate, model_tokenizer, padding_id
 from .distributed import DataParallel, current_data_parallel
-from .edit import Backend, Edit, answer_positions
-from .errors import DataError, TrainingError
+from .edit import Edit
+from .errors import TrainingError
 from .jola import JolaConfig, JolaEdit
-from .jola_training import DEFAULT_GATE_LR_SCALE, PenaltyMode, SparsityConfig, sparsity_penalty
+from .jola_training import PenaltyMode, SparsityConfig, sparsity_penalty
 from .runners import ModelRunner, runner_for
-from .validation import check_lr, check_positive_int, nonfinite_tensors
+from .train_config import SelectionMetric, TrainConfig
+from .train_result import TrainResult
+from .validation import nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -54,102 +64,6 @@ __all__ = [
     "train_jola",
     "validation_ce",
 ]
-
-
-class SelectionMetric(StrEnum):
-    """What early stopping and best-epoch selection watch on the validation set."""
-
-    VAL_CE = "val_ce"  # answer cross-entropy only (default: the penalty's lam does not leak in)
-    VAL_LOSS = "val_loss"  # cross-entropy + penalty, as the released code's eval_loss
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The optimisation recipe; defaults are the paper's (AdamW 5e-3, cosine, 50 warm-up steps)."""
-
-    lr: float = 5e-3
-    gate_lr_scale: float = DEFAULT_GATE_LR_SCALE
-    epochs: int = 20
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    warmup_steps: int = 50
-    patience: int = 2
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    seed: int = 42
-    max_length: int = 400
-    padding_side: str = "right"
-    prompt_style: PromptStyle = PromptStyle.ALPACA
-    backend: Backend | None = None  # None: the HF view where it exists, hook points otherwise
-    selection: SelectionMetric = SelectionMetric.VAL_CE
-    progress: bool = True
-    # Train the end-of-sequence token after each answer, so that generation stops after it.
-    # Off by default: the paper (and its released code, B6) trains the answer alone.
-    answer_eos: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
-        if self.backend is not None and self.backend != "auto":
-            object.__setattr__(self, "backend", Backend(self.backend))
-        else:
-            object.__setattr__(self, "backend", None)
-        object.__setattr__(self, "selection", SelectionMetric(self.selection))
-        if self.gate_lr_scale <= 0:
-            raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
-        check_lr(self.lr)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            check_positive_int(getattr(self, name), name)
-        if self.warmup_steps < 0 or self.patience < 1 or self.max_length < 2:
-            raise ValueError("warmup_steps >= 0, patience >= 1 and max_length >= 2 are required")
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-
-
-@dataclass
-class TrainResult:
-    """The trained edit (best epoch restored) and what happened on the way."""
-
-    edit: Edit
-    history: pd.DataFrame
-    gate_history: list[dict[str, Tensor]] = field(repr=False)
-    best_epoch: int
-    stopped_early: bool
-    seconds: float
-
-    def save(self, run_dir: str | Path, *, overwrite: bool = False) -> Path:
-        """A run directory: ``edit/`` (the saved edit), ``history.csv``, ``gate_history.pt``,
-        ``head_maps.pt`` (the final ``[layer, head]`` maps), ``summary.json`` and the completion
-        marker, written aside and renamed into place only when all are written."""
-        import json
-
-        run_dir = Path(run_dir)
-        summary = self.summary()  # before any file is written: a broken result fails here
-        # complete or absent; an old run is replaced only at the end
-        with atomic_dir(run_dir, overwrite=overwrite) as tmp:
-            self.edit.save(tmp / "edit")
-            self.history.to_csv(tmp / "history.csv", index=False)
-            if self.gate_history:
-                torch.save(self.gate_history, tmp / "gate_history.pt")
-            for name, artifact in self.edit.run_artifacts().items():
-                torch.save(artifact, tmp / name)
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return run_dir
-
-    def summary(self) -> dict[str, Any]:
-        """Best epoch, its validation CE, time taken, and the edit's extras (JoLA: closed gates)."""
-        best = self.history.loc[self.history["epoch"] == self.best_epoch].iloc[0]
-        out: dict[str, Any] = {
-            "method": self.edit.method,
-            "best_epoch": self.best_epoch,
-            "epochs_run": int(self.history["epoch"].max()),
-            "stopped_early": self.stopped_early,
-            "val_ce_first_epoch": float(self.history["val_ce"].iloc[0]),
-            "val_ce_best": float(best["val_ce"]),
-            "trainable_parameters": self.edit.n_trainable(),
-            "seconds": round(self.seconds, 2),
-        }
-        out.update(self.edit.summary_extras())
-        return out
 
 
 @contextmanager
@@ -171,60 +85,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def answer_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
-    """Token-mean cross-entropy of the next-token predictions on answer positions (labels != -100)."""
-    targets = labels[:, 1:]
-    mask = targets != -100
-    n = int(mask.sum())
-    if n == 0:
-        raise DataError("a batch holds no answer tokens to supervise")
-    picked = logits[:, :-1][mask]
-    return F.cross_entropy(picked.float(), targets[mask]), n
-
-
-def _logits_at_answers(runner: ModelRunner, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Logits and targets at the positions that predict answer tokens only.
-
-    On the HF view the unembedding runs only where a loss is taken, which for a short answer
-    after a long prompt saves most of its cost; the maths is unchanged.
-    """
-    targets = batch.labels[:, 1:]
-    mask = targets != -100
-    if not bool(mask.any()):
-        raise DataError("a batch holds no answer tokens to supervise")
-    where = answer_mask(batch.labels)
-    with answer_positions(where):
-        picked = runner.logits_where(batch.input_ids, batch.attention_mask, batch.position_ids, where)
-    return picked, targets[mask]
-
-
 @contextmanager
 def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator[ModelRunner]:
     """The model's runner with ``edit`` on (built inside ``freeze``: the HF view shares flags)."""
     with runner_for(model, cfg.backend).attached(edit) as runner:
         yield runner
-
-
-def _batches(
-    rows: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int, side: str, order: Sequence[int]
-) -> list[Batch]:
-    return [collate([rows[j] for j in order[i : i + size]], pad_id, side) for i in range(0, len(order), size)]
-
-
-def _tokenize_all(
-    tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, what: str
-) -> list[tuple[list[int], list[int]]]:
-    if not examples:
-        raise DataError(f"the {what} set is empty")
-    eos_id = None
-    if cfg.answer_eos:
-        eos_id = tokenizer.eos_token_id
-        if eos_id is None:
-            raise DataError("answer_eos=True needs a tokenizer with an end-of-sequence token; this one has none")
-    return [
-        tokenize_example(tokenizer, ex, style=cfg.prompt_style, max_length=cfg.max_length, eos_id=eos_id)
-        for ex in examples
-    ]
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -282,12 +147,10 @@ def train_edit(
     """
     cfg = config or TrainConfig()
     seed_everything(cfg.seed)
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise DataError("the model has no tokenizer; load it with jolalens.load_model")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_rows = _tokenize_all(tokenizer, train, cfg, "training")
-    valid_rows = _tokenize_all(tokenizer, valid, cfg, "validation")
+    tokenizer = model_tokenizer(model)
+    pad_id = padding_id(tokenizer)
+    train_rows = tokenize_rows(tokenizer, train, cfg, "training")
+    valid_rows = tokenize_rows(tokenizer, valid, cfg, "validation")
     device = next(model.parameters()).device
     edit.to(device)
     groups = param_groups if param_groups is not None else edit.param_groups(cfg.lr, cfg)
@@ -300,7 +163,7 @@ def train_edit(
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total_steps))
-    valid_batches = _batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
+    valid_batches = make_batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
     order_gen = torch.Generator().manual_seed(cfg.seed)
     trainable = [p for g in groups for p in g["params"]]
     dp = current_data_parallel()  # set by jolalens.distributed.data_parallel: shard every global batch
@@ -332,7 +195,7 @@ def train_edit(
                 global_rows = [train_rows[j] for j in order[i : i + cfg.batch_size]]
                 if dp is None:
                     batch = collate(global_rows, pad_id, cfg.padding_side).to(device)
-                    picked, targets = _logits_at_answers(runner, batch)
+                    picked, targets = answer_logits(runner, batch)
                     ce = F.cross_entropy(picked.float(), targets)
                     penalty, lam = regularizer(t)
                     loss = ce + penalty
@@ -361,7 +224,7 @@ def train_edit(
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, ce=f"{ce.item():.3f}")
-            val_ce, t_after = _validate(runner, edit, valid_batches, device, t if count_eval_steps else None, dp)
+            val_ce, t_after = mean_answer_ce(runner, edit, valid_batches, device, t if count_eval_steps else None, dp)
             t = t_after if t_after is not None else t
             val_pen, _ = regularizer(t)
             row = {
@@ -448,7 +311,7 @@ def _data_parallel_backward(
     rows, weight = dp.shard_for_step(global_rows)
 
     def shard_ce_sum() -> tuple[Tensor, int]:
-        picked, targets = _logits_at_answers(runner, collate(rows, pad_id, cfg.padding_side).to(device))
+        picked, targets = answer_logits(runner, collate(rows, pad_id, cfg.padding_side).to(device))
         return F.cross_entropy(picked.float(), targets, reduction="sum") * weight, targets.numel() if weight else 0
 
     ce, _ = dp.backward_step(step, shard_ce_sum, trainable)
@@ -456,60 +319,3 @@ def _data_parallel_backward(
     if penalty.requires_grad:  # the same on every rank: added once, after the reduction
         penalty.backward()
     return ce, penalty, lam
-
-
-@torch.no_grad()
-def _validate(
-    runner: ModelRunner,
-    edit: nn.Module | None,
-    batches: list[Batch],
-    device: torch.device,
-    t: int | None,
-    dp: DataParallel | None = None,
-) -> tuple[float, int | None]:
-    """Validation answer CE (token mean, deterministic gates); ``t`` advanced per batch if given.
-
-    With ``dp`` each rank scores every ``world_size``-th batch and the sums are all-reduced.
-    """
-    if edit is not None:
-        edit.eval()
-    total, count = 0.0, 0
-    for batch in batches if dp is None else batches[dp.rank :: dp.world_size]:
-        picked, targets = _logits_at_answers(runner, batch.to(device))
-        total += F.cross_entropy(picked.float(), targets, reduction="sum").item()
-        count += targets.numel()
-    if dp is not None:
-        total, count = dp.all_reduce_sum(
-            torch.tensor([total, float(count)], dtype=torch.float64, device=dp.device)
-        ).tolist()
-    return total / count, (t + len(batches) if t is not None else None)
-
-
-def validation_ce(
-    model: nn.Module,
-    edit: Edit | None,
-    examples: Sequence[Example],
-    *,
-    config: TrainConfig | None = None,
-) -> float:
-    """Answer-token cross-entropy of ``examples`` with ``edit`` attached (``None``: the base model).
-
-    The same number every method's early stopping and hyper-parameter choice use.
-    """
-    cfg = config or TrainConfig()
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise DataError("the model has no tokenizer; load it with jolalens.load_model")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = _tokenize_all(tokenizer, examples, cfg, "validation")
-    batches = _batches(rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(rows)))
-    device = next(model.parameters()).device
-    runner = runner_for(model, cfg.backend)
-    if edit is None:
-        return _validate(runner, None, batches, device, None)[0]
-    with runner.attached(edit):
-        was_training = edit.training
-        try:
-            return _validate(runner, edit, batches, device, None)[0]
-        finally:
-            edit.train(was_training)

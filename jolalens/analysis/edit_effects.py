@@ -7,16 +7,16 @@ this asks what the *edit* contributes, head by head.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import Example, PromptStyle, collate, tokenize_example
+from ..data import Example, PromptStyle, collate, model_tokenizer, padding_id, tokenize_example
 from ..edit import Backend
 from ..jola import JolaEdit, selected_heads
+from ..scoring import answer_token_logprobs
 
 __all__ = ["answer_logprobs", "edit_head_effects"]
 
@@ -38,8 +38,8 @@ def answer_logprobs(
     """
     from ..runners import runner_for
 
-    tok: Any = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    tok = model_tokenizer(model)
+    pad = padding_id(tok)
     rows = [tokenize_example(tok, ex, style=style, max_length=max_length) for ex in examples]
     out = []
     with runner_for(model, backend).attached(edit) as runner:
@@ -47,11 +47,8 @@ def answer_logprobs(
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size], pad, "right").to(device)
             logits = runner(batch.input_ids, batch.attention_mask, batch.position_ids)
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            target = batch.labels[:, 1:]
-            mask = target != -100
-            picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * mask
-            out.append(picked.sum(-1) / mask.sum(-1))
+            picked = answer_token_logprobs(logits, batch.labels)
+            out.append(picked.sum(-1) / (batch.labels[:, 1:] != -100).sum(-1))
     return torch.cat(out).cpu()
 
 

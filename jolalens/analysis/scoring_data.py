@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
-from ..data import Batch, Example, PromptStyle, tokenize_example
+from ..data import Batch, Example, PromptStyle, collate, padding_id, tokenize_example
 from ..errors import DataError
 
 __all__ = ["ScoringChunk", "ScoringData", "resolve_scoring_data"]
@@ -69,9 +69,7 @@ class ScoringData:
         """Tokenize examples as in training; an MC example gives one row per choice."""
         if not examples:
             raise DataError("no examples to score")
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise DataError("the tokenizer has neither a pad nor an eos token to pad with")
+        pad_id = padding_id(tokenizer)
         rows: list[tuple[list[int], list[int]]] = []
         ex_idx: list[int] = []
         gold: list[bool] = []
@@ -83,18 +81,11 @@ class ScoringData:
                 rows.append(tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=ans))
                 ex_idx.append(i)
                 gold.append(ans == ex.answer)
-        width = max(len(ids) for ids, _ in rows)
-        ids_t = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-        lab_t = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask_t = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (ids, labels) in enumerate(rows):
-            ids_t[r, : len(ids)] = torch.tensor(ids)
-            lab_t[r, : len(ids)] = torch.tensor(labels)
-            mask_t[r, : len(ids)] = 1
+        batch = collate(rows, pad_id, "right")
         return cls(
-            ids_t,
-            lab_t,
-            mask_t,
+            batch.input_ids,
+            batch.labels,
+            batch.attention_mask,
             torch.tensor(ex_idx, dtype=torch.long),
             torch.tensor(gold, dtype=torch.bool),
             torch.tensor(has_choices, dtype=torch.bool),

@@ -81,14 +81,14 @@ def test_best_epoch_is_restored(tiny):
         config=TrainConfig(epochs=4, batch_size=4, warmup_steps=1, progress=False, lr=0.5, patience=4),
     )
     # re-measure validation CE with the returned edit: it equals the best epoch's value
+    from jolalens.answer_loss import make_batches, mean_answer_ce
     from jolalens.runners import runner_for
-    from jolalens.train import _batches, _validate
 
     tok = tiny.tokenizer
     rows = [tokenize_example(tok, ex) for ex in _data(8)]
-    batches = _batches(rows, 8, tok.pad_token_id, "right", range(len(rows)))
+    batches = make_batches(rows, 8, tok.pad_token_id, "right", range(len(rows)))
     with runner_for(tiny, Backend.HF_VIEW).attached(result.edit) as runner:
-        val_ce, _ = _validate(runner, result.edit, batches, torch.device("cpu"), None)
+        val_ce, _ = mean_answer_ce(runner, result.edit, batches, torch.device("cpu"), None)
     assert val_ce == pytest.approx(result.history["val_ce"].min(), rel=1e-5)
 
 
