@@ -926,3 +926,10 @@ def test_head_pairs_by_family_groups_one_seeds_pairs_of_tasks():
     assert "| GEM / commonsense | 1 | 0.10 | 0.05 | 1.50 | 0 |" in text
     assert report.head_pairs_by_family(pairs[pairs["run_b"].str.endswith("seed2")]).empty
     assert report.head_pairs_by_family(pd.DataFrame()).empty, "a grid with no selective JoLA run has no pairs"
+
+
+def test_the_grids_methods_are_registered_and_its_ablations_are_jolas():
+    grid.check_methods()  # raises SystemExit naming a method the registry lacks
+    from jolalens.methods import METHODS
+
+    assert set(grid.BASELINES) <= set(METHODS) and set(grid.DATASIZE_METHODS) <= set(METHODS)
