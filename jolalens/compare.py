@@ -8,6 +8,10 @@ edit. Runs are written to ``OUT/runs/{task}/{method}/seed{seed}/`` and a run cou
 only once its ``result.json`` exists, so an interrupted comparison resumes where it stopped
 and a crashed run (its traceback kept in ``error.txt``) costs nothing else. ``results.csv``,
 ``summary.csv`` and ``summary.md`` are rewritten after every run.
+
+The methods, their search spaces and fit functions are the registry's
+(:data:`jolalens.methods.METHODS`); the tables are written by :mod:`jolalens.compare_tables`.
+Both are re-exported here.
 """
 
 from __future__ import annotations
