@@ -31,6 +31,7 @@ import torch
 from jolalens import TrainConfig, load_model
 from jolalens.analysis import attribution_scores, make_compare_figures
 from jolalens.compare import CompareConfig, run_compare
+from jolalens.methods import METHODS, default_methods
 from jolalens.tasks import load_task_splits
 
 OUT = Path(__file__).parent / "results" / "compare_embedded"
@@ -41,7 +42,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="arc_easy")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--methods", default="zeroshot,iti,jola,red,lofit,lora,bitfit")
+    parser.add_argument(
+        "--methods",
+        default=",".join(default_methods()),
+        help=f"comma-separated, from {','.join(METHODS)} (default: jolalens compare's default methods)",
+    )
     parser.add_argument("--paper", action="store_true", help="200/200 examples, 20 epochs, 500 test items")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--figures", type=Path, default=FIGURES)

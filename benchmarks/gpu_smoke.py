@@ -1,8 +1,9 @@
 """Every method of ``jolalens compare`` once on a tiny random model on a given device.
 
 A minute-long check to run on a lent GPU before a long job there: it trains, saves, reloads and
-scores each edit (JoLA, its four ablations and the six baselines) with both protocols, on the
-device, and fails loudly on the first device mismatch. Usage::
+scores the edit of every method in the registry (``jolalens.methods.METHODS``: JoLA, its
+ablations and the baselines) with both protocols, on the device, and fails loudly on the first
+device mismatch. Usage::
 
     python benchmarks/gpu_smoke.py --device cuda
 """
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import jolalens.tasks
 from jolalens import Example, TrainConfig, load_edit
-from jolalens.compare import METHODS, CompareConfig, run_compare
+from jolalens.compare import CompareConfig, run_compare
 from jolalens.evaluate import Protocol, evaluate
+from jolalens.methods import METHODS
 from jolalens.testing import choice_splits, tiny_model
 
 _splits = choice_splits
@@ -45,9 +47,11 @@ def main() -> int:
             )
         print(results[["method", "status", "score", "device"]].to_string(index=False))
         examples = [Example(f"say {c}", c) for c in "abcd"]
-        for method in ("zeroshot", "jola", "red", "lora", "lofit", "bitfit", "iti"):
+        for method, spec in METHODS.items():
+            if method in set(failed["method"]):
+                continue  # reported above
             path = Path(tmp) / "cmp" / "runs" / "arc_easy" / method / "seed0" / "edit"
-            edit = None if method == "zeroshot" else load_edit(path, model)
+            edit = None if spec.unedited else load_edit(path, model)
             gen = evaluate(
                 model, examples, "common_gen", edit=edit, protocol=Protocol.GEN, max_new_tokens=4, progress=False
             )

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import jolalens  # noqa: E402
 from jolalens.analysis import ablation_scores, attribution_scores  # noqa: E402
 from jolalens.evaluate import Protocol, evaluate  # noqa: E402
+from jolalens.methods import default_methods  # noqa: E402
 from jolalens.tasks import load_task_splits  # noqa: E402
 
 log = logging.getLogger("notebook_runs")
@@ -48,7 +49,8 @@ log = logging.getLogger("notebook_runs")
 # instead of re-running seven methods on a CPU (raw runs are not kept in git; without it a fresh,
 # smaller comparison is run).
 PAPER_GRID_MAIN = Path(__file__).resolve().parent / "results" / "paper_grid" / "main"
-COMPARE_METHODS = ("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot")
+# notebook 03 shows `jolalens compare`'s default methods (the method registry's `default` ones)
+COMPARE_METHODS = default_methods()
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def eval_step(model: Any, splits: Any, task: str, protocol: str, out: Path) -> d
 
 
 def compare_step(model: Any, task: str, protocol: str, budget: Budget, out: Path) -> Path:
-    """A small fresh `jolalens compare` of the seven methods (when no finished one is given)."""
+    """A small fresh `jolalens compare` of :data:`COMPARE_METHODS` (when no finished one is given)."""
     from jolalens.compare import CompareConfig, run_compare
 
     n_train, n_valid, n_test, epochs = budget.compare_sizes

@@ -119,6 +119,20 @@ def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
     )
 
 
+def check_methods() -> None:
+    """The grid's methods are fixed for the experiment (literal tuples above, results committed),
+    but each must be a registered method (``jolalens.methods.METHODS``), and ``ABLATIONS`` the
+    registry's ablations of JoLA; a renamed or removed method fails here, before any work."""
+    from jolalens.methods import METHODS
+
+    unknown = sorted({c.method for c in plan()} - set(METHODS))
+    if unknown:
+        raise SystemExit(f"paper_grid: methods {unknown} are not registered; choose from {', '.join(METHODS)}")
+    not_ablations = [m for m in ABLATIONS if METHODS[m].ablation_of != "jola"]
+    if not_ablations:
+        raise SystemExit(f"paper_grid: ABLATIONS {not_ablations} are not ablations of jola in jolalens.methods")
+
+
 def plan() -> list[Cell]:
     """Every cell, in the order that covers the issue's tables soonest.
 
@@ -198,8 +212,10 @@ def compress_items(run_dir: Path) -> None:
 
 
 def edit_kept(run_dir: Path, method: str) -> bool:
-    """Whether a run's trained weights are on disk (zero-shot has none to keep)."""
-    return method == "zeroshot" or (run_dir / "edit" / "jola_weights.safetensors").is_file()
+    """Whether a run's trained weights are on disk (an unedited method, zero-shot, has none to keep)."""
+    from jolalens.methods import get_method
+
+    return get_method(method).unedited or (run_dir / "edit" / "jola_weights.safetensors").is_file()
 
 
 def rescore_generation(
@@ -212,11 +228,12 @@ def rescore_generation(
     """
     from jolalens import load_edit
     from jolalens.evaluate import Protocol, evaluate
+    from jolalens.methods import get_method
     from jolalens.tasks import load_task_splits
 
     run_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
     splits = load_task_splits(cell.task, n_train=0, n_valid=0, n_test=config.n_test, seed=cell.seed)
-    edit = None if cell.method == "zeroshot" else load_edit(edit_dir or run_dir / "edit", model)
+    edit = None if get_method(cell.method).unedited else load_edit(edit_dir or run_dir / "edit", model)
     result = evaluate(
         model,
         splits.test,
@@ -581,6 +598,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     t0 = time.time()
+    check_methods()
     cells = selected(args.only, args.methods, args.tasks, args.skip)
     device = "cuda" if args.gpus_per_cell > 0 else "cpu"
     engine = RayEngineConfig(

@@ -291,16 +291,26 @@ def _csv(kind):
     return parse
 
 
+def _methods_help() -> str:
+    """The choices of ``compare --methods``, from the method registry (:mod:`jolalens.methods`)."""
+    from .methods import METHODS, default_methods
+
+    defaults = default_methods()
+    others = [n for n, s in METHODS.items() if n not in defaults and s.ablation_of is None]
+    ablations = [n for n, s in METHODS.items() if s.ablation_of is not None]
+    return (
+        f"comma-separated, from: {','.join(defaults)} (default: these {len(defaults)})"
+        + (f", {','.join(others)}" if others else "")
+        + (f" and the ablations {','.join(ablations)}" if ablations else "")
+    )
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from .methods import default_methods
+
     p = sub.add_parser("compare", help="JoLA vs baselines: one run per (method, task, seed), resumable")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument(
-        "--methods",
-        type=_csv(str),
-        default=("jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"),
-        help="comma-separated, from: jola,iti,red,lofit,lora,bitfit,zeroshot (default: these seven), loreft,repe "
-        "and the JoLA ablations jola_additive,jola_multiplicative,jola_shared_gate,jola_no_gate",
-    )
+    p.add_argument("--methods", type=_csv(str), default=default_methods(), help=_methods_help())
     p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated task names (see `jolalens tasks`)")
     p.add_argument("--seeds", type=_csv(int), default=(0,), help="comma-separated seeds (data sample and training)")
     p.add_argument("--out", type=Path, required=True, help="comparison directory (rerun the same command to resume)")

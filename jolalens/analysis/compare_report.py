@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..compare import collect, summarise
+from ..compare_tables import collect, summarise
 from ..edit import load_edit
 from .ablation import HeadScores
 from .compare import compare_selection, jaccard_matrix, layer_distribution, top_k

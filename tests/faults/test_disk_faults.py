@@ -3,6 +3,7 @@ intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import shutil
 from collections import namedtuple
@@ -78,7 +79,7 @@ def test_compare_failure_record_survives_a_full_disk(tiny, tmp_path, monkeypatch
     monkeypatch.setitem(
         jolalens.compare.METHODS,
         "red",
-        jolalens.compare.MethodSpec("red", spec.search_space, crash, spec.description),
+        dataclasses.replace(spec, fit=crash),
     )
     real = jolalens.run_records.atomic_path
 

@@ -398,3 +398,10 @@ def test_merge_adds_missing_files_and_overwrites_none(tmp_path):
         ["bash", str(script), str(tmp_path / "nowhere"), str(results)], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "no .tgz in" in missing.stderr
+
+
+def test_the_grids_methods_are_registered_and_its_ablations_are_jolas():
+    grid.check_methods()  # raises SystemExit naming a method the registry lacks
+    from jolalens.methods import METHODS
+
+    assert set(grid.BASELINES) <= set(METHODS) and set(grid.DATASIZE_METHODS) <= set(METHODS)
