@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import ModelError
+from .hf_view import decoder_layers
 from .models import hook_z_name
 
 __all__ = [
@@ -190,14 +191,6 @@ class Site:
 
     def __str__(self) -> str:
         return self.hook_name
-
-
-def decoder_layers(view: nn.Module) -> nn.ModuleList:
-    """The decoder layers (``model.layers``) of a Llama-style Hugging Face model."""
-    layers = getattr(getattr(view, "model", None), "layers", None)
-    if layers is None:
-        raise ModelError(f"{type(view).__name__} has no model.layers (not a Llama-style decoder)")
-    return layers
 
 
 def _decoder_layer(view: nn.Module, layer: int) -> nn.Module:

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import Example, PromptStyle, collate, tokenize_example
+from ..data import Example, PromptStyle, collate, padding_id, tokenize_example
 from ..edit import current_answer_positions, register_method
 from ..errors import DataError, JolaError
 from ..hf_view import hf_view
@@ -158,7 +158,7 @@ def _last_token_z(
     view = hf_view(model)
     dims = model_dims(model)
     tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = padding_id(tok)
     device = next(view.parameters()).device
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
@@ -195,7 +195,7 @@ def _last_token_z_hook_points(
     runner = runner_for(model, "hook_points")
     dims = model_dims(model)
     tok: Any = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = padding_id(tok)
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..edit import Backend, EditHandle, HookFn, ModuleHook, register_method
 from ..errors import ModelError
+from ..hf_view import decoder_layers
 from ..models import ModelDims, model_dims, model_identity
 from ..sites import Site, SiteKind, tl_hook
 from ._common import BaselineEdit, Projection, normalise_sites, projection_shape
@@ -143,7 +144,7 @@ class LoraEdit(BaselineEdit):
         try:
             for layer in self.layers:
                 for proj in self.config.targets:
-                    parent = getattr(view.model.layers[layer], proj.hf_parent)
+                    parent = getattr(decoder_layers(view)[layer], proj.hf_parent)
                     base = getattr(parent, proj.value)
                     wrapped = self._peft[_key(proj, layer)]
                     if base is not wrapped.base_layer:

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import Example, PromptStyle, collate, tokenize_example
+from ..data import Example, PromptStyle, collate, padding_id, tokenize_example
 from ..edit import register_method
 from ..errors import DataError
 from ..hf_view import hf_view
@@ -125,7 +125,7 @@ def residual_at_last_token(
     view = hf_view(model)
     dims = model_dims(model)
     tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = padding_id(tok)
     device = next(view.parameters()).device
     captured: list[Tensor] = [torch.empty(0)] * dims.n_layers
     last: Tensor | None = None
