@@ -161,8 +161,8 @@ def model_dims(model: nn.Module) -> ModelDims:
 
 
 _FINGERPRINT_ROWS = 32
-_FINGERPRINT_RTOL = 1e-3
-_FINGERPRINT_ATOL = 1e-5
+_FINGERPRINT_RTOL = 8e-3  # about two bfloat16 steps: a float16 copy rounds twice
+_FINGERPRINT_ATOL = 1e-3
 _SHAPE_KEYS = ("d_vocab", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")
 
 
@@ -173,14 +173,15 @@ def weights_fingerprint(model: nn.Module) -> list[float] | None:
     ``W_E`` rows are centred first (``HookedTransformer.from_pretrained`` centres them for
     LayerNorm models; RMSNorm folding leaves ``W_E`` alone), then for 32 evenly spaced tokens
     the row's norm and one entry are kept: 64 floats, compared with a tolerance, not hashed.
-    ``None`` when the model exposes no ``W_E``.
+    The rows are rounded to bfloat16 first, so the same weights loaded in float32, bfloat16 or
+    float16 give (nearly) the same fingerprint. ``None`` when the model exposes no ``W_E``.
     """
     w_e = getattr(model, "W_E", None)
     if not isinstance(w_e, torch.Tensor) or w_e.ndim != 2 or w_e.is_meta:
         return None
     d_vocab, d_model = w_e.shape
     rows = torch.linspace(0, d_vocab - 1, min(_FINGERPRINT_ROWS, d_vocab)).long().unique()
-    picked = w_e[rows.to(w_e.device)].detach().float().cpu()
+    picked = w_e[rows.to(w_e.device)].detach().to(torch.bfloat16).float().cpu()
     picked = picked - picked.mean(-1, keepdim=True)
     cols = (rows * 7919) % d_model
     values = torch.cat([picked.norm(dim=-1), picked[torch.arange(len(rows)), cols]])

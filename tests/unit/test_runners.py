@@ -115,6 +115,20 @@ def test_identity_is_the_weights_not_the_class():
         edit.attach(other)
 
 
+def test_identity_survives_a_change_of_precision_but_not_of_weights():
+    from jolalens.testing import tiny_model
+
+    model = tiny_model(seed=0)
+    edit = JolaEdit.for_model(model)
+    for dtype in (torch.bfloat16, torch.float16):
+        copy = tiny_model(seed=0).to(dtype)
+        assert identity_mismatches(edit.model_identity, model_identity(copy)) == [], dtype
+    nudged = tiny_model(seed=0)
+    with torch.no_grad():
+        nudged.W_E.mul_(1.05)  # a 5% change of the embedding is another model
+    assert "weights differ" in identity_mismatches(edit.model_identity, model_identity(nudged))[0]
+
+
 def test_legacy_identity_without_fingerprint_loads_with_a_warning(tiny, tmp_path, caplog):
     import json
 
