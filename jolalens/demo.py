@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.paired import mcnemar_exact
+from .analysis.stats import length_prior_accuracy
 from .data import PromptStyle
 from .evaluate import EvalResult, Protocol, evaluate
 from .jola import JolaConfig, selected_heads
@@ -127,6 +128,10 @@ def run_demo(
         f"the most frequent predicted position covers {prior['zeroshot_top']:.0%} of items zero-shot, "
         f"{prior['jola_top']:.0%} with JoLA (acc_norm predictions)"
     )
+    options = [list(ex.choices) for ex in splits.test]
+    gold = [ex.choices.index(ex.answer) for ex in splits.test]
+    longest, shortest = (length_prior_accuracy(options, gold, pick=p) for p in ("longest", "shortest"))
+    print(f"  length-prior control: always the longest option scores {longest:.1%}, always the shortest {shortest:.1%}")
     summary = result.summary()
     closed = ", ".join(f"{k} {v:.0%}" for k, v in summary["closed_fraction"].items())
     print(f"\ntrainable parameters: {summary['trainable_parameters']:,}; gates closed: {closed}")

@@ -146,7 +146,9 @@ def evaluate(
             if task.metric is Metric.ACCURACY:
                 row["correct"] = pred is not None and pred == ex.answer
         summary.update(num_beams=num_beams, max_new_tokens=n_new)
-    if task.metric is Metric.ACCURACY and protocol is not Protocol.CLOZE:
+    if protocol is Protocol.CLOZE:
+        pass  # acc, acc_norm and their intervals came from the cloze scorer above
+    elif task.metric is Metric.ACCURACY:
         summary["accuracy"] = sum(r["correct"] for r in rows) / len(rows)
         if protocol is Protocol.GEN:
             summary["unparsed"] = sum(r["prediction"] is None for r in rows) / len(rows)

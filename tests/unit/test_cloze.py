@@ -186,6 +186,7 @@ def test_train_jola_under_cloze_raises_gold_loglik(tiny):
     out = evaluate(tiny, data, custom_task(data), edit=result.edit, protocol="cloze", progress=False)
     assert {"accuracy", "acc_norm", "accuracy_ci95", "acc_norm_ci95"} <= set(out.summary)
     assert {"logprobs", "prediction_norm", "correct_norm", "option_lengths"} <= set(out.items.columns)
+    assert not {"bleu", "rougeL"} & set(out.summary), "a choice task scored by cloze has no generation metrics"
 
 
 def test_compare_under_cloze_trains_on_texts_and_records_acc_norm(tiny, tmp_path, monkeypatch):

@@ -222,3 +222,17 @@ def test_nlg_scores_golden():
     assert corpus == pytest.approx(100.0)  # every hypothesis matches one of its references
     _, _, rouge2 = nlg_scores(["completely different words"], [["the cat sat"]])
     assert rouge2 == [0.0]
+
+
+def test_nlg_scores_leave_the_root_logger_alone():
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]  # pytest's capture handlers: without them a stray basicConfig() would show
+    root.handlers.clear()
+    try:
+        nlg_scores(["the cats sat"], [["the cat sat"]])  # rouge-score's default tokenizer logs through absl
+        added = root.handlers[:]
+    finally:
+        root.handlers[:] = saved
+    assert added == [], "a handler on the root logger doubles every log line of the caller"
