@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 import jolalens  # noqa: E402
 from jolalens.analysis import ablation_scores, attribution_scores  # noqa: E402
+from jolalens.data import PromptStyle  # noqa: E402
 from jolalens.evaluate import Protocol, evaluate  # noqa: E402
 from jolalens.methods import default_methods  # noqa: E402
 from jolalens.tasks import load_task_splits  # noqa: E402
@@ -82,9 +83,9 @@ FULL = Budget(
     n_ablation=16,
     compare_sizes=(64, 32, 300, 3),
 )
-# what a loaded 2-core CPU finishes in well under an hour; gates close less far than at FULL
+# `make demo`'s training budget (chosen on validation data, docs/cloze.md): minutes on a 2-core CPU
 MODEST = Budget(
-    n_train=96, n_valid=48, n_test=200, epochs=6, warmup_steps=8, lr=2e-2, n_ablation=8, compare_sizes=(64, 32, 200, 3)
+    n_train=200, n_valid=50, n_test=200, epochs=4, warmup_steps=2, lr=2e-2, n_ablation=8, compare_sizes=(64, 32, 200, 3)
 )
 FAST = Budget(
     n_train=16, n_valid=8, n_test=8, epochs=1, warmup_steps=2, lr=2e-2, n_ablation=1, compare_sizes=(16, 8, 16, 1)
@@ -92,31 +93,44 @@ FAST = Budget(
 BUDGETS = {"full": FULL, "modest": MODEST, "fast": FAST}
 
 
-def train_step(model: Any, splits: Any, budget: Budget, out: Path) -> dict[str, Any]:
+def prompt_style(protocol: str) -> PromptStyle:
+    """Train and score heads in the format the protocol evaluates (cloze: the bare question)."""
+    return PromptStyle.CLOZE if protocol == Protocol.CLOZE.value else PromptStyle.ALPACA
+
+
+def train_step(model: Any, splits: Any, budget: Budget, protocol: str, out: Path) -> dict[str, Any]:
     """Train JoLA and save the run directory (with the epoch-0 gates in gate_history.pt)."""
     config = jolalens.TrainConfig(
-        epochs=budget.epochs, lr=budget.lr, warmup_steps=budget.warmup_steps, patience=budget.epochs, progress=False
+        epochs=budget.epochs,
+        lr=budget.lr,
+        warmup_steps=budget.warmup_steps,
+        patience=budget.epochs,
+        prompt_style=prompt_style(protocol),
+        progress=False,
     )
     result = jolalens.train_jola(model, splits.train, splits.valid, config=config)
     result.save(out / "jola", overwrite=True)
     return result.summary()
 
 
-def ablation_step(model: Any, splits: Any, budget: Budget, out: Path) -> dict[str, float]:
+def ablation_step(model: Any, splits: Any, budget: Budget, protocol: str, out: Path) -> dict[str, float]:
     """True mean-ablation and its attribution estimate on the same validation items."""
     items = splits.valid[: budget.n_ablation]
+    style = prompt_style(protocol)
     times = {}
     # one example and 3 heads a pass: a pass holds 3 x choices sequences of 49k-vocabulary logits
     # (the default 8 examples x 9 heads took 8.6 GB of RAM on ARC-e)
     scorers = (
         (
             "attribution",
-            lambda: attribution_scores(model, items, ablation="mean", reference=splits.train, batch_size=2),
+            lambda: attribution_scores(
+                model, items, ablation="mean", reference=splits.train, batch_size=2, style=style
+            ),
         ),
         (
             "mean",
             lambda: ablation_scores(
-                model, items, ablation="mean", reference=splits.train, batch_size=1, heads_per_pass=3
+                model, items, ablation="mean", reference=splits.train, batch_size=1, heads_per_pass=3, style=style
             ),
         ),
     )
@@ -177,7 +191,11 @@ def _check_compare_dir(path: Path, task: str, protocol: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="arc_easy")
-    parser.add_argument("--protocol", default=Protocol.LOGLIK.value, help="any protocol jolalens.evaluate accepts")
+    parser.add_argument(
+        "--protocol",
+        default=Protocol.CLOZE.value,
+        help="cloze (default: where the embedded model is above chance) or loglik",
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: runs/notebooks/<task>")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="run sizes (see the Budget table)")
     parser.add_argument("--fast", action="store_true", help="--budget fast: exercises the code, shows nothing")
@@ -209,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     steps = set(args.steps.split(","))
     model = jolalens.load_model()
-    splits = load_task_splits(args.task, n_train=budget.n_train, n_valid=budget.n_valid, n_test=budget.n_test, seed=42)
+    splits = load_task_splits(
+        args.task, n_train=budget.n_train, n_valid=budget.n_valid, n_test=budget.n_test, seed=42, protocol=protocol
+    )
     timings = manifest.setdefault("seconds", {})
 
     def timed(name: str, fn: Any) -> Any:
@@ -221,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     if "train" in steps:
-        manifest["train"] = timed("train", lambda: train_step(model, splits, budget, out))
+        manifest["train"] = timed("train", lambda: train_step(model, splits, budget, protocol, out))
     if "ablation" in steps:
-        manifest["ablation"] = timed("ablation", lambda: ablation_step(model, splits, budget, out))
+        manifest["ablation"] = timed("ablation", lambda: ablation_step(model, splits, budget, protocol, out))
     if "eval" in steps:
         manifest["test_accuracy"] = timed("eval", lambda: eval_step(model, splits, args.task, protocol, out))
     if "compare" in steps:

@@ -207,7 +207,8 @@ def _run_one(
         progress=cfg.progress,
     )
     result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "test_items.csv", index=False)
-    metric = "accuracy" if "accuracy" in result.summary else "rougeL"
+    # the headline metric: acc_norm under cloze (lm-eval's, length-normalised), else accuracy or ROUGE-L
+    metric = "acc_norm" if "acc_norm" in result.summary else "accuracy" if "accuracy" in result.summary else "rougeL"
     shutil.rmtree(run_dir / POINTS_DIR, ignore_errors=True)  # search.csv and the kept edit hold what they did
     row = {
         "task": task,
@@ -228,7 +229,7 @@ def _run_one(
         "info": fitted.info,
     }
     if config.protocol is Protocol.CLOZE:
-        row.update(protocol=config.protocol.value, acc_norm=float(result.summary["acc_norm"]))
+        row.update(protocol=config.protocol.value, accuracy=float(result.summary["accuracy"]))
     if resumed:  # fit_seconds then sums attempts that may have run on different devices
         row["resumed_points"] = resumed
     return row

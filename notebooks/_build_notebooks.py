@@ -46,7 +46,8 @@ if not (RUN / "manifest.json").is_file():
     raise FileNotFoundError(f"{RUN.resolve()} holds no run: make it with \
 `python benchmarks/notebook_runs.py --budget modest` from the repository root")
 MANIFEST = json.loads((RUN / "manifest.json").read_text())
-TASK, BUDGET = MANIFEST["task"], MANIFEST["budget"]
+TASK, BUDGET, PROTOCOL = MANIFEST["task"], MANIFEST["budget"], MANIFEST["protocol"]
+STYLE = "cloze" if PROTOCOL == "cloze" else "alpaca"  # the prompt format the run trained and scored with
 print(f"run: {MANIFEST['command']}\\nbudget: {MANIFEST['budget_name']}, \
 machine: {MANIFEST['machine']}, protocol: {MANIFEST['protocol']}")
 if MANIFEST["fast"]:
@@ -56,7 +57,8 @@ LOAD = """model = jolalens.load_model()  # SmolLM2-135M-Instruct, offline
 edit = jolalens.load_edit(RUN / "jola" / "edit", model)
 history = pd.read_csv(RUN / "jola" / "history.csv")
 gate_history = torch.load(RUN / "jola" / "gate_history.pt", weights_only=True)  # entry 0: the initial gates
-splits = load_task_splits(TASK, n_train=BUDGET["n_train"], n_valid=BUDGET["n_valid"], n_test=BUDGET["n_test"], seed=42)
+splits = load_task_splits(TASK, n_train=BUDGET["n_train"], n_valid=BUDGET["n_valid"], n_test=BUDGET["n_test"], seed=42,
+                          protocol=PROTOCOL)
 print(edit)
 MANIFEST.get("train", "the manifest has no training summary")"""
 
@@ -107,18 +109,19 @@ explore = nb(
         "selected head's edit switched off alone (the rest kept).",
         "from jolalens.analysis import answer_logprobs, edit_head_effects\n\n"
         'items = splits.test[: 8 if MANIFEST["fast"] else 32]\n'
-        "base, edited = answer_logprobs(model, items), answer_logprobs(model, items, edit=edit)\n"
+        "base = answer_logprobs(model, items, style=STYLE)\n"
+        "edited = answer_logprobs(model, items, edit=edit, style=STYLE)\n"
         'print(f"{len(items)} test items: mean answer log-prob {base.mean():.3f} (base) '
         '-> {edited.mean():.3f} (JoLA), "\n'
         '      f"raised on {int((edited > base).sum())} of {len(items)}")',
-        'effects = edit_head_effects(model, edit, items, top_k=3 if MANIFEST["fast"] else 8)\neffects',
+        'effects = edit_head_effects(model, edit, items, top_k=3 if MANIFEST["fast"] else 8, style=STYLE)\neffects',
         "md:## What does the most effective selected head attend to?\n\n"
         "The selected head whose edit moves the answer most (top row above), on a real test prompt. The pattern comes "
         "from the TransformerLens bridge (`hook_pattern`, `[batch, head, query, key]`). `circuitsvis` draws it "
         "interactively (its JavaScript is inline; it needs a live notebook); the plotly heatmap below it is the static "
         "fallback.",
         'import circuitsvis\n\nlayer, head = int(effects.iloc[0]["layer"]), int(effects.iloc[0]["head"])\n'
-        "prompt = jolalens.data.format_prompt(items[0].instruction)\n"
+        "prompt = jolalens.data.format_prompt(items[0].instruction, STYLE)\n"
         'tokens = model.tokenizer(prompt, return_tensors="pt").input_ids\n'
         'name = f"blocks.{layer}.attn.hook_pattern"\nwith torch.no_grad():\n'
         "    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)\n"
@@ -179,8 +182,8 @@ baselines = nb(
     [
         "md:# JoLA against the baselines, and where each one edits\n\n"
         "Test accuracy of JoLA, ITI, RED, LoFiT, LoRA, BitFit and zero-shot on hundreds of test items, read from a "
-        "finished `jolalens compare` directory (by default the committed paper grid, "
-        "`benchmarks/results/paper_grid/main`: 200/200 training/validation examples, 500 test items), then the "
+        "finished `jolalens compare` directory (the one `benchmarks/notebook_runs.py` ran or was given; its sizes are "
+        "printed below), then the "
         "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the "
         "same heads?",
         SETUP.replace("import torch\n", "").replace("from jolalens.tasks import load_task_splits\n", ""),
@@ -198,13 +201,15 @@ baselines = nb(
         'summary = summarise(results).set_index("method").loc[METHODS].reset_index()\n'
         'n_test = int(results["n_test"].min())\n'
         'zero = float(summary.loc[summary["method"] == "zeroshot", "mean"].iloc[0])\n'
-        'method_bar(summary, x="method", y="mean", y_title="test accuracy", reference=zero, '
+        'metric = results["metric"].iloc[0]  # acc_norm under the cloze protocol\n'
+        'method_bar(summary, x="method", y="mean", y_title=f"test {metric}", reference=zero, '
         'reference_label="zero-shot",\n'
-        '           title=f"{TASK}: test accuracy on {n_test} items (seed 0)")',
+        '           title=f"{TASK}: test {metric} on {n_test} items (seed 0)")',
         "md:This notebook's own run (`runs/notebooks`, the budget printed above) scored JoLA and zero-shot on its test "
         "items too:",
         'scored = RUN / "eval" / "summary.json"\n'
-        'pd.DataFrame(json.loads(scored.read_text())).T[["n", "accuracy", "protocol"]] if scored.is_file() '
+        'columns = ["n", "accuracy", "acc_norm", "protocol"]\n'
+        'pd.DataFrame(json.loads(scored.read_text())).T.filter(columns) if scored.is_file() '
         'else "not scored yet: run benchmarks/notebook_runs.py --steps eval"',
         "md:## Which heads do the head-level methods pick?\n\n"
         "JoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, ITI by its probes' validation "

@@ -58,21 +58,29 @@ def edit_head_effects(
     examples: Sequence[Example],
     *,
     top_k: int | None = 10,
+    style: PromptStyle = PromptStyle.ALPACA,
     batch_size: int = 8,
     progress: bool = False,
     backend: Backend | str | None = None,
 ) -> pd.DataFrame:
     """For the ``top_k`` strongest open (head, kind) edits: the drop in mean answer log-prob
     when that one edit is switched off, the rest kept. Sorted by effect, largest first.
+    ``style`` is the prompt format the edit was trained with (``"cloze"`` for the cloze protocol).
     """
     heads = selected_heads(edit)
     if top_k is not None:
         heads = heads.head(top_k)
-    full = answer_logprobs(model, examples, edit=edit, batch_size=batch_size, backend=backend).mean().item()
+    full = (
+        answer_logprobs(model, examples, edit=edit, style=style, batch_size=batch_size, backend=backend).mean().item()
+    )
     rows = []
     for row in tqdm(heads.itertuples(index=False), total=len(heads), disable=not progress, desc="edit effects"):
         reduced = edit.without_heads([(row.layer, row.head, row.kind)])
-        without = answer_logprobs(model, examples, edit=reduced, batch_size=batch_size, backend=backend).mean().item()
+        without = (
+            answer_logprobs(model, examples, edit=reduced, style=style, batch_size=batch_size, backend=backend)
+            .mean()
+            .item()
+        )
         rows.append(
             {
                 "label": row.label,

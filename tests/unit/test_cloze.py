@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -215,4 +217,7 @@ def test_compare_under_cloze_trains_on_texts_and_records_acc_norm(tiny, tmp_path
     assert config.train.prompt_style is PromptStyle.CLOZE
     results = run_compare(tiny, config, tmp_path / "cmp", log=lambda s: None)
     assert seen["protocol"] == "cloze" and (results["status"] == "done").all()
-    assert results["acc_norm"].between(0, 1).all() and (results["protocol"] == "cloze").all()
+    assert (results["metric"] == "acc_norm").all() and (results["protocol"] == "cloze").all()
+    assert results["score"].between(0, 1).all() and results["accuracy"].between(0, 1).all()
+    done = json.loads((tmp_path / "cmp" / "runs" / "arc_easy" / "jola" / "seed0" / "result.json").read_text())
+    assert done["metric"] == "acc_norm" and done["score"] == results.loc[results["method"] == "jola", "score"].item()
