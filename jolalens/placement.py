@@ -1,6 +1,6 @@
 """Where and in which dtype a model loads: dtype names and defaults, devices, device maps.
 
-``load_model`` (in :mod:`jolalens.models`) uses these; they are separate so the rules read in
+``load_model`` (in :mod:`jolalens.model_loading`) uses these; they are separate so the rules read in
 one place: bf16 on a CUDA GPU that supports it, float32 elsewhere; ``device`` or ``device_map``.
 """
 
