@@ -209,7 +209,7 @@ baselines = nb(
         "items too:",
         'scored = RUN / "eval" / "summary.json"\n'
         'columns = ["n", "accuracy", "acc_norm", "protocol"]\n'
-        'pd.DataFrame(json.loads(scored.read_text())).T.filter(columns) if scored.is_file() '
+        "pd.DataFrame(json.loads(scored.read_text())).T.filter(columns) if scored.is_file() "
         'else "not scored yet: run benchmarks/notebook_runs.py --steps eval"',
         "md:## Which heads do the head-level methods pick?\n\n"
         "JoLA ranks heads by the size of its effective edit `|g_a a| + |g_m m|`, ITI by its probes' validation "
