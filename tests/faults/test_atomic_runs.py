@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import jolalens.edit
+import jolalens.edit_io
 from jolalens import load_edit
 from jolalens.atomic_dir import COMPLETE_MARKER, DiskError, atomic_dir, is_complete
 from jolalens.errors import EditLoadError
@@ -57,7 +57,7 @@ def test_full_disk_during_edit_save_is_one_clear_error(tiny, tmp_path, monkeypat
         Path(path).write_bytes(b"")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(jolalens.edit, "save_file", full)
+    monkeypatch.setattr(jolalens.edit_io, "save_file", full)
     with pytest.raises(DiskError, match="No space left on device.*nothing there was changed"):
         result.save(run, overwrite=True)
     assert snapshot(run) == before and leftovers(tmp_path) == []
