@@ -20,15 +20,9 @@ from typing import Any
 from ..data import Example, read_jsonl, write_jsonl
 from ..errors import DataError
 from ..fileio import atomic_path
+from .converters import _HAS_OFFICIAL_VAL, _olmo_docs, _strip_qa
 from .registry import Family, Task, get_task
-from .sources import (
-    _HAS_OFFICIAL_VAL,
-    _olmo_docs,
-    _strip_qa,
-    ensure_task_data,
-    fetch_archive,
-    task_cache_dir,
-)
+from .sources import ensure_task_data, fetch_archive, task_cache_dir
 
 __all__ = ["CLOZE_FORMAT", "CLOZE_RENDERERS", "cloze_cache_dir", "ensure_cloze_data"]
 
