@@ -35,373 +35,91 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import io
 import json
 import os
 import platform
 import sys
-import tarfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-OUT = Path(__file__).parent / "results" / "paper_grid"
-
-COMMONSENSE = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "siqa", "winogrande")
-MMLU = (
-    "mmlu_business",
-    "mmlu_economics",
-    "mmlu_health",
-    "mmlu_history",
-    "mmlu_law",
-    "mmlu_math",
-    "mmlu_other",
-    "mmlu_philosophy",
-    "mmlu_physics",
-    "mmlu_psychology",
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the grid's definition, what is done with a finished run, the snapshots (re-exported: callers import them here)
+from paper_grid_cells import (  # noqa: E402
+    ABLATION_TASKS,
+    ABLATIONS,
+    BASELINES,
+    COMMONSENSE,
+    DATASIZE_METHODS,
+    DATASIZE_TASKS,
+    DATASIZES,
+    GEM,
+    MMLU,
+    SEED_ORDER,
+    SEEDS,
+    Cell,
+    _done,
+    _ready,
+    check_methods,
+    group_config,
+    group_runs,
+    plan,
+    selected,
+    uncached_tasks,
 )
-GEM = ("common_gen", "e2e_nlg", "web_nlg", "xsum")
-BASELINES = ("zeroshot", "jola", "iti", "red", "lofit", "bitfit", "lora")
-SEED_ORDER = ("red", "bitfit", "lofit", "iti", "lora")  # by seed-0 average (RED 36.7 ... ITI 35.9; LoRA unfinished)
-ABLATIONS = ("jola_additive", "jola_multiplicative", "jola_shared_gate", "jola_no_gate")
-ABLATION_TASKS = ("openbookqa", "arc_easy", "boolq", "piqa")
-DATASIZE_TASKS = ("arc_easy", "boolq")
-DATASIZES = (50, 100, 200, 500, 1000)
-DATASIZE_METHODS = ("jola", "red", "lora")
-SEEDS = (0, 1, 2)
-KEEP_EDIT_BYTES = 300_000  # edits that come back from a GPU machine and are committed
+from paper_grid_gen import (  # noqa: E402
+    compress_items,
+    edit_kept,
+    reextract_generation,
+    rescore_generation,
+    score_generation,
+)
+from paper_grid_snapshot import (  # noqa: E402
+    KEEP_EDIT_BYTES,
+    SNAPSHOT_MAX_PARTS,
+    SNAPSHOT_PART_BYTES,
+    file_stamps,
+    snapshot,
+)
 
+__all__ = [
+    "ABLATIONS",
+    "ABLATION_TASKS",
+    "BASELINES",
+    "COMMONSENSE",
+    "DATASIZES",
+    "DATASIZE_METHODS",
+    "DATASIZE_TASKS",
+    "GEM",
+    "KEEP_EDIT_BYTES",
+    "MMLU",
+    "OUT",
+    "SEEDS",
+    "SEED_ORDER",
+    "SNAPSHOT_MAX_PARTS",
+    "SNAPSHOT_PART_BYTES",
+    "Cell",
+    "check_methods",
+    "compress_items",
+    "edit_kept",
+    "file_stamps",
+    "group_config",
+    "group_runs",
+    "main",
+    "plan",
+    "reextract_generation",
+    "rescore_generation",
+    "run_grid",
+    "score_generation",
+    "selected",
+    "snapshot",
+    "tables",
+    "uncached_tasks",
+    "use_tf32",
+]
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid: ``group`` names the comparison directory it belongs to."""
-
-    group: str
-    task: str
-    method: str
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.group}__{self.task}__{self.method}__seed{self.seed}"
-
-    def run_dir(self, out: Path) -> Path:
-        return out / self.group / "runs" / self.task / self.method / f"seed{self.seed}"
-
-
-def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
-    """The CompareConfig of a group (its protocol stamp); ``smoke``: tiny sizes for a dry run."""
-    from jolalens import TrainConfig
-    from jolalens.compare import CompareConfig
-    from jolalens.evaluate import Protocol
-
-    train = TrainConfig(epochs=20, warmup_steps=50, progress=False, eval_batch_size=eval_batch_size)
-    n_train, n_valid, n_test = 200, 200, 500
-    if group.startswith("datasize_n"):
-        n_train = int(group.removeprefix("datasize_n"))
-    if smoke:
-        train = TrainConfig(epochs=1, warmup_steps=1, progress=False, eval_batch_size=eval_batch_size)
-        n_train, n_valid, n_test = min(n_train, 8), 8, 8
-    protocol = Protocol.GEN if group == "nlg" else Protocol.LOGLIK
-    tasks = {"main": COMMONSENSE, "rerun": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
-    methods = tuple(dict.fromkeys(BASELINES + ABLATIONS))
-    return CompareConfig(
-        methods=methods,
-        tasks=tasks,
-        seeds=SEEDS,
-        n_train=n_train,
-        n_valid=n_valid,
-        n_test=n_test,
-        protocol=protocol,
-        budget=2,
-        train=train,
-    )
-
-
-def check_methods() -> None:
-    """The grid's methods are fixed for the experiment (literal tuples above, results committed),
-    but each must be a registered method (``jolalens.methods.METHODS``), and ``ABLATIONS`` the
-    registry's ablations of JoLA; a renamed or removed method fails here, before any work."""
-    from jolalens.methods import METHODS
-
-    unknown = sorted({c.method for c in plan()} - set(METHODS))
-    if unknown:
-        raise SystemExit(f"paper_grid: methods {unknown} are not registered; choose from {', '.join(METHODS)}")
-    not_ablations = [m for m in ABLATIONS if METHODS[m].ablation_of != "jola"]
-    if not_ablations:
-        raise SystemExit(f"paper_grid: ABLATIONS {not_ablations} are not ablations of jola in jolalens.methods")
-
-
-def plan() -> list[Cell]:
-    """Every cell, in the order that covers the issue's tables soonest.
-
-    Seed 0 of the main table; the JoLA ablations on four tasks; JoLA's seeds 1 and 2 (is its
-    seed-0 lead more than noise?); NLG and NLU; the data-size curves; the generation protocol for
-    the main table's seed-0 edits; the other methods' seeds 1 and 2, strongest seed-0 average
-    first; then the ablations' seeds and remaining tasks; last, the generation protocol of the
-    later seeds' edits where a deadline cut it off.
-    """
-    cells = [Cell("main", t, m, 0) for m in BASELINES for t in COMMONSENSE]
-    cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in ABLATION_TASKS]
-    cells += [Cell("main", t, "jola", s) for s in (1, 2) for t in COMMONSENSE]
-    cells += [Cell("nlg", t, m, 0) for t in GEM for m in ("zeroshot", "jola", "red")]
-    cells += [Cell("nlu", t, m, 0) for t in MMLU for m in ("zeroshot", "jola", "iti", "red")]
-    # n = 200 is the main table's protocol: those runs are the curves' middle point
-    cells += [
-        Cell(f"datasize_n{n}", t, m, 0) for n in DATASIZES if n != 200 for t in DATASIZE_TASKS for m in DATASIZE_METHODS
-    ]
-    cells += [Cell("gen", t, m, 0) for m in BASELINES for t in COMMONSENSE]
-    cells += [Cell("main", t, m, s) for m in SEED_ORDER for s in (1, 2) for t in COMMONSENSE]
-    cells += [Cell("main", t, m, s) for s in (1, 2) for m in ABLATIONS for t in ABLATION_TASKS]
-    cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in COMMONSENSE if t not in ABLATION_TASKS]
-    # a main cell scores both protocols before it is done, so the generation protocol of a later
-    # seed is queued only where a deadline stopped the cell between its two scores
-    cells += [Cell("gen", c.task, c.method, c.seed) for c in list(cells) if c.group == "main" and c.seed > 0]
-    return cells
-
-
-def selected(
-    only: set[str] | None, methods: set[str] | None, tasks: set[str] | None = None, skip: tuple[str, ...] = ()
-) -> list[Cell]:
-    """The plan, restricted to some groups, methods and/or tasks (``None``: all of them), less the
-    cells whose key matches a ``skip`` pattern (shell wildcards, e.g. ``main__piqa__*``)."""
-    return [
-        c
-        for c in plan()
-        if (only is None or c.group in only)
-        and (methods is None or c.method in methods)
-        and (tasks is None or c.task in tasks)
-        and not any(fnmatch.fnmatchcase(c.key, pat) for pat in skip)
-    ]
-
-
-def _done(cell: Cell, out: Path) -> bool:
-    name = "gen_result.json" if cell.group == "gen" else "result.json"
-    if cell.group == "gen":
-        return (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / name).is_file()
-    return (cell.run_dir(out) / name).is_file()
-
-
-def _ready(cell: Cell, out: Path) -> bool:
-    """Re-scoring needs the main run's kept edit first."""
-    return (
-        cell.group != "gen" or (Cell("main", cell.task, cell.method, cell.seed).run_dir(out) / "result.json").is_file()
-    )
-
-
-def uncached_tasks(cells: list[Cell]) -> list[str]:
-    """The cells' tasks that are not in this machine's task cache. A lent GPU machine has no
-    network and gets only the cache, so a task missing here fails there at once."""
-    from jolalens.tasks.sources import cached_split_sizes
-
-    return sorted(t for t in {c.task for c in cells} if not cached_split_sizes(t))
-
-
-def compress_items(run_dir: Path) -> None:
-    """``test_items.csv`` -> ``.csv.gz`` (a third of the size): every committed byte also travels
-    to each lent GPU machine with the working tree."""
-    import gzip
-
-    plain = run_dir / "test_items.csv"
-    if plain.is_file():
-        tmp = run_dir / ".test_items.csv.gz.tmp"
-        tmp.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
-        tmp.replace(run_dir / "test_items.csv.gz")
-        plain.unlink()
-
-
-def edit_kept(run_dir: Path, method: str) -> bool:
-    """Whether a run's trained weights are on disk (an unedited method, zero-shot, has none to keep)."""
-    from jolalens.methods import get_method
-
-    return get_method(method).unedited or (run_dir / "edit" / "jola_weights.safetensors").is_file()
-
-
-def rescore_generation(
-    model, cell: Cell, out: Path, config, *, edit_dir: Path | None = None, provenance: dict | None = None
-) -> dict:
-    """Score a main-table run's edit with the generation protocol on the same test items.
-
-    ``edit_dir``: where the edit is (default: the main run's own ``edit/``); ``provenance`` is
-    recorded in ``gen_result.json`` when the edit comes from a retrained copy of the run.
-    """
-    from jolalens import load_edit
-    from jolalens.evaluate import Protocol, evaluate
-    from jolalens.methods import get_method
-    from jolalens.tasks import load_task_splits
-
-    run_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
-    splits = load_task_splits(cell.task, n_train=0, n_valid=0, n_test=config.n_test, seed=cell.seed)
-    edit = None if get_method(cell.method).unedited else load_edit(edit_dir or run_dir / "edit", model)
-    result = evaluate(
-        model,
-        splits.test,
-        cell.task,
-        edit=edit,
-        protocol=Protocol.GEN,
-        style=config.train.prompt_style,
-        max_length=config.train.max_length,
-        progress=False,
-    )
-    result.items.drop(columns=["instruction"], errors="ignore").to_csv(run_dir / "gen_test_items.csv.gz", index=False)
-    row = {
-        "task": cell.task,
-        "method": cell.method,
-        "seed": cell.seed,
-        "protocol": "gen",
-        "accuracy": float(result.summary["accuracy"]),
-        "n_test": len(splits.test),
-        "unparsed": float(result.summary["unparsed"]),
-        "eval_seconds": round(float(result.summary["seconds"]), 1),
-        "device": str(next(model.parameters()).device),
-        **(provenance or {}),
-    }
-    tmp = run_dir / ".gen_result.json.tmp"
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    tmp.replace(run_dir / "gen_result.json")
-    return row
-
-
-def reextract_generation(run_dir: Path, task: str, test: list) -> tuple[float, float] | None:
-    """Read the answers of a run's stored generations again with the current extractor.
-
-    The generated text is kept per item, so a change to ``extract_answer`` needs no GPU: the
-    predictions, ``correct`` and ``gen_result.json`` are rewritten in place. ``test``: the task's
-    test examples the run was scored on. Returns the accuracy before and after, or None when the
-    run has no stored generations.
-    """
-    import pandas as pd
-
-    from jolalens.evaluate import extract_answer
-
-    path, result_path = run_dir / "gen_test_items.csv.gz", run_dir / "gen_result.json"
-    if not (path.is_file() and result_path.is_file()):
-        return None
-    items = pd.read_csv(
-        path, dtype={"answer": str, "output": str, "prediction": str}, keep_default_na=False, na_values=[""]
-    )
-    if len(items) != len(test) or list(items["answer"].astype(str)) != [ex.answer for ex in test]:
-        raise ValueError(
-            f"{path}: its items are not the first {len(test)} test items of {task}; rescore it on a GPU instead"
-        )
-    outputs = items["output"].fillna("").astype(str)
-    predictions = [extract_answer(o, task, ex.choices) for o, ex in zip(outputs, test, strict=True)]
-    row = json.loads(result_path.read_text())
-    before = float(row["accuracy"])
-    stored = [None if pd.isna(p) else p for p in items["prediction"]]
-    if stored == predictions and "unparsed" in row:
-        return before, before  # unchanged: leave the files (and their gzip timestamps) alone
-    items["prediction"] = predictions
-    items["correct"] = [p is not None and p == ex.answer for p, ex in zip(predictions, test, strict=True)]
-    row.update(
-        accuracy=float(items["correct"].mean()), unparsed=float(sum(p is None for p in predictions) / len(items))
-    )
-    if stored != predictions:
-        items.to_csv(path, index=False)
-    result_path.write_text(json.dumps(row, indent=2) + "\n")
-    return before, row["accuracy"]
-
-
-def score_generation(model, cell: Cell, out: Path, config, log) -> dict:
-    """A ``gen`` cell: re-score the main run's edit, retraining it (group ``rerun``) if not kept."""
-    from jolalens.compare import run_compare
-
-    main_dir = Cell("main", cell.task, cell.method, cell.seed).run_dir(out)
-    if edit_kept(main_dir, cell.method):
-        return rescore_generation(model, cell, out, config)
-    again = Cell("rerun", cell.task, cell.method, cell.seed)
-    if not (again.run_dir(out) / "result.json").is_file():
-        log(f"  {main_dir} kept no weights: retraining it as {again.key}")
-        run_compare(model, config, out / "rerun", log=log)
-        compress_items(again.run_dir(out))
-    if not edit_kept(again.run_dir(out), cell.method):
-        raise FileNotFoundError(f"{again.run_dir(out)} has no edit weights either; delete that run to retrain it")
-    main_score = json.loads((main_dir / "result.json").read_text())["score"]
-    rerun_score = json.loads((again.run_dir(out) / "result.json").read_text())["score"]
-    provenance = {
-        "edit_from": f"rerun/runs/{cell.task}/{cell.method}/seed{cell.seed}",
-        "loglik_score_main": main_score,
-        "loglik_score_rerun": rerun_score,
-    }
-    return rescore_generation(model, cell, out, config, edit_dir=again.run_dir(out) / "edit", provenance=provenance)
-
-
-def _keep(path: Path) -> bool:
-    """Results, logs and edits under 300 kB travel: JoLA's, ITI's, LoFiT's and RED's, not BitFit's
-    (620 kB) or LoRA's (1.8 MB), which are scored with both protocols where they were trained."""
-    if path.name.endswith(".tmp"):
-        return False
-    return path.stat().st_size < (KEEP_EDIT_BYTES if path.suffix == ".safetensors" else 4_000_000)
-
-
-SNAPSHOT_PART_BYTES = 14 * 2**20  # the lease tool returns files of at most 16 MiB each ...
-SNAPSHOT_MAX_PARTS = 7  # ... and at most 8 files: the parts and stage2.sh's grid.log
-
-
-def file_stamps(out: Path) -> dict[str, tuple[int, int]]:
-    """Size and modification time of every file under ``out``, by relative path.
-
-    Taken when a run starts, it names what the machine already had (the committed results), which
-    a snapshot need not send back."""
-    stamps = {}
-    for path in out.rglob("*"):
-        if path.is_file():
-            stat = path.stat()
-            stamps[str(path.relative_to(out))] = (stat.st_size, stat.st_mtime_ns)
-    return stamps
-
-
-def snapshot(out: Path, dest: Path, since: dict[str, tuple[int, int]] | None = None) -> list[Path]:
-    """Tarballs ``results-01.tgz``, ``results-02.tgz``, ... of what finished since ``since`` was taken.
-
-    Only new or changed files are packed, in parts of at most ``SNAPSHOT_PART_BYTES`` (a lease
-    returns files of at most 16 MiB: a single tarball of every result outgrew that on 2026-11-28
-    and the run's results were lost). Runs without ``result.json`` are left out (but for an
-    ``error.txt``): the grid redoes them anyway. Returns the parts written."""
-    dest.mkdir(parents=True, exist_ok=True)
-    since = since or {}
-    members: list[tuple[Path, int]] = []  # with the size, read once
-    for group in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "claims"):
-        unfinished = {r for r in group.glob("runs/*/*/seed*") if not (r / "result.json").is_file()}
-        for path in sorted(group.rglob("*")):
-            if not (path.is_file() and _keep(path)):
-                continue
-            if path.name != "error.txt" and unfinished.intersection(path.parents):
-                continue  # a run the deadline cut short is redone from scratch; only its error comes back
-            stat = path.stat()
-            if since.get(str(path.relative_to(out))) == (stat.st_size, stat.st_mtime_ns):
-                continue  # the machine had it when the run started
-            members.append((path, stat.st_size))
-    parts: list[list[Path]] = [[]]
-    size = 0
-    for path, file_size in members:
-        cost = file_size + 1024  # the tar header and padding, rounded up
-        if parts[-1] and size + cost > SNAPSHOT_PART_BYTES:
-            parts.append([])
-            size = 0
-        parts[-1].append(path)
-        size += cost
-    if len(parts) > SNAPSHOT_MAX_PARTS:
-        print(
-            f"snapshot: {len(parts)} parts of {SNAPSHOT_PART_BYTES >> 20} MiB exceed the {SNAPSHOT_MAX_PARTS} "
-            "files a lease returns; the last ones will not come back (run fewer cells per call)",
-            file=sys.stderr,
-        )
-    written = []
-    for i, part in enumerate(parts, start=1):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for path in part:
-                tar.add(path, arcname=str(path.relative_to(out)))
-        target = dest / f"results-{i:02d}.tgz"
-        tmp = dest / f".{target.name}.tmp"
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(target)
-        written.append(target)
-    for stale in set(dest.glob("results-*.tgz")) - set(written):
-        stale.unlink()  # a part left from an earlier snapshot with more parts
-    return written
+OUT = Path(__file__).parent / "results" / "paper_grid"
 
 
 def tables(out: Path) -> None:
@@ -520,23 +238,6 @@ def main() -> int:
                 print(f"{run_dir.relative_to(args.out)}: {100 * change[0]:.1f} -> {100 * change[1]:.1f}")
         return 0
     return run_grid(args)
-
-
-def group_runs(
-    cells: list[Cell], *, smoke: bool = False, eval_batch_size: int = 8
-) -> list[tuple[str, object, set[tuple[str, str, int]]]]:
-    """The ``jolalens compare --engine ray`` call of each group the cells touch: (group, its
-    CompareConfig, the (task, method, seed) cells of it to run), groups in plan order; ``gen``
-    cells are not compare runs and are left out."""
-    groups = list(dict.fromkeys(c.group for c in cells if c.group != "gen"))
-    return [
-        (
-            g,
-            group_config(g, smoke=smoke, eval_batch_size=eval_batch_size),
-            {(c.task, c.method, c.seed) for c in cells if c.group == g},
-        )
-        for g in groups
-    ]
 
 
 def use_tf32() -> None:

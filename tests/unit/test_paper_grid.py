@@ -124,7 +124,7 @@ def test_snapshot_sends_only_what_is_new_in_parts_under_the_return_limit(tmp_pat
     (old / "gen_result.json").write_text("{}")  # a new file in a committed run
     with (out / "logs" / "worker0.log").open("a") as log:
         log.write("a line written during the run\n")
-    monkeypatch.setattr(grid, "SNAPSHOT_PART_BYTES", 8000)
+    monkeypatch.setattr(sys.modules["paper_grid_snapshot"], "SNAPSHOT_PART_BYTES", 8000)  # snapshot reads it there
     dest = tmp_path / "snap"
     (dest / "results-09.tgz").parent.mkdir()
     (dest / "results-09.tgz").write_bytes(b"left from an earlier snapshot")
