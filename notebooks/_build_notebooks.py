@@ -187,8 +187,9 @@ baselines = nb(
         "interpretability question: do the head-level methods (JoLA's gates, ITI's probes, LoFiT's scales) pick the "
         "same heads?",
         SETUP.replace("import torch\n", "").replace("from jolalens.tasks import load_task_splits\n", ""),
-        "from jolalens.compare import collect, summarise\n\n"
-        'METHODS = ["jola", "iti", "red", "lofit", "lora", "bitfit", "zeroshot"]\n'
+        "from jolalens.compare import collect, summarise\n"
+        "from jolalens.methods import default_methods\n\n"
+        "METHODS = list(default_methods())  # the method registry's default comparison\n"
         'compare_dir = Path(MANIFEST["compare_dir"])\nresults = collect(compare_dir)\n'
         'results = results[(results["task"] == TASK) & results["method"].isin(METHODS) & (results["seed"] == 0)]\n'
         'print(f"{os.path.relpath(compare_dir, Path.cwd().parent)}: {len(results)} runs")\n'
