@@ -132,6 +132,14 @@ def test_bridge_and_hooked_twin_agree(pair):
         evaluate(bridge, MC, "boolq", edit=edit, **kw).items["output"].tolist()
         == evaluate(hooked, MC, "boolq", edit=edit, **kw).items["output"].tolist()
     )
+    # beam search: the bridge's Hugging Face generate (KV cache) and the HookedTransformer's
+    # hook-point beam search (no cache) pick the same beams
+    for beams in (2, 4):
+        bkw = {**kw, "num_beams": beams, "batch_size": 4}
+        assert (
+            evaluate(bridge, MC, "boolq", edit=edit, **bkw).items["output"].tolist()
+            == evaluate(hooked, MC, "boolq", edit=edit, **bkw).items["output"].tolist()
+        )
     icfg = ItiConfig(k=3, alpha=2.0)
     iti_bridge = fit_iti(bridge, MC, icfg, progress=False)
     iti_hooked = fit_iti(hooked, MC, icfg, progress=False)

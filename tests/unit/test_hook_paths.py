@@ -71,8 +71,15 @@ def test_greedy_generation_agrees(tiny, no_view):
     slow = evaluate(tiny, MC, "boolq", edit=edit, **kw)
     assert fast.items["output"].tolist() == slow.items["output"].tolist()
     assert any(len(o) > 0 for o in slow.items["output"])
-    with pytest.raises(Exception, match="num_beams=1"):
-        evaluate(tiny, MC[:2], "boolq", **{**kw, "num_beams": 2})
+
+
+def test_beam_generation_agrees(tiny, no_view):
+    kw = {"protocol": "gen", "num_beams": 3, "batch_size": 4, "max_new_tokens": 5, "progress": False}
+    edit = _edit(tiny)
+    fast = evaluate(tiny, MC, "boolq", edit=edit, **kw)
+    no_view()
+    slow = evaluate(tiny, MC, "boolq", edit=edit, **kw)
+    assert fast.items["output"].tolist() == slow.items["output"].tolist()
 
 
 def test_iti_fit_agrees(tiny, no_view):
@@ -101,6 +108,22 @@ def test_training_agrees(tiny, no_view):
     slow = train_jola(tiny, data, data[:4], config=cfg)
     want = fast.history["val_ce"].tolist()
     assert slow.history["val_ce"].tolist() == pytest.approx(want, rel=1e-3)
+
+
+def test_lora_training_agrees(tiny, no_view):
+    from jolalens.baselines import LoraConfig, LoraEdit
+    from jolalens.train import train_edit
+
+    data = [Example(f"say {c}", c) for c in "abcdefgh"]
+    cfg = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, progress=False, lr=0.01)
+    lora = LoraConfig(r=2, alpha=4, dropout=0.0)
+    fast = train_edit(tiny, LoraEdit.for_model(tiny, lora), data, data[:4], config=cfg)
+    no_view()
+    assert runner_for(tiny).backend is Backend.HOOK_POINTS
+    slow = train_edit(tiny, LoraEdit.for_model(tiny, lora), data, data[:4], config=cfg)
+    want = fast.history["val_ce"].tolist()
+    assert slow.history["val_ce"].tolist() == pytest.approx(want, rel=1e-4)
+    assert want[-1] != want[0]
 
 
 @pytest.fixture
