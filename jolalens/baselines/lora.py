@@ -3,8 +3,10 @@
 The adapters are peft's own ``lora.Linear`` layers (peft's Kaiming-uniform ``A``, zero ``B``,
 its dropout and scaling), built around the Hugging Face linear maps that the bridge wraps.
 On the HF view the edit swaps those peft layers in for the chosen ``nn.Linear`` modules while
-attached (and swaps the originals back on ``remove()``); on a TransformerBridge it applies the
-same peft sub-modules between each component's ``hook_in`` and ``hook_out``. Adapter weights are
+attached (and swaps the originals back on ``remove()``); on a TransformerBridge's hook points
+(``backend="hook_points"``) it applies the same peft sub-modules between each component's
+``hook_in`` and ``hook_out`` (same logits and training, tested). A model without those Linear
+layers (a ``HookedTransformer``, a GPT-2 bridge's ``Conv1D``) cannot take a LoRA edit. Adapter weights are
 float32. Default targets are LLM-Adapters' q, k, v, up, down.
 """
 
@@ -114,6 +116,11 @@ class LoraEdit(BaselineEdit):
     def for_model(cls, model: nn.Module, config: LoraConfig | None = None) -> LoraEdit:
         from ..hf_view import hf_view
 
+        if not isinstance(getattr(model, "original_model", None), nn.Module):
+            raise ModelError(
+                f"LoRA wraps a Hugging Face model's Linear layers, and {type(model).__name__} has none "
+                "(a HookedTransformer); use a TransformerBridge of the model (either backend)"
+            )
         edit = cls(model_dims(model), config or LoraConfig(), view=hf_view(model))
         edit.model_identity = model_identity(model)
         return edit.eval()
