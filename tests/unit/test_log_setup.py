@@ -16,16 +16,15 @@ def test_verbosity_levels():
 
 def test_configure_logging_is_idempotent():
     logger = logging.getLogger(LOGGER_NAME)
-    before = list(logger.handlers)
+    saved, level = logger.handlers[:], logger.level  # an earlier CLI test in this process may have configured it
+    logger.handlers.clear()
     try:
         configure_logging(0)
         configure_logging(1)
-        added = [h for h in logger.handlers if h not in before]
-        assert len(added) == 1 and logger.level == logging.DEBUG
+        assert len(logger.handlers) == 1 and logger.level == logging.DEBUG
     finally:
-        for handler in [h for h in logger.handlers if h not in before]:
-            logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
+        logger.handlers[:] = saved
+        logger.setLevel(level)
 
 
 def test_cli_parses_quiet_and_verbose_before_the_command():
