@@ -194,7 +194,7 @@ def write_tables(out: str | Path) -> pd.DataFrame:
         + markdown_table(
             summary,
             not_applicable=results[results["status"] == "not_applicable"] if "status" in results else None,
-            scale=100.0 if metric == "accuracy" else 1.0,
+            scale=100.0 if metric in ("accuracy", "acc_norm") else 1.0,
         )
         + note
     )

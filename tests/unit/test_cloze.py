@@ -221,3 +221,6 @@ def test_compare_under_cloze_trains_on_texts_and_records_acc_norm(tiny, tmp_path
     assert results["score"].between(0, 1).all() and results["accuracy"].between(0, 1).all()
     done = json.loads((tmp_path / "cmp" / "runs" / "arc_easy" / "jola" / "seed0" / "result.json").read_text())
     assert done["metric"] == "acc_norm" and done["score"] == results.loc[results["method"] == "jola", "score"].item()
+    table = (tmp_path / "cmp" / "summary.md").read_text()
+    jola_cell = next(line for line in table.splitlines() if line.startswith("| jola |")).split("|")[2]
+    assert "acc_norm (%)" in table and float(jola_cell.split()[0]) == pytest.approx(100 * done["score"], abs=0.05)
