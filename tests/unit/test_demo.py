@@ -24,5 +24,5 @@ def test_demo_reports_intervals_mcnemar_and_verdict(tiny, tmp_path, monkeypatch,
     assert demo.run_demo(budget=budget, figures_dir=None, run_dir=tmp_path / "demo") == 0
     out = capsys.readouterr().out
     assert "exact McNemar p" in out and "acc_norm" in out and "Verdict:" in out and "gates closed" in out
-    assert "label-prior control" in out
+    assert "label-prior control" in out and "length-prior control: always the longest option scores" in out
     assert (tmp_path / "demo" / "test_jola.csv").is_file() and (tmp_path / "demo" / "edit").is_dir()
