@@ -5,19 +5,22 @@ per-layer safetensors keys. The sites themselves (``Projection``, ``decoder_laye
 from __future__ import annotations
 
 import dataclasses
+import random
 from abc import abstractmethod
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..data import Example, PromptStyle, tokenize_example
 from ..edit import Edit
-from ..errors import EditLoadError, ModelError
+from ..errors import DataError, EditLoadError, ModelError
 from ..models import ModelDims, model_dims, model_identity
 from ..sites import Projection, decoder_layers
 
-__all__ = ["BaselineEdit", "Projection", "decoder_layers", "normalise_sites", "projection_shape"]
+__all__ = ["BaselineEdit", "Projection", "contrast_rows", "decoder_layers", "normalise_sites", "projection_shape"]
 
 
 def projection_shape(dims: ModelDims, proj: Projection) -> tuple[int, int]:
@@ -124,3 +127,37 @@ class BaselineEdit(Edit):
                         f"{key}: saved shape {tuple(tensors[key].shape)} != expected {tuple(target.shape)}"
                     )
                 target.copy_(tensors[key])
+
+
+def contrast_rows(
+    tokenizer: Any,
+    train: Sequence[Example],
+    *,
+    method: str,
+    min_questions: int,
+    rng: random.Random,
+    style: PromptStyle,
+    max_length: int,
+) -> list[tuple[list[int], list[int]]]:
+    """Each question tokenized twice, with its correct answer and then one seeded wrong option.
+
+    The contrast ITI's probes and RePE's reading vectors are fitted on; a question without a
+    wrong option to contrast, or fewer than ``min_questions``, is refused naming ``method``.
+    ``rng`` draws the wrong options (one draw per question, in order) and is left advanced.
+    """
+    bad = [i for i, ex in enumerate(train) if not ex.choices or ex.answer not in ex.choices or len(ex.choices) < 2]
+    if bad:
+        raise DataError(
+            f"{method} needs multiple-choice examples (it contrasts each correct answer with a wrong option); "
+            f"training example {bad[0]} has no wrong option among >= 2 choices ({len(bad)} in all). "
+            f"Generation tasks have no wrong answers to contrast: leave {method} out for them."
+        )
+    if len(train) < min_questions:
+        raise DataError(f"{method} needs at least {min_questions} training questions, got {len(train)}")
+    rows = []
+    for ex in train:
+        assert ex.choices is not None
+        wrong = rng.choice([c for c in ex.choices if c != ex.answer])
+        for answer in (ex.answer, wrong):
+            rows.append(tokenize_example(tokenizer, ex, style=style, max_length=max_length, answer=answer))
+    return rows

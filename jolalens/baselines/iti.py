@@ -28,13 +28,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import Example, PromptStyle, collate, padding_id, tokenize_example
+from ..data import Example, PromptStyle, collate, padding_id
 from ..edit import current_answer_positions, register_method
-from ..errors import DataError, JolaError
+from ..errors import JolaError
 from ..hf_view import hf_view
 from ..models import ModelDims, hook_z_name, model_dims
 from ..sites import Site, SiteFn, SiteKind, hf_hook, tl_hook
-from ._common import BaselineEdit
+from ._common import BaselineEdit, contrast_rows
 
 __all__ = ["ItiConfig", "ItiEdit", "fit_iti", "probe_accuracies"]
 
@@ -265,23 +265,12 @@ def fit_iti(
 ) -> ItiEdit:
     """Fit ITI's probes, directions and scales on ``train`` (multiple-choice examples)."""
     config = config or ItiConfig()
-    bad = [i for i, ex in enumerate(train) if not ex.choices or ex.answer not in ex.choices or len(ex.choices) < 2]
-    if bad:
-        raise DataError(
-            f"ITI probes need multiple-choice examples whose answer is one of >= 2 choices; "
-            f"training example {bad[0]} is not ({len(bad)} in all). Generation tasks have no "
-            "wrong answers to contrast: leave ITI out for them."
-        )
-    if len(train) < 5:
-        raise DataError(f"ITI needs at least 5 training questions to split into probe train/val, got {len(train)}")
-    rng = random.Random(config.seed)
-    rows, labels = [], []
-    for ex in train:
-        assert ex.choices is not None
-        wrong = rng.choice([c for c in ex.choices if c != ex.answer])
-        for answer, label in ((ex.answer, 1), (wrong, 0)):
-            rows.append(tokenize_example(model.tokenizer, ex, style=style, max_length=max_length, answer=answer))
-            labels.append(label)
+    # at least 5 questions, to split into probe train / validation
+    rng = random.Random(config.seed)  # draws the wrong options, then splits the questions
+    rows = contrast_rows(
+        model.tokenizer, train, method="ITI", min_questions=5, rng=rng, style=style, max_length=max_length
+    )
+    labels = [1, 0] * len(train)  # correct, then wrong, per question
     feats = _last_token_z(model, rows, batch_size, progress)  # [2 * n_questions, L, H, d]
     y = torch.tensor(labels)
     questions = list(range(len(train)))

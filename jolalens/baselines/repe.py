@@ -28,13 +28,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import Example, PromptStyle, collate, padding_id, tokenize_example
+from ..data import Example, PromptStyle, collate, padding_id
 from ..edit import register_method
-from ..errors import DataError
 from ..hf_view import hf_view
 from ..models import ModelDims, model_dims
 from ..sites import Site, SiteFn, SiteKind, hf_hook
-from ._common import BaselineEdit
+from ._common import BaselineEdit, contrast_rows
 from .loreft import resid_post_name
 
 __all__ = [
@@ -182,21 +181,10 @@ def fit_repe(
 ) -> RepeEdit:
     """Read RePE's directions from ``train`` (multiple-choice examples: correct vs a wrong option)."""
     config = config or RepeConfig()
-    bad = [i for i, ex in enumerate(train) if not ex.choices or ex.answer not in ex.choices or len(ex.choices) < 2]
-    if bad:
-        raise DataError(
-            f"RePE reads directions from correct vs wrong options; training example {bad[0]} has "
-            f"no wrong option ({len(bad)} in all). Leave RePE out for generation tasks."
-        )
-    if len(train) < 2:
-        raise DataError(f"RePE needs at least 2 training questions, got {len(train)}")
     rng = random.Random(config.seed)
-    rows = []
-    for ex in train:
-        assert ex.choices is not None
-        wrong = rng.choice([c for c in ex.choices if c != ex.answer])
-        for answer in (ex.answer, wrong):
-            rows.append(tokenize_example(model.tokenizer, ex, style=style, max_length=max_length, answer=answer))
+    rows = contrast_rows(
+        model.tokenizer, train, method="RePE", min_questions=2, rng=rng, style=style, max_length=max_length
+    )
     feats = residual_at_last_token(model, rows, batch_size, progress)
     direction, sigma = reading_directions(feats[0::2], feats[1::2], center=config.center)
     edit = RepeEdit.for_model(model, config)
