@@ -1,16 +1,17 @@
 """Peak resident memory of each phase of ``make demo``, to find what holds the memory.
 
-Runs the demo's phases in order on the embedded model, with the demo's batch sizes but (by
-default) fewer items, since peak memory depends on the batch shapes rather than the item
-count: first-time model conversion (``--convert``: a fresh cache, the GGUF de-quantized
-again), ``load_model``, zero-shot log-likelihood evaluation, ``train_jola``, attribution
-scores, and the figures (``--figures``; PNG export runs a Chromium child process, whose
-memory is counted separately). A sampling thread reads this process's resident set (VmRSS)
+Runs the demo's phases in order on the embedded model, with the demo's task (cloze protocol),
+budget and batch sizes (``--n-*`` and ``--epochs`` shrink it; peak memory depends on the batch
+shapes more than on the item count): first-time model conversion (``--convert``: a fresh
+cache, the GGUF de-quantized again), ``load_model``, zero-shot cloze evaluation,
+``train_jola``, evaluation with the edit, attribution scores (``--attribution``; the label-era
+demo ran them, the cloze demo does not), and the figures (``--figures``; PNG export runs a
+Chromium child process, whose memory is counted separately). A sampling thread reads this process's resident set (VmRSS)
 every 50 ms, so each phase gets its own peak, and the children's peak comes from
 ``RUSAGE_CHILDREN``.
 
-    python benchmarks/memory_profile.py                      # ~5 min on a 2-core CPU
-    python benchmarks/memory_profile.py --convert --figures  # also the from-zero conversion and PNGs
+    python benchmarks/memory_profile.py --epochs 1 --figures        # ~4 min on a 2-core CPU
+    python benchmarks/memory_profile.py --convert --figures         # the whole demo, from-zero conversion too
 """
 
 from __future__ import annotations
@@ -97,13 +98,15 @@ class PhaseMemory:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=16)
-    ap.add_argument("--n-valid", type=int, default=16)
-    ap.add_argument("--n-test", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument(
-        "--attribution-batch-size", type=int, default=2, help="examples per attribution batch (the demo's 2)"
-    )
+    from jolalens.demo import DemoBudget
+
+    demo = DemoBudget()
+    ap.add_argument("--n-train", type=int, default=demo.n_train)
+    ap.add_argument("--n-valid", type=int, default=demo.n_valid)
+    ap.add_argument("--n-test", type=int, default=demo.n_test)
+    ap.add_argument("--epochs", type=int, default=demo.epochs)
+    ap.add_argument("--attribution", action="store_true", help="also run mean-ablation attribution scores")
+    ap.add_argument("--attribution-batch-size", type=int, default=2, help="examples per attribution batch")
     ap.add_argument("--convert", action="store_true", help="also time the first-use GGUF conversion (fresh cache dir)")
     ap.add_argument("--figures", action="store_true", help="also make the demo's figures (HTML and PNG)")
     ap.add_argument(
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     with mem.phase("import jolalens"):
         import jolalens
         from jolalens.analysis import attribution_scores
-        from jolalens.demo import DemoBudget
+        from jolalens.data import PromptStyle
         from jolalens.evaluate import evaluate
         from jolalens.models import EMBEDDED_MODELS, _converted_checkpoint
         from jolalens.tasks import load_task_splits
@@ -133,35 +136,50 @@ def main(argv: list[str] | None = None) -> None:
                     os.environ["JOLALENS_CACHE"] = old
     with mem.phase("load_model"):
         model = jolalens.load_model()
-    budget = DemoBudget()
+    budget = demo
     splits = load_task_splits(
-        budget.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=budget.seed
+        budget.task,
+        n_train=args.n_train,
+        n_valid=args.n_valid,
+        n_test=args.n_test,
+        seed=budget.seed,
+        protocol="cloze",
     )
-    with mem.phase("evaluate (loglik, bs 16)"):
-        evaluate(model, splits.test, budget.task, protocol="loglik", progress=False)
+    with mem.phase("evaluate (cloze, bs 16)"):
+        evaluate(model, splits.test, budget.task, protocol="cloze", progress=False)
     with mem.phase("train_jola (bs 8)"):
         result = jolalens.train_jola(
             model,
             splits.train,
             splits.valid,
+            jola=jolalens.JolaConfig(seed=budget.seed),
             config=jolalens.TrainConfig(
-                lr=budget.lr, epochs=args.epochs, warmup_steps=budget.warmup_steps, patience=args.epochs, progress=False
+                lr=budget.lr,
+                epochs=args.epochs,
+                warmup_steps=budget.warmup_steps,
+                seed=budget.seed,
+                gate_lr_scale=budget.gate_lr_scale,
+                patience=args.epochs,
+                prompt_style=PromptStyle.CLOZE,
+                progress=False,
             ),
+            sparsity=jolalens.SparsityConfig(lam=budget.lam),
         )
     with mem.phase("evaluate with edit"):
-        evaluate(model, splits.test, budget.task, edit=result.edit, protocol="loglik", progress=False)
+        evaluate(model, splits.test, budget.task, edit=result.edit, protocol="cloze", progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
-        with mem.phase(f"attribution_scores (bs {args.attribution_batch_size})"):
-            result.save(Path(run_dir) / "run", overwrite=True)
-            scores = attribution_scores(
-                model,
-                splits.valid,
-                ablation="mean",
-                reference=splits.train,
-                batch_size=args.attribution_batch_size,
-                progress=False,
-            )
-            scores.save(Path(run_dir) / "run" / "ablation" / "attribution_mean.pt")
+        result.save(Path(run_dir) / "run", overwrite=True)
+        if args.attribution:
+            with mem.phase(f"attribution_scores (bs {args.attribution_batch_size})"):
+                scores = attribution_scores(
+                    model,
+                    splits.valid,
+                    ablation="mean",
+                    reference=splits.train,
+                    batch_size=args.attribution_batch_size,
+                    progress=False,
+                )
+                scores.save(Path(run_dir) / "run" / "ablation" / "attribution_mean.pt")
         if args.figures:
             from jolalens.analysis import make_figures
             from jolalens.analysis.figures import FigureExportError

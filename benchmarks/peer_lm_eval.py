@@ -1,12 +1,13 @@
 """jolalens' multiple-choice scoring beside lm-evaluation-harness (``HFLM.loglikelihood``).
 
-The same items (one commonsense task's test items), the same prompts (jolalens' Alpaca format)
-and the same continuations (each answer option), the same model weights, batch size and
-threads. lm-eval gets one ``loglikelihood`` request per (item, option), which is how its
-multiple-choice tasks reach the model; jolalens scores with ``evaluate(protocol="loglik")``
-(and the ``cloze`` protocol when this jolalens has one). Each system runs in its own
+The same items (one commonsense task's test items), the same (context, continuation) pairs,
+the same model weights, batch size and threads, for each of jolalens' two log-likelihood
+protocols: ``loglik`` (jolalens' Alpaca prompt, each option as the continuation) and ``cloze``
+(lm-eval's own convention: the raw question, ``" " + option``). lm-eval gets one
+``loglikelihood`` request per (item, option), which is how its multiple-choice tasks reach the
+model; jolalens scores with ``evaluate(protocol=...)``. Each system runs in its own
 subprocess (own peak RSS), rounds alternate which goes first, and ``--warmup-items`` items are
-scored first and excluded from the timing. The per-item choices of lm-eval and jolalens' loglik
+scored first and excluded from the timing. The per-item choices (``acc``) of lm-eval and jolalens
 must be identical: the script says how many differ and exits 1 if any do.
 
 Useful FLOPs of an item (charged the same to both): the prompt once (the prefix all prompts
@@ -37,27 +38,46 @@ import _machine  # noqa: E402
 log = logging.getLogger("peer_lm_eval")
 
 
-def load_items(task: str, n_items: int, seed: int) -> list[Any]:
+def load_items(task: str, n_items: int, seed: int, protocol: str) -> list[Any]:
+    """The first ``n_items`` test items of ``task``, rendered for ``protocol`` (label format or cloze)."""
     from jolalens.tasks import load_task_splits
 
-    return list(load_task_splits(task, n_train=0, n_valid=0, n_test=n_items, seed=seed).test)
+    splits = load_task_splits(task, n_train=0, n_valid=0, n_test=n_items, seed=seed, protocol=protocol)
+    return list(splits.test)
 
 
-def protocols() -> list[str]:
-    """``loglik``, and ``cloze`` when this jolalens has that protocol."""
-    from jolalens.evaluate import Protocol
-
-    cloze = getattr(Protocol, "CLOZE", None)
-    return ["loglik"] + ([cloze.value] if cloze is not None else [])
+PROTOCOLS = ("loglik", "cloze")  # jolalens' protocol -> lm-eval is given the same (context, continuation) pairs
 
 
-def useful_flops(model: Any, items: list[Any], shape: _machine.ModelShape) -> dict[str, float]:
-    """The minimal forward work of scoring ``items`` by option log-likelihood (see the module doc)."""
+def encoded_items(tok: Any, items: list[Any], protocol: str) -> list[tuple[list[int], list[list[int]]]]:
+    """(context ids, option ids...) per distinct context, as jolalens' scorer of ``protocol`` sees them."""
+    if protocol == "cloze":
+        from jolalens.cloze import encoded_entries
+
+        return encoded_entries(tok, items, 2048)[0]
     from jolalens.data import PromptStyle
-    from jolalens.scoring import common_prefix, encode_choices
+    from jolalens.scoring import encode_choices
 
-    tok = model.tokenizer
-    encoded = [encode_choices(tok, ex, PromptStyle.ALPACA, 400) for ex in items]
+    return [encode_choices(tok, ex, PromptStyle.ALPACA, 400) for ex in items]
+
+
+def requests_for(tok: Any, ex: Any, protocol: str) -> list[tuple[str, str]]:
+    """The (context, continuation) strings lm-eval scores for each option of ``ex``."""
+    if protocol == "cloze":
+        from jolalens.cloze import cloze_pairs
+
+        return cloze_pairs(ex)
+    from jolalens.data import PromptStyle, format_prompt
+
+    ctx = format_prompt(ex.instruction, PromptStyle.ALPACA, tok)
+    return [(ctx, c) for c in ex.choices]
+
+
+def useful_flops(model: Any, items: list[Any], shape: _machine.ModelShape, protocol: str) -> dict[str, float]:
+    """The minimal forward work of scoring ``items`` by option log-likelihood (see the module doc)."""
+    from jolalens.scoring import common_prefix
+
+    encoded = encoded_items(model.tokenizer, items, protocol)
     n0 = common_prefix([p for p, _ in encoded])
     tokens, keys, unembedded = n0, _machine.causal_keys(n0), 0
     for prompt, choices in encoded:
@@ -86,7 +106,7 @@ def jolalens_worker(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
     from jolalens.evaluate import evaluate
 
     model = jolalens.load_model(device=args.device)
-    items = load_items(args.task, args.n_items + args.warmup_items, args.seed)
+    items = load_items(args.task, args.n_items + args.warmup_items, args.seed, protocol)
     warm, timed = items[: args.warmup_items], items[args.warmup_items :]
     if warm:
         evaluate(model, warm, args.task, protocol=protocol, batch_size=args.batch_size, progress=False)
@@ -110,7 +130,7 @@ def jolalens_worker(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
     }
 
 
-def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
+def lm_eval_worker(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
     """HFLM on the same HF model and tokenizer jolalens uses, one request per (item, option).
 
     The tokenizer is jolalens' (TransformerLens sets it to prepend BOS); the checkpoint's own
@@ -121,19 +141,17 @@ def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
     import jolalens
-    from jolalens.data import PromptStyle, format_prompt
 
     model = jolalens.load_model(device=args.device)
     hf, tok = jolalens.hf_view(model), model.tokenizer
     lm = HFLM(pretrained=hf, tokenizer=tok, batch_size=args.batch_size, device=args.device)
-    items = load_items(args.task, args.n_items + args.warmup_items, args.seed)
+    items = load_items(args.task, args.n_items + args.warmup_items, args.seed, protocol)
 
     def score(examples: list[Any]) -> list[int]:
         requests, owners = [], []
         for i, ex in enumerate(examples):
-            ctx = format_prompt(ex.instruction, PromptStyle.ALPACA, tok)
-            for c in ex.choices:
-                requests.append(Instance(request_type="loglikelihood", doc={}, arguments=(ctx, c), idx=len(requests)))
+            for pair in requests_for(tok, ex, protocol):
+                requests.append(Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=len(requests)))
                 owners.append(i)
         out = lm.loglikelihood(requests, disable_tqdm=True)
         best: dict[int, tuple[float, int]] = {}
@@ -151,7 +169,7 @@ def lm_eval_worker(args: argparse.Namespace) -> dict[str, Any]:
     choices, wall, cpu = _timed(lambda: score(timed))
     correct = [ex.choices[c] == ex.answer for ex, c in zip(timed, choices, strict=True)]
     return {
-        "system": f"lm-eval {lm_eval.__version__} HFLM",
+        "system": f"lm-eval {lm_eval.__version__} HFLM ({protocol})",
         "seconds": wall,
         "cpu_seconds": cpu,
         "choices": choices,
@@ -175,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/peer_lm_eval"), help="writes OUT.json and OUT.md")
+    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.n_items < 1 or args.rounds < 1 or args.batch_size < 1 or args.warmup_items < 0:
@@ -183,35 +202,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
     lines = [
         f"# jolalens vs lm-evaluation-harness: multiple-choice log-likelihood ({result['task']}, "
         f"{result['n_items']} items, batch {result['batch_size']}, {result['device']})",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, {result['threads']} "
-        "threads, "
-        f"load average at start {result['machine'].get('loadavg_1_5_15')} (shared box)  ",
-        f"Dense fp32 matmul rate (2048^2, same threads): best {result['matmul']['gflops_best']:.1f} GFLOP/s  ",
-        f"Useful work: {result['useful']['tokens']} tokens, {result['useful']['flops'] / 1e9:.0f} GFLOP "
-        f"(shared prefix of {result['useful']['shared_prefix']} tokens counted once)",
+        f"Machine: {m['platform']}, {m['cpu_count']} CPUs, {result['threads']} threads, "
+        f"load average at start {m.get('loadavg_1_5_15')}  ",
+        f"Dense fp32 matmul rate (2048^2, same threads): best {result['matmul']['gflops_best']:.1f} GFLOP/s, "
+        f"{result['matmul'].get('gflops_per_cpu_s_best', float('nan')):.1f} GFLOP per CPU-second",
         "",
-        "| system | items/s (median) | CPU s | useful GFLOP/s | of matmul rate | peak RSS MB | accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| protocol | system | items/s (median) | CPU s | useful GFLOP/s | of matmul rate | peak RSS MB | accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in result["summary"].values():
+    for protocol, pair in result["protocols"].items():
+        for s in pair["summary"].values():
+            lines.append(
+                f"| {protocol} | {s['system']} | {s['items_per_s']:.2f} | {s['median_cpu_s']:.1f} | "
+                f"{s['useful_gflops']:.1f} | {100 * s['fraction_of_matmul']:.0f}% | {s['peak_rss_mb']:.0f} | "
+                f"{s['accuracy']:.3f} |"
+            )
+    lines.append("")
+    for protocol, pair in result["protocols"].items():
+        u = pair["useful"]
         lines.append(
-            f"| {s['system']} | {s['items_per_s']:.2f} | {s['median_cpu_s']:.0f} | {s['useful_gflops']:.1f} | "
-            f"{100 * s['fraction_of_matmul']:.0f}% | {s['peak_rss_mb']:.0f} | {s['accuracy']:.3f} |"
+            f"* **{protocol}**: jolalens / lm-eval throughput **{pair['ratio']:.2f}x** wall, "
+            f"**{pair['ratio_cpu']:.2f}x** CPU seconds (goal >= 3x); per-item choices differ on "
+            f"{pair['choice_disagreements']} of {result['n_items']} items; useful work {u['tokens']} tokens, "
+            f"{u['flops'] / 1e9:.0f} GFLOP (shared prefix of {u['shared_prefix']} tokens counted once)."
         )
-    lines += [
-        "",
-        f"jolalens loglik / lm-eval throughput: **{result['ratio']:.2f}x** (goal >= 3x); in CPU seconds: "
-        f"**{result['ratio_cpu']:.2f}x**",
-        "",
-        f"Per-item choices, lm-eval vs jolalens loglik: {result['choice_disagreements']} of {result['n_items']} "
-        "differ.",
-    ]
     return "\n".join(lines) + "\n"
+
+
+def _summary(rs: list[dict[str, Any]], n_items: int, flops: float, best: float) -> dict[str, Any]:
+    wall = statistics.median(r["seconds"] for r in rs)
+    return {
+        "system": rs[0]["system"],
+        "items_per_s": n_items / wall,
+        "median_s": wall,
+        "median_cpu_s": statistics.median(r["cpu_seconds"] for r in rs),
+        "useful_gflops": flops / wall / 1e9,
+        "fraction_of_matmul": flops / wall / 1e9 / best,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        "accuracy": rs[0]["accuracy"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,18 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        out = lm_eval_worker(args) if args.worker == "lm_eval" else jolalens_worker(args, args.worker)
+        system, protocol = args.worker.split(":")
+        out = lm_eval_worker(args, protocol) if system == "lm_eval" else jolalens_worker(args, protocol)
         print(json.dumps(out))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import jolalens
 
-    names = ["lm_eval", *protocols()]
+    protocols = args.protocols
+    names = [f"{system}:{p}" for p in protocols for system in ("lm_eval", "jolalens")]
     model = jolalens.load_model()
     shape = _machine.ModelShape.from_hf_config(jolalens.hf_view(model).config)
-    useful = useful_flops(
-        model, load_items(args.task, args.n_items + args.warmup_items, args.seed)[args.warmup_items :], shape
-    )
+    n_all = args.n_items + args.warmup_items
+    useful = {
+        p: useful_flops(model, load_items(args.task, n_all, args.seed, p)[args.warmup_items :], shape, p)
+        for p in protocols
+    }
     del model
     machine = _machine.machine_info()
     matmul = _machine.matmul_rate(device=args.device)
@@ -246,53 +285,47 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             log.info("round %d/%d: %s", r + 1, args.rounds, name)
-            runs[name].append(
-                _machine.run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", name, *common], env=env)
-            )
-            log.info(
-                "  %.1f s (%.1f CPU s), accuracy %.3f",
-                runs[name][-1]["seconds"],
-                runs[name][-1]["cpu_seconds"],
-                runs[name][-1]["accuracy"],
-            )
-    best = max(matmul["gflops_best"], _machine.matmul_rate(device=args.device)["gflops_best"])
-    summary = {}
-    for name, rs in runs.items():
-        wall = statistics.median(r["seconds"] for r in rs)
-        summary[name] = {
-            "system": rs[0]["system"],
-            "items_per_s": args.n_items / wall,
-            "median_s": wall,
-            "median_cpu_s": statistics.median(r["cpu_seconds"] for r in rs),
-            "useful_gflops": useful["flops"] / wall / 1e9,
-            "fraction_of_matmul": useful["flops"] / wall / 1e9 / best,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "accuracy": rs[0]["accuracy"],
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, *common]
+            runs[name].append(_machine.run_worker(cmd, env=env))
+            last = runs[name][-1]
+            log.info("  %.1f s (%.1f CPU s), accuracy %.3f", last["seconds"], last["cpu_seconds"], last["accuracy"])
+    end_rate = _machine.matmul_rate(device=args.device)
+    best = max(matmul["gflops_best"], end_rate["gflops_best"])
+    per_cpu = max(matmul.get("gflops_per_cpu_s_best", 0.0), end_rate.get("gflops_per_cpu_s_best", 0.0))
+    pairs: dict[str, Any] = {}
+    disagree_total = 0
+    for p in protocols:
+        ref, ours = runs[f"lm_eval:{p}"], runs[f"jolalens:{p}"]
+        disagree = sum(a != b for a, b in zip(ref[0]["choices"], ours[0]["choices"], strict=True))
+        disagree_total += disagree
+        summary = {
+            n: _summary(runs[n], args.n_items, useful[p]["flops"], best) for n in (f"lm_eval:{p}", f"jolalens:{p}")
         }
-    ref, ours = runs["lm_eval"][0]["choices"], runs["loglik"][0]["choices"]
-    disagree = sum(a != b for a, b in zip(ref, ours, strict=True))
+        pairs[p] = {
+            "useful": useful[p],
+            "summary": summary,
+            "choice_disagreements": disagree,
+            "ratio": summary[f"lm_eval:{p}"]["median_s"] / summary[f"jolalens:{p}"]["median_s"],
+            "ratio_cpu": summary[f"lm_eval:{p}"]["median_cpu_s"] / summary[f"jolalens:{p}"]["median_cpu_s"],
+        }
     result = {
         "command": " ".join(["python", "benchmarks/peer_lm_eval.py", *(argv if argv is not None else sys.argv[1:])]),
         "task": args.task,
         "n_items": args.n_items,
         "batch_size": args.batch_size,
         "device": args.device,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "machine": machine,
-        "matmul": {**matmul, "gflops_best": best},
-        "useful": useful,
-        "summary": summary,
+        "matmul": {**matmul, "gflops_best": best, "gflops_per_cpu_s_best": per_cpu},
+        "protocols": pairs,
         "runs": runs,
-        "choice_disagreements": disagree,
-        "ratio": summary["lm_eval"]["median_s"] / summary["loglik"]["median_s"],
-        "ratio_cpu": summary["lm_eval"]["median_cpu_s"] / summary["loglik"]["median_cpu_s"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(args.out) + ".json").write_text(json.dumps(result, indent=2) + "\n")
     Path(str(args.out) + ".md").write_text(markdown(result))
     print(markdown(result))
-    if disagree:
-        log.error("%d of %d items: lm-eval and jolalens (loglik) chose different options", disagree, args.n_items)
+    if disagree_total:
+        log.error("lm-eval and jolalens chose different options on %d items (see the table)", disagree_total)
         return 1
     return 0
 

@@ -21,14 +21,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data import Example, model_tokenizer
+from .data import Example, PromptStyle
 from .errors import DataError
-from .runners import attached_lm
-from .scoring import cached_choice_logprobs
+from .scoring import score_choices
 
 __all__ = [
     "TARGET_DELIMITER",
@@ -36,6 +33,7 @@ __all__ = [
     "cloze_pairs",
     "cloze_rows",
     "encode_pair",
+    "encoded_entries",
     "option_lengths",
     "score_cloze",
     "wilson_interval",
@@ -86,7 +84,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ctx, cont
 
 
-def _encoded_entries(
+def encoded_entries(
     tokenizer: Any, examples: Sequence[Example], max_length: int
 ) -> tuple[list[tuple[list[int], list[list[int]]]], list[list[tuple[int, int]]]]:
     """One entry (context ids, option ids...) per distinct context, and where each option went.
@@ -130,22 +128,19 @@ def score_cloze(
 ) -> list[list[float]]:
     """Summed log-probability of each option's continuation (one list per example).
 
-    Runs on :func:`jolalens.hf_view.hf_view` with ``edit`` attached; each distinct context is
-    run once and its options are scored from the KV cache (the machinery of
-    ``Protocol.LOGLIK``); position-dependent edits see the positions that predict
-    continuation tokens through :func:`jolalens.edit.answer_positions`.
+    :func:`jolalens.scoring.score_choices` with ``style=PromptStyle.CLOZE``: each distinct
+    context runs once with its options as a token tree (or from its KV cache); edits that must
+    see each prompt whole (LoReFT) get one packed row per option.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tok = model_tokenizer(model)
-    entries, where = _encoded_entries(tok, examples, max_length)
-    with (
-        attached_lm(model, edit) as view,
-        torch.inference_mode(),
-        tqdm(total=len(entries), desc="cloze", unit="context", disable=not progress) as bar,
-    ):
-        sums = cached_choice_logprobs(view, tok, entries, batch_size, bar)
-    return [[sums[e][k] for e, k in slots] for slots in where]
+    return score_choices(
+        model,
+        examples,
+        edit=edit,
+        style=PromptStyle.CLOZE,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+    )
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -37,8 +37,10 @@ from .runners import attached_lm
 
 __all__ = [
     "answer_token_logprobs",
+    "cache_keyword",
     "cached_choice_logprobs",
     "check_choices",
+    "choice_logprobs",
     "common_prefix",
     "encode_choices",
     "score_choices",
@@ -60,8 +62,13 @@ def answer_token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def encode_choices(tok: Any, ex: Example, style: PromptStyle, max_length: int) -> Encoded:
-    """Prompt ids and each choice's ids, cut exactly as :func:`tokenize_example` would."""
+    """Prompt ids and each choice's ids, cut exactly as :func:`tokenize_example` would.
+
+    Label and chat styles only: cloze pairs are encoded by :func:`jolalens.cloze.encoded_entries`.
+    """
     assert ex.choices is not None
+    if PromptStyle(style) is PromptStyle.CLOZE:
+        raise ValueError("encode_choices does not encode cloze pairs; use jolalens.cloze.encoded_entries")
     prompt = tok(
         format_prompt(ex.instruction, style, tok), add_special_tokens=PromptStyle(style) is PromptStyle.ALPACA
     ).input_ids
@@ -114,7 +121,7 @@ def _choice_logprobs_packed(
     return sums
 
 
-def _cache_kw(view: nn.Module) -> str:
+def cache_keyword(view: nn.Module) -> str:
     """``cache`` in recent transformers (``past_key_values`` is deprecated there), else the old name."""
     return "cache" if "cache" in inspect.signature(view.forward).parameters else "past_key_values"
 
@@ -151,7 +158,7 @@ def cached_choice_logprobs(
         with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
             view(
                 input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device),
-                **{_cache_kw(view): prefix_cache},
+                **{cache_keyword(view): prefix_cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -175,7 +182,7 @@ def cached_choice_logprobs(
                 input_ids=prompts.input_ids.to(device),
                 attention_mask=full_mask.to(device),
                 position_ids=pos.to(device),
-                **{_cache_kw(view): cache},
+                **{cache_keyword(view): cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -195,7 +202,7 @@ def cached_choice_logprobs(
                     input_ids=conts.input_ids.to(device),
                     attention_mask=c_full.to(device),
                     position_ids=c_pos.to(device),
-                    **{_cache_kw(view): cache},
+                    **{cache_keyword(view): cache},
                     use_cache=True,
                 ).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -206,6 +213,25 @@ def cached_choice_logprobs(
             sums[idx[r]].append(total)
         bar.update(len(idx))
     return sums
+
+
+def choice_logprobs(
+    view: nn.Module, tok: Any, encoded: Sequence[Encoded], batch_size: int, bar: Any
+) -> list[list[float]]:
+    """Summed log-probs of each entry's choice ids after its prompt ids, by the fastest exact path.
+
+    One row per item with the options as a token tree (:mod:`jolalens.option_tree`) where the
+    model takes custom attention masks, else :func:`cached_choice_logprobs`.
+    """
+    from .option_tree import option_tree_logprobs, supports_option_tree  # it imports this module
+
+    if not encoded:
+        return []
+    n_prefix = common_prefix([p for p, _ in encoded])
+    longest = max(len(p) + sum(len(c) for c in cs) for p, cs in encoded)
+    if supports_option_tree(view, longest):
+        return option_tree_logprobs(view, tok, encoded, batch_size, bar, n_prefix=n_prefix)
+    return cached_choice_logprobs(view, tok, encoded, batch_size, bar)
 
 
 def score_choices(
@@ -221,8 +247,10 @@ def score_choices(
 ) -> list[list[float]]:
     """Summed log-probability of each example's choices after its prompt (one list per example).
 
-    ``share_prefix=False`` scores one packed prompt+choice row per option instead: slower,
-    kept as an independent reference for the cached path.
+    ``style=PromptStyle.CLOZE`` scores lm-eval's (context, continuation) pairs
+    (:mod:`jolalens.cloze`). ``share_prefix=False`` scores one packed prompt+choice row per
+    option instead: slower, kept as an independent reference for the shared paths, and used for
+    edits that must see each prompt whole (LoReFT) and for models without a KV cache.
     """
     check_choices(examples)
     if batch_size < 1:
@@ -231,12 +259,17 @@ def score_choices(
     style = PromptStyle(style)
     if getattr(edit, "edits_prompt_positions", False):
         share_prefix = False  # a shared-prefix cache would split the prompt LoReFT must see whole
-    with (
-        attached_lm(model, edit) as view,
-        torch.inference_mode(),
-        tqdm(total=len(examples), desc="loglik", unit="item", disable=not progress) as bar,
-    ):
+    if style is PromptStyle.CLOZE:
+        from .cloze import encoded_entries  # the cloze module builds on this one
+
+        encoded, where = encoded_entries(tok, examples, max_length)
+    else:
+        encoded = [encode_choices(tok, ex, style, max_length) for ex in examples]
+        where = [[(i, k) for k in range(len(ex.choices or ()))] for i, ex in enumerate(examples)]
+    with attached_lm(model, edit) as view, torch.inference_mode():
         if share_prefix and view.config is not None:  # hook points: no KV cache to share the prefix with
-            encoded = [encode_choices(tok, ex, style, max_length) for ex in examples]
-            return cached_choice_logprobs(view, tok, encoded, batch_size, bar)
-        return _choice_logprobs_packed(view, tok, examples, style, max_length, batch_size, bar)
+            with tqdm(total=len(encoded), desc=str(style), unit="prompt", disable=not progress) as bar:
+                sums = choice_logprobs(view, tok, encoded, batch_size, bar)
+            return [[sums[e][k] for e, k in slots] for slots in where]
+        with tqdm(total=len(examples), desc=str(style), unit="item", disable=not progress) as bar:
+            return _choice_logprobs_packed(view, tok, examples, style, max_length, batch_size, bar)
