@@ -34,7 +34,9 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="fold a saved JoLA edit into o_proj and write a Hugging Face checkpoint")
+    p = sub.add_parser(
+        "export", help="fold a saved JoLA edit into the attention output projection and write a Hugging Face checkpoint"
+    )
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--edit", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -46,6 +48,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .atomic_dir import check_replaceable, check_writable
     from .edit import load_edit
+    from .hooked_loading import load_hf_source
     from .locking import output_lock
     from .merge import export_hf_checkpoint
     from .models import load_model
@@ -53,9 +56,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with output_lock(args.out, "jolalens export"):
         check_replaceable(args.out, overwrite=args.overwrite)
         check_writable(args.out)
-        model = load_model(args.model, **loading_options(args))
+        options = loading_options(args)
+        model = load_model(args.model, **options)
         edit = load_edit(args.edit, model)
-        out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite)
+        # a HookedTransformer holds no Hugging Face model: export the one it was converted from
+        hf_model = load_hf_source(model) if options["model_class"] == "hooked-transformer" else None
+        out = export_hf_checkpoint(model, edit, args.out, overwrite=args.overwrite, hf_model=hf_model)
     print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JolaError
+from .hooked_loading import MODEL_CLASSES, require_hooked_transformer
 
 __all__ = ["add_loading_args", "loading_options"]
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--revision``.
+    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--revision``, ``--model-class``.
 
     How every command that loads a model loads it; :func:`loading_options` reads them back.
     """
@@ -36,6 +37,13 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
         help='with --device-map: JSON per-device budget, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\'',
     )
     g.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
+    g.add_argument(
+        "--model-class",
+        choices=list(MODEL_CLASSES),
+        default="bridge",
+        help="bridge (default): a TransformerBridge; hooked-transformer: the classic HookedTransformer "
+        "of the same weights, unprocessed (needs transformer-lens 3.x)",
+    )
 
 
 def _json_option(text: str | None, flag: str) -> Any:
@@ -52,7 +60,18 @@ def _json_option(text: str | None, flag: str) -> Any:
 
 
 def loading_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for :func:`jolalens.load_model` from :func:`add_loading_args` flags."""
+    """Keyword arguments for :func:`jolalens.load_model` from :func:`add_loading_args` flags.
+
+    ``--model-class hooked-transformer`` is checked here, before any data or model is read: it
+    needs TransformerLens 3.x and loads on one device (no ``--device-map``).
+    """
+    if args.model_class == "hooked-transformer":
+        require_hooked_transformer()
+        if args.device_map is not None:
+            raise JolaError(
+                "--device-map splits a TransformerBridge over devices; --model-class hooked-transformer "
+                "loads on one device: drop --device-map and give --device"
+            )
     max_memory = _json_option(args.max_memory, "--max-memory")
     if isinstance(max_memory, dict):  # GPU indices arrive as JSON strings
         max_memory = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
@@ -62,4 +81,5 @@ def loading_options(args: argparse.Namespace) -> dict[str, Any]:
         "device_map": _json_option(args.device_map, "--device-map"),
         "max_memory": max_memory,
         "revision": args.revision,
+        "model_class": args.model_class,
     }

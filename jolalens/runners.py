@@ -13,7 +13,6 @@ chooses the fast path where it exists and hides how each model wants padding and
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 
 from .edit import Backend
 from .errors import ModelError
+from .models import is_hooked_transformer
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +35,6 @@ __all__ = [
     "resolve_backend",
     "runner_for",
 ]
-
-
-def is_hooked_transformer(model: nn.Module) -> bool:
-    """True for a model whose ``forward`` takes no ``position_ids`` (TransformerLens 3's class)."""
-    if getattr(model, "original_model", None) is not None:
-        return False  # a bridge forwards keyword arguments to its Hugging Face model
-    try:
-        params = inspect.signature(type(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "position_ids" not in params and "attention_mask" in params
 
 
 def has_hf_view(model: nn.Module) -> bool:

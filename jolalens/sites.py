@@ -21,8 +21,15 @@ Sites, with the tensor their function sees (TransformerLens dimension names):
   such as ``attn.q.hook_out``, ``[batch, pos, head_index, d_head]``, is flattened for the
   function and back). HF view: the input (pre hook) / output of the ``Linear``.
 
-The projection sites need a :class:`Projection` (``q_proj`` ... ``down_proj``); their hook points
-exist on a ``TransformerBridge`` (the components wrapping each ``Linear``).
+The projection sites need a :class:`Projection` (``q_proj`` ... ``down_proj``). On a
+``TransformerBridge`` their hook points are those of the components wrapping each ``Linear``. A
+classic ``HookedTransformer`` has no such components; :meth:`Site.hook_name_on` names the hook
+points that carry the same tensors there (:func:`hooked_projection_hook`): the input of q/k/v is
+``ln1.hook_normalized``, their outputs ``attn.hook_q``/``hook_k``/``hook_v`` (``hook_k``/``hook_v``
+with the key-value heads); o reads ``attn.hook_z`` and writes ``hook_attn_out``; gate/up read
+``ln2.hook_normalized`` and write ``mlp.hook_pre`` (gate; up in a plain MLP) and
+``mlp.hook_pre_linear`` (up in a gated MLP); down reads ``mlp.hook_post`` and writes
+``hook_mlp_out``.
 
 A site function may return ``None`` to leave the tensor unchanged (a read-only probe).
 """
@@ -39,7 +46,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import ModelError
 from .hf_view import decoder_layers
-from .models import hook_z_name
+from .models import hook_z_name, is_hooked_transformer
 
 __all__ = [
     "HookFn",
@@ -51,6 +58,7 @@ __all__ = [
     "decoder_layers",
     "from_site_shape",
     "hf_hook",
+    "hooked_projection_hook",
     "tl_hook",
     "to_site_shape",
 ]
@@ -176,6 +184,20 @@ class Site:
         """Whether the Hugging Face hook reads the module's input (a forward-pre hook)."""
         return self.kind in (SiteKind.HOOK_Z, SiteKind.PROJ_IN)
 
+    def hook_name_on(self, model: nn.Module | None) -> str:
+        """This site's hook point on ``model`` (``None``: :attr:`hook_name`, the bridge's names).
+
+        Projection sites are named differently on a classic ``HookedTransformer``
+        (:func:`hooked_projection_hook`); the others are the same on every TransformerLens model.
+        """
+        if model is None or not self.kind.needs_projection:
+            return self.hook_name
+        if not is_hooked_transformer(model):
+            return self.hook_name
+        assert self.projection is not None
+        side = "in" if self.kind is SiteKind.PROJ_IN else "out"
+        return hooked_projection_hook(model, self.projection, self.layer, side)
+
     def hf_module(self, view: nn.Module) -> nn.Module:
         """The module of the HF view whose input (``hf_pre``) or output is this site's tensor."""
         if self.kind is SiteKind.RESID_POST:
@@ -191,6 +213,52 @@ class Site:
 
     def __str__(self) -> str:
         return self.hook_name
+
+
+def hooked_projection_hook(model: nn.Module, projection: Projection, layer: int, side: str) -> str:
+    """The hook point of a classic ``HookedTransformer`` carrying ``projection``'s input or output.
+
+    ``side`` is ``"in"`` or ``"out"``. Configurations where no hook point carries exactly that
+    tensor (separate q/k/v inputs, ungrouped key-value heads, norms after the sublayers, a gate
+    on a plain MLP) raise a :class:`ModelError` naming the setting.
+    """
+    cfg: Any = getattr(model, "cfg", None)
+    hooks: Any = getattr(model, "hook_dict", {})
+    name = f"{projection.value} of a HookedTransformer"
+    post_norm_archs: Any
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES as post_norm_archs
+    except ImportError:  # a TransformerLens without the list
+        post_norm_archs = ()
+
+    if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
+        raise ModelError(f"{name}: q/k/v get separate inputs here; turn off use_split_qkv_input and use_attn_in")
+    post_norm = getattr(cfg, "original_architecture", None) in post_norm_archs
+    if post_norm or (side == "out" and getattr(cfg, "use_normalization_before_and_after", False)):
+        raise ModelError(f"{name}: a norm sits between the projection and its hook point here; no site carries it")
+    attention = projection.hf_parent == "self_attn"
+    if side == "in" and projection in (Projection.O, Projection.DOWN):
+        return f"blocks.{layer}.attn.hook_z" if projection is Projection.O else f"blocks.{layer}.mlp.hook_post"
+    if side == "in":
+        normed = f"blocks.{layer}.{'ln1' if attention else 'ln2'}.hook_normalized"
+        if normed in hooks:
+            return normed
+        return f"blocks.{layer}.{'hook_resid_pre' if attention else 'hook_resid_mid'}"  # no norm
+    if projection is Projection.O:
+        return f"blocks.{layer}.hook_attn_out"
+    if projection is Projection.DOWN:
+        return f"blocks.{layer}.hook_mlp_out"
+    if attention:
+        if projection is not Projection.Q and getattr(cfg, "ungroup_grouped_query_attention", False):
+            raise ModelError(
+                f"{name}: hook_k/hook_v repeat the key-value heads; set cfg.ungroup_grouped_query_attention = False"
+            )
+        return f"blocks.{layer}.attn.hook_{projection.value[0]}"
+    gated = bool(getattr(cfg, "gated_mlp", False))
+    if projection is Projection.GATE and not gated:
+        raise ModelError(f"{name}: this MLP has no gate (not gated); leave gate_proj out of the targets")
+    linear_half = gated and projection is Projection.UP  # a gated MLP's up_proj is W_in, read at hook_pre_linear
+    return f"blocks.{layer}.mlp.{'hook_pre_linear' if linear_half else 'hook_pre'}"
 
 
 def _decoder_layer(view: nn.Module, layer: int) -> nn.Module:
@@ -227,8 +295,11 @@ def from_site_shape(site: Site, z: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 # ---- compiling a site function for each backend ------------------------------------------------
-def tl_hook(site: Site, fn: SiteFn) -> tuple[str, HookFn]:
+def tl_hook(site: Site, fn: SiteFn, model: nn.Module | None = None) -> tuple[str, HookFn]:
     """``(hook_name, hook_fn)`` applying ``fn`` at ``site`` on a TransformerLens model.
+
+    ``model`` names the hook points of its class (:meth:`Site.hook_name_on`); without it, the
+    bridge's names, which are also the ``HookedTransformer``'s for every non-projection site.
 
     A projection hook point that splits heads (``attn.q.hook_out`` is ``[batch, pos, head_index,
     d_head]``) is flattened to the projection's ``[batch, pos, d]`` for ``fn`` and back.
@@ -243,7 +314,7 @@ def tl_hook(site: Site, fn: SiteFn) -> tuple[str, HookFn]:
         return x if out is None else out
 
     site_hook.__name__ = f"{getattr(fn, '__name__', 'edit')}_at_{site.kind.value}"
-    return site.hook_name, site_hook
+    return site.hook_name_on(model), site_hook
 
 
 def hf_hook(site: Site, fn: SiteFn, view: nn.Module) -> ModuleHook:

@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-__all__ = ["char_tokenizer", "choice_splits", "tiny_model"]
+__all__ = ["char_tokenizer", "choice_splits", "tiny_gpt2_model", "tiny_model"]
 
 
 @lru_cache(maxsize=1)
@@ -84,6 +84,40 @@ def tiny_model(
         hf.to(device)
     bridge = TransformerBridge.boot_transformers(
         f"jolalens-tiny-llama-L{n_layers}H{n_heads}", hf_model=hf, tokenizer=tokenizer, dtype=dtype, device=device
+    )
+    bridge.eval()
+    return bridge
+
+
+def tiny_gpt2_model(
+    *, seed: int = 0, n_layers: int = 2, n_heads: int = 4, d_head: int = 8, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """A random GPT-2 ``TransformerBridge``: fused ``Conv1D`` ``c_attn``/``c_proj``, no ``o_proj``.
+
+    The ``c_proj`` biases are drawn non-zero (GPT-2 initialises them to zero), so that folding
+    an additive edit into them is visible.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = char_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=n_heads * d_head,
+        n_layer=n_layers,
+        n_head=n_heads,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(config).to(dtype).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            block.attn.c_proj.bias.normal_(0, 0.02)
+    bridge = TransformerBridge.boot_transformers(
+        f"jolalens-tiny-gpt2-L{n_layers}H{n_heads}", hf_model=hf, tokenizer=tokenizer, dtype=dtype
     )
     bridge.eval()
     return bridge

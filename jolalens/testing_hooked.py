@@ -13,18 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hooked_loading import hooked_transformer_available
 from .testing import char_tokenizer
 
 __all__ = ["hooked_transformer_available", "hooked_twin", "tiny_hooked_model"]
-
-
-def hooked_transformer_available() -> bool:
-    """Whether this TransformerLens still ships ``HookedTransformer`` (3.x does, 4.x does not)."""
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _llama_cfg(

@@ -1,17 +1,28 @@
-"""LoRA (Hu et al., ICLR 2022) through ``peft``: ``W x + (alpha / r) B A dropout(x)``.
+"""LoRA (Hu et al., ICLR 2022): ``W x + (alpha / r) B A dropout(x)`` on chosen projections.
 
 The adapters are peft's own ``lora.Linear`` layers (peft's Kaiming-uniform ``A``, zero ``B``,
-its dropout and scaling), built around the Hugging Face linear maps that the bridge wraps.
-On the HF view the edit swaps those peft layers in for the chosen ``nn.Linear`` modules while
-attached (and swaps the originals back on ``remove()``); on a TransformerBridge's hook points
-(``backend="hook_points"``) it applies the same peft sub-modules between each component's
-``hook_in`` and ``hook_out`` (same logits and training, tested). A model without those Linear
-layers (a ``HookedTransformer``, a GPT-2 bridge's ``Conv1D``) cannot take a LoRA edit. Adapter weights are
-float32. Default targets are LLM-Adapters' q, k, v, up, down.
+its dropout and scaling). Two ways to apply them, the same update:
+
+* A ``TransformerBridge`` around Llama-style decoder layers (``q_proj`` ... ``down_proj``
+  ``Linear`` modules): peft's layers are built around those modules. On the HF view the edit swaps
+  them in while attached (and the originals back on ``remove()``); on the bridge's hook points
+  (``backend="hook_points"``) the same sub-modules run between each component's ``hook_in`` and
+  ``hook_out`` (same logits and training, tested).
+* Any other TransformerLens model (a classic ``HookedTransformer``, a GPT-2 bridge with fused
+  ``Conv1D`` projections): the adapters are built from the model's shapes (peft around a
+  stand-in ``Linear``, so the same seed gives the same ``A``) and act through hook points only:
+  the projection's input is read at its ``proj_in`` site and ``(x A^T) B^T * alpha / r`` is
+  added at its ``proj_out`` site (on a ``HookedTransformer``: ``ln1.hook_normalized`` and
+  ``attn.hook_q`` ..., see :func:`jolalens.sites.hooked_projection_hook`).
+
+The saved file is the same either way (``blocks.{l}.attn.q.lora_A`` ``[r, d_in]``, ``lora_B``
+``[d_out, r]``), so an edit moves between a bridge and a ``HookedTransformer`` of the same
+weights. Adapter weights are float32. Default targets are LLM-Adapters' q, k, v, up, down.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +75,28 @@ def _loaded(module: nn.Module) -> AbstractContextManager[Any]:
     return align_module_device(module)
 
 
+def _linear_view(model: nn.Module) -> nn.Module | None:
+    """The HF view whose Llama-style ``Linear`` modules peft wraps, or ``None`` (hook points only)."""
+    if not isinstance(getattr(model, "original_model", None), nn.Module):
+        return None  # a HookedTransformer
+    from ..hf_view import hf_view
+
+    view = hf_view(model)
+    try:
+        decoder_layers(view)
+    except ModelError:
+        return None  # e.g. GPT-2: fused Conv1D projections under transformer.h
+    return view
+
+
+def _stand_in(dims: ModelDims, proj: Projection) -> nn.Linear:
+    """An uninitialised ``Linear`` of the projection's shape for peft to wrap (draws no random numbers)."""
+    d_in, d_out = projection_shape(dims, proj)
+    linear = nn.Linear(d_in, d_out, bias=False, device="meta")
+    linear.weight = nn.Parameter(torch.empty(d_out, d_in), requires_grad=False)
+    return linear
+
+
 def _key(proj: Projection, layer: int) -> str:
     return f"L{layer}_{proj.value}"
 
@@ -78,6 +111,8 @@ class LoraEdit(BaselineEdit):
     and float32 adapters), which no hook reproduces. :meth:`hf_hooks` (one forward hook per
     ``Linear``, seeing its input and output) and :meth:`fwd_hooks` (the ``proj_in`` and
     ``proj_out`` sites of :mod:`jolalens.sites`) are the same update as hooks, tested equal.
+    Built for a model without Llama-style ``Linear`` modules (``view=None``), the edit holds the
+    same adapters without peft's wrapped layers and attaches through hooks only.
     """
 
     method = "lora"
@@ -86,12 +121,11 @@ class LoraEdit(BaselineEdit):
     def __init__(self, dims: ModelDims, config: LoraConfig | None = None, view: nn.Module | None = None) -> None:
         config = config or LoraConfig()
         super().__init__(dims, config)
-        if view is None:
-            raise ModelError("LoraEdit wraps a model's linear maps; build it with LoraEdit.for_model(model, config)")
         from peft import LoraConfig as PeftLoraConfig
         from peft.tuners.lora import Linear as PeftLoraLinear
 
         self.layers = self._layers(config.layers)
+        self._built_for: weakref.ref[nn.Module] | None = None  # the hook-point model, when built for one
         peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout)
         self._peft: dict[str, Any] = {}  # plain dict: the wrapped base weights are not the edit's
         self.lora_A, self.lora_B, self.lora_dropout = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
@@ -99,7 +133,7 @@ class LoraEdit(BaselineEdit):
             torch.manual_seed(config.seed)
             for layer in self.layers:
                 for proj in config.targets:
-                    base = proj.hf_module(view, layer)
+                    base = proj.hf_module(view, layer) if view is not None else _stand_in(dims, proj)
                     # An offloaded base (device_map to cpu/disk) is on meta until its forward; load
                     # it for the build so peft creates the adapters on its execution device.
                     with _loaded(base):
@@ -107,23 +141,39 @@ class LoraEdit(BaselineEdit):
                     wrapped.lora_A[ADAPTER].float()
                     wrapped.lora_B[ADAPTER].float()
                     key = _key(proj, layer)
-                    self._peft[key] = wrapped
+                    if view is not None:
+                        self._peft[key] = wrapped
                     self.lora_A[key] = wrapped.lora_A[ADAPTER]
                     self.lora_B[key] = wrapped.lora_B[ADAPTER]
                     self.lora_dropout[key] = wrapped.lora_dropout[ADAPTER]
 
     @classmethod
     def for_model(cls, model: nn.Module, config: LoraConfig | None = None) -> LoraEdit:
-        from ..hf_view import hf_view
-
-        if not isinstance(getattr(model, "original_model", None), nn.Module):
-            raise ModelError(
-                f"LoRA wraps a Hugging Face model's Linear layers, and {type(model).__name__} has none "
-                "(a HookedTransformer); use a TransformerBridge of the model (either backend)"
-            )
-        edit = cls(model_dims(model), config or LoraConfig(), view=hf_view(model))
+        """peft around the bridge's ``Linear`` modules where it has Llama-style decoder layers;
+        for any other TransformerLens model, adapters that act through its hook points."""
+        config = config or LoraConfig()
+        view = _linear_view(model)
+        edit = cls(model_dims(model), config, view=view)
         edit.model_identity = model_identity(model)
+        if view is None:
+            edit._built_for = weakref.ref(model)
+            edit._check_hook_points(model)
+            device = next((p.device for p in model.parameters() if not p.is_meta), None)
+            if device is not None:
+                edit.to(device)
         return edit.eval()
+
+    def _check_hook_points(self, model: nn.Module) -> None:
+        """Every target's input and output hook point exists on ``model`` (else a ModelError)."""
+        hooks: Any = getattr(model, "hook_dict", {})
+        for proj in self.config.targets:
+            for kind in (SiteKind.PROJ_IN, SiteKind.PROJ_OUT):
+                name = Site(kind, self.layers[0], proj).hook_name_on(model)
+                if name not in hooks:
+                    raise ModelError(
+                        f"LoRA on {proj.value} needs the hook point {name!r}, which {type(model).__name__} "
+                        "lacks; leave that projection out of LoraConfig(targets=...)"
+                    )
 
     @property
     def scaling(self) -> float:
@@ -141,7 +191,7 @@ class LoraEdit(BaselineEdit):
         from ..runners import resolve_backend
 
         backend = resolve_backend(model, backend)
-        if backend is Backend.HOOK_POINTS:
+        if backend is Backend.HOOK_POINTS or not self._peft:  # built without peft's layers: hooks
             return super().attach(model, backend)
         from ..hf_view import hf_view
 
@@ -186,8 +236,14 @@ class LoraEdit(BaselineEdit):
         ]
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        """On a TransformerBridge: read the projection's input at its ``proj_in`` site and add the
-        update at its ``proj_out`` site (two hook points, so the input is kept in between)."""
+        """Read the projection's input at its ``proj_in`` site and add the update at its
+        ``proj_out`` site (two hook points, so the input is kept in between). Hook names are those
+        of the model the edit was built for (a ``HookedTransformer``'s differ from a bridge's)."""
+        built_for = self._built_for() if self._built_for is not None else None
+        return self.fwd_hooks_for(built_for)
+
+    def fwd_hooks_for(self, model: nn.Module | None) -> list[tuple[str, HookFn]]:
+        """:meth:`fwd_hooks` with the hook point names of ``model`` (``None``: a bridge's)."""
         hooks: list[tuple[str, HookFn]] = []
         for layer in self.layers:
             for proj in self.config.targets:
@@ -202,8 +258,8 @@ class LoraEdit(BaselineEdit):
                     return (out + self.delta(x, key).to(out.device)).to(out.dtype)
 
                 hooks += [
-                    tl_hook(Site(SiteKind.PROJ_IN, layer, proj), read),
-                    tl_hook(Site(SiteKind.PROJ_OUT, layer, proj), write),
+                    tl_hook(Site(SiteKind.PROJ_IN, layer, proj), read, model),
+                    tl_hook(Site(SiteKind.PROJ_OUT, layer, proj), write, model),
                 ]
         return hooks
 

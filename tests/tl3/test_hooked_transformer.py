@@ -237,14 +237,21 @@ def test_smollm2_as_a_hooked_transformer_agrees_with_its_bridge(embedded, tmp_pa
         assert a == pytest.approx(b, abs=5e-3)
 
 
-def test_docs_example_runs(tmp_path, monkeypatch):
-    """The example in docs/transformerlens.md runs as written."""
+def test_docs_examples_run(tmp_path, monkeypatch, capsys):
+    """The examples in docs/transformerlens.md run as written, in order, and print what they say."""
     import re
     from pathlib import Path
 
     doc = Path(__file__).parents[2] / "docs" / "transformerlens.md"
-    block = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)[0]
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block, str(doc), "exec"), namespace)
+    exec(compile(blocks[0], str(doc), "exec"), namespace)
     assert namespace["merged"] is not namespace["hooked"]
+    capsys.readouterr()
+    for block in blocks[1:]:
+        exec(compile(block, str(doc), "exec"), namespace)
+    printed = [float(line.removeprefix("tensor(").removesuffix(")")) for line in capsys.readouterr().out.split()]
+    assert len(printed) == 2 and max(printed) < 1e-5
+    assert type(namespace["hooked"]).__name__ == "HookedTransformer"

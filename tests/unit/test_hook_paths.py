@@ -129,28 +129,9 @@ def test_lora_training_agrees(tiny, no_view):
 @pytest.fixture
 def gpt2_bridge():
     """A tiny random GPT-2 ``TransformerBridge``: fused QKV, ``Conv1D``, no ``o_proj``."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from jolalens.testing import tiny_gpt2_model
 
-    from jolalens.testing import char_tokenizer
-
-    tok = char_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=256,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
-    hf = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for block in hf.transformer.h:
-            block.attn.c_proj.bias.normal_(0, 0.02)
-    return TransformerBridge.boot_transformers("tiny-gpt2", hf_model=hf, tokenizer=tok).eval()
+    return tiny_gpt2_model(seed=0)
 
 
 def test_gpt2_bridge_runs_on_hook_points_and_merges(gpt2_bridge):

@@ -9,6 +9,7 @@ import torch
 
 import jolalens
 from jolalens import JolaConfig, JolaEdit, export_hf_checkpoint
+from jolalens.hooked_loading import hooked_transformer_available
 from jolalens.placement import resolve_dtype
 
 
@@ -146,3 +147,26 @@ def test_every_loading_command_has_the_flags(command):
     assert opts["max_memory"] == {0: "10GiB", "cpu": "20GiB"}
     plain = loading_options(build_parser().parse_args([*command, "--device-map", "auto"]))
     assert plain["device_map"] == "auto" and plain["dtype"] == "auto"
+
+
+def test_model_class_is_checked():
+    from jolalens.errors import ModelError
+
+    with pytest.raises(ModelError, match="model_class must be one of bridge, hooked-transformer"):
+        jolalens.load_model("anything", model_class="hooked")
+
+
+@pytest.mark.skipif(
+    hooked_transformer_available(),
+    reason="this TransformerLens has HookedTransformer (3.x): tests/tl3 covers the class",
+)
+def test_hooked_transformer_class_needs_transformer_lens_3(tmp_path, capsys):
+    from jolalens.cli import main
+    from jolalens.errors import ModelError
+
+    assert main(["train", "--out", str(tmp_path / "run"), "--model-class", "hooked-transformer"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs transformer-lens 3.x" in err[0] and "tl3-env" in err[0]
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ModelError, match="needs transformer-lens 3.x"):
+        jolalens.load_model("smollm2-135m-instruct", model_class="hooked-transformer")
