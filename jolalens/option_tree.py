@@ -93,7 +93,7 @@ def supports_option_tree(view: nn.Module, longest_row: int) -> bool:
 
 def _body(view: nn.Module, cache: Any) -> Any:
     """``view``'s decoder as a function of ids, mask and positions, returning the last hidden states."""
-    body = view.base_model
+    body: Any = view.base_model  # the decoder stack of a Hugging Face PreTrainedModel
     extra: dict[str, Any] = {cache_keyword(body): cache, "use_cache": True} if cache is not None else {}
 
     def run(**inputs: Any) -> torch.Tensor:
@@ -104,8 +104,9 @@ def _body(view: nn.Module, cache: Any) -> Any:
 
 def _unembed(view: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of a ``[rows, d_model]`` block of final hidden states, as ``view.forward`` computes them."""
-    logits = view.get_output_embeddings()(hidden.contiguous())
-    cap = getattr(view.config, "final_logit_softcapping", None)
+    hf: Any = view  # a Hugging Face PreTrainedModel
+    logits = hf.get_output_embeddings()(hidden.contiguous())
+    cap = getattr(hf.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
@@ -143,7 +144,7 @@ def option_tree_logprobs(
     own = [len(p) - n_prefix for p, _ in encoded]
     prefix_cache = None
     if n_prefix:
-        prefix_cache = DynamicCache(config=view.config)
+        prefix_cache = DynamicCache(config=getattr(view, "config", None))
         with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
             view(
                 input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device),
