@@ -1,9 +1,12 @@
 """The paper's comparison grid (issue #7): its cells, run as ``jolalens compare --engine ray`` calls.
 
-Every cell is one ``jolalens compare`` run (task, method, seed) in one of five groups that share a
-protocol: ``main`` (8 commonsense tasks, the 7 methods and the 4 JoLA ablations), ``nlu`` (MMLU
-domains), ``nlg`` (GEM tasks, generation protocol), ``datasize`` (50-1000 training examples) and
-``gen`` (the main table's kept edits re-scored with the generation protocol). The paper's sizes
+Every cell is one ``jolalens compare`` run (task, method, seed) in one of the groups that share a
+protocol: ``cloze`` (issue 39: the 8 commonsense tasks scored as lm-evaluation-harness does, the 7
+methods plus LoReFT and RePE, 3 seeds, and the 4 JoLA ablations), ``cloze_gemma`` (zero-shot,
+JoLA, RED and ITI on Gemma-3-270M, seed 0), ``main`` (the label format: 8 commonsense tasks, the 7
+methods and the 4 JoLA ablations), ``nlu`` (MMLU domains), ``nlg`` (GEM tasks, generation
+protocol), ``datasize`` (50-1000 training examples) and ``gen`` (the main table's kept edits
+re-scored with the generation protocol). The paper's sizes
 throughout: 200 train / 200 valid examples, up to 20 epochs with early stopping, the same 500
 test items per task (or the whole split if smaller), 2 hyper-parameter points per method chosen
 on validation cross-entropy only.
@@ -50,11 +53,13 @@ from paper_grid_cells import (  # noqa: E402
     ABLATION_TASKS,
     ABLATIONS,
     BASELINES,
+    CLOZE_METHODS,
     COMMONSENSE,
     DATASIZE_METHODS,
     DATASIZE_TASKS,
     DATASIZES,
     GEM,
+    GEMMA_METHODS,
     MMLU,
     SEED_ORDER,
     SEEDS,
@@ -63,6 +68,7 @@ from paper_grid_cells import (  # noqa: E402
     _ready,
     check_methods,
     group_config,
+    group_model,
     group_runs,
     plan,
     selected,
@@ -87,11 +93,13 @@ __all__ = [
     "ABLATIONS",
     "ABLATION_TASKS",
     "BASELINES",
+    "CLOZE_METHODS",
     "COMMONSENSE",
     "DATASIZES",
     "DATASIZE_METHODS",
     "DATASIZE_TASKS",
     "GEM",
+    "GEMMA_METHODS",
     "KEEP_EDIT_BYTES",
     "MMLU",
     "OUT",
@@ -105,6 +113,7 @@ __all__ = [
     "edit_kept",
     "file_stamps",
     "group_config",
+    "group_model",
     "group_runs",
     "main",
     "plan",
@@ -262,9 +271,9 @@ def _run_groups_then_gen(args: argparse.Namespace, cells: list[Cell], engine, de
     out: Path = args.out
     started = start_ray(engine)
     try:
-        factory = partial(load_model, device=device, dtype="float32")  # the grid is float32
         for group, config, todo in group_runs(cells, smoke=args.smoke, eval_batch_size=args.eval_batch_size):
             print(f"{group}: {len(todo)} cell(s)")
+            factory = partial(load_model, group_model(group), device=device, dtype="float32")  # the grid is float32
             run_compare_ray(factory, config, out / group, engine, only=todo, log=log)
             for task, method, seed in todo:
                 compress_items(Cell(group, task, method, seed).run_dir(out))

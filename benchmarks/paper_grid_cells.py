@@ -13,17 +13,20 @@ __all__ = [
     "ABLATIONS",
     "ABLATION_TASKS",
     "BASELINES",
+    "CLOZE_METHODS",
     "COMMONSENSE",
     "DATASIZES",
     "DATASIZE_METHODS",
     "DATASIZE_TASKS",
     "GEM",
+    "GEMMA_METHODS",
     "MMLU",
     "SEEDS",
     "SEED_ORDER",
     "Cell",
     "check_methods",
     "group_config",
+    "group_model",
     "group_runs",
     "plan",
     "selected",
@@ -52,6 +55,11 @@ DATASIZE_TASKS = ("arc_easy", "boolq")
 DATASIZES = (50, 100, 200, 500, 1000)
 DATASIZE_METHODS = ("jola", "red", "lora")
 SEEDS = (0, 1, 2)
+# The cloze grid (issue 39): the paper's seven methods plus LoReFT and RePE (issue 47), scored as
+# lm-evaluation-harness scores multiple choice; the JoLA ablations; four methods on Gemma-3-270M.
+CLOZE_METHODS = (*BASELINES, "loreft", "repe")
+GEMMA_METHODS = ("zeroshot", "jola", "red", "iti")
+GEMMA_MODEL = "gemma3-270m"
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,12 @@ def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
     if smoke:
         train = TrainConfig(epochs=1, warmup_steps=1, progress=False, eval_batch_size=eval_batch_size)
         n_train, n_valid, n_test = min(n_train, 8), 8, 8
-    protocol = Protocol.GEN if group == "nlg" else Protocol.LOGLIK
+    protocol = Protocol.GEN if group == "nlg" else Protocol.CLOZE if group.startswith("cloze") else Protocol.LOGLIK
     tasks = {"main": COMMONSENSE, "rerun": COMMONSENSE, "nlu": MMLU, "nlg": GEM}.get(group, DATASIZE_TASKS)
     methods = tuple(dict.fromkeys(BASELINES + ABLATIONS))
+    if group.startswith("cloze"):
+        tasks = COMMONSENSE
+        methods = GEMMA_METHODS if group == "cloze_gemma" else tuple(dict.fromkeys(CLOZE_METHODS + ABLATIONS))
     return CompareConfig(
         methods=methods,
         tasks=tasks,
@@ -98,6 +109,13 @@ def group_config(group: str, *, smoke: bool = False, eval_batch_size: int = 8):
         budget=2,
         train=train,
     )
+
+
+def group_model(group: str) -> str:
+    """The embedded model a group runs on: Gemma-3-270M for ``cloze_gemma``, else SmolLM2-135M."""
+    from jolalens.model_loading import DEFAULT_MODEL
+
+    return GEMMA_MODEL if group == "cloze_gemma" else DEFAULT_MODEL
 
 
 def check_methods() -> None:
@@ -117,13 +135,20 @@ def check_methods() -> None:
 def plan() -> list[Cell]:
     """Every cell, in the order that covers the issue's tables soonest.
 
-    Seed 0 of the main table; the JoLA ablations on four tasks; JoLA's seeds 1 and 2 (is its
+    First the cloze grid (the protocol the embedded models can do, issue 39): seed 0 of every
+    method on the eight tasks, the JoLA ablations, Gemma-3-270M, then seeds 1 and 2. Then the
+    label-format grid (its results are committed; resuming skips its done cells): seed 0 of the
+    main table; the JoLA ablations on four tasks; JoLA's seeds 1 and 2 (is its
     seed-0 lead more than noise?); NLG and NLU; the data-size curves; the generation protocol for
     the main table's seed-0 edits; the other methods' seeds 1 and 2, strongest seed-0 average
     first; then the ablations' seeds and remaining tasks; last, the generation protocol of the
     later seeds' edits where a deadline cut it off.
     """
-    cells = [Cell("main", t, m, 0) for m in BASELINES for t in COMMONSENSE]
+    cells = [Cell("cloze", t, m, 0) for m in CLOZE_METHODS for t in COMMONSENSE]
+    cells += [Cell("cloze", t, m, 0) for m in ABLATIONS for t in COMMONSENSE]
+    cells += [Cell("cloze_gemma", t, m, 0) for m in GEMMA_METHODS for t in COMMONSENSE]
+    cells += [Cell("cloze", t, m, s) for s in (1, 2) for m in CLOZE_METHODS for t in COMMONSENSE]
+    cells += [Cell("main", t, m, 0) for m in BASELINES for t in COMMONSENSE]
     cells += [Cell("main", t, m, 0) for m in ABLATIONS for t in ABLATION_TASKS]
     cells += [Cell("main", t, "jola", s) for s in (1, 2) for t in COMMONSENSE]
     cells += [Cell("nlg", t, m, 0) for t in GEM for m in ("zeroshot", "jola", "red")]

@@ -24,6 +24,7 @@ the git history.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -32,18 +33,30 @@ from typing import Any
 import pandas as pd
 
 from jolalens.analysis.paired import mcnemar_exact
-from jolalens.analysis.stats import label_prior_accuracy, majority_label_share
+from jolalens.analysis.stats import label_prior_accuracy, length_prior_accuracy, majority_label_share
 from jolalens.compare import cell_dir, collect
 
 __all__ = [
+    "CLOZE_COLUMNS",
     "COLUMNS",
     "cell_row",
+    "cloze_columns",
     "cell_table",
     "changed_answers",
     "main",
     "read_items",
     "same_items",
     "search_margin",
+]
+
+# cloze runs (their items have ``correct_norm``) add these, before ``excess_over_label_prior``
+CLOZE_COLUMNS = [
+    "acc_norm",
+    "minus_zeroshot_norm",
+    "mcnemar_p_norm",
+    "position_prior_norm",
+    "longest_option_accuracy",
+    "shortest_option_accuracy",
 ]
 
 # the committed benchmarks/results/label_grid/cells.csv, in its order
@@ -117,6 +130,32 @@ def _correct(items: pd.DataFrame) -> list[bool]:
     return items["correct"].astype(bool).tolist()
 
 
+def _positions(items: pd.DataFrame, column: str) -> tuple[list[list[str]], list[int]]:
+    """Each item's options and the index of ``column`` (the gold answer, a prediction) among them."""
+    choices = [list(ast.literal_eval(c)) if isinstance(c, str) else list(c) for c in items["choices"]]
+    return choices, [opts.index(v) for opts, v in zip(choices, items[column].astype(str), strict=True)]
+
+
+def cloze_columns(items: pd.DataFrame, zero: pd.DataFrame | None) -> dict[str, Any]:
+    """``acc_norm`` (the cloze headline) and its controls: the test against zero-shot on it, a guesser
+    with the run's own distribution of predicted option *positions*, and always picking the
+    longest or shortest option (characters): is an effect content, or position or length?"""
+    norm = items["correct_norm"].astype(bool).tolist()
+    choices, gold = _positions(items, "answer")
+    _, predicted = _positions(items, "prediction_norm")
+    row: dict[str, Any] = {
+        "acc_norm": sum(norm) / len(norm),
+        "position_prior_norm": label_prior_accuracy(predicted, gold),
+        "longest_option_accuracy": length_prior_accuracy(choices, gold, pick="longest"),
+        "shortest_option_accuracy": length_prior_accuracy(choices, gold, pick="shortest"),
+    }
+    if zero is not None and "correct_norm" in zero and same_items(items, zero):
+        zero_norm = zero["correct_norm"].astype(bool).tolist()
+        row["minus_zeroshot_norm"] = row["acc_norm"] - sum(zero_norm) / len(zero_norm)
+        row["mcnemar_p_norm"] = mcnemar_exact(norm, zero_norm).p_value
+    return row
+
+
 def cell_row(record: dict[str, Any], run: Path, items: pd.DataFrame, zero: pd.DataFrame | None) -> dict[str, Any]:
     """One run's row: ``record`` as :func:`jolalens.compare.collect` reads ``result.json``."""
     correct = _correct(items)
@@ -146,6 +185,8 @@ def cell_row(record: dict[str, Any], run: Path, items: pd.DataFrame, zero: pd.Da
         row["best_epoch"] = info["best_epoch"]
     for kind, frac in (info.get("closed_fraction") or {}).items():
         row[f"closed_{kind}"] = frac
+    if "correct_norm" in items:
+        row.update(cloze_columns(items, zero))
     row["excess_over_label_prior"] = row["accuracy"] - row["label_prior_accuracy"]
     return row
 
@@ -171,7 +212,7 @@ def cell_table(compare_dir: str | Path) -> pd.DataFrame:
             zeros[record["task"]] = read_items(cell_dir(compare_dir, record["task"], "zeroshot", 0))
         rows.append(cell_row(record, run, items, zeros[record["task"]]))
     cells = pd.DataFrame(rows)
-    extra = [c for c in cells.columns if c not in COLUMNS]  # other gate kinds, if a method has them
+    extra = [c for c in cells.columns if c not in COLUMNS]  # other gate kinds, the cloze columns
     cells = cells.reindex(columns=COLUMNS[:-1] + extra + COLUMNS[-1:])
     return cells.sort_values(["task", "method", "seed"], kind="stable").reset_index(drop=True)
 

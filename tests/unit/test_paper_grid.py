@@ -30,9 +30,34 @@ report = importlib.util.module_from_spec(
 report.__spec__.loader.exec_module(report)
 
 
+def test_plan_puts_the_cloze_grid_first_seed0_then_ablations_gemma_and_seeds():
+    cells = grid.plan()
+    cloze = [c for c in cells if c.group.startswith("cloze")]
+    assert cells[: len(cloze)] == cloze
+    n0 = len(grid.CLOZE_METHODS) * len(grid.COMMONSENSE)
+    assert {(c.group, c.seed) for c in cloze[:n0]} == {("cloze", 0)}
+    assert {c.method for c in cloze[:n0]} == set(grid.CLOZE_METHODS) >= {"loreft", "repe", "jola", "iti", "red"}
+    ablations = cloze[n0 : n0 + len(grid.ABLATIONS) * len(grid.COMMONSENSE)]
+    assert {c.method for c in ablations} == set(grid.ABLATIONS) and {c.seed for c in ablations} == {0}
+    gemma = [c for c in cloze if c.group == "cloze_gemma"]
+    assert {c.method for c in gemma} == set(grid.GEMMA_METHODS) and {c.seed for c in gemma} == {0}
+    assert {(c.method, c.seed) for c in cloze if c.seed > 0} == {(m, s) for m in grid.CLOZE_METHODS for s in (1, 2)}
+    assert len(cloze) == 9 * 8 * 3 + 4 * 8 + 4 * 8
+
+
+def test_cloze_groups_score_cloze_and_gemma_runs_on_gemma():
+    for group in ("cloze", "cloze_gemma"):
+        cfg = grid.group_config(group)
+        assert cfg.protocol.value == "cloze" and cfg.train.prompt_style.value == "cloze"
+        assert (cfg.n_train, cfg.n_valid, cfg.n_test, cfg.budget, cfg.train.epochs) == (200, 200, 500, 2, 20)
+    assert grid.group_model("cloze_gemma") == "gemma3-270m"
+    assert grid.group_model("cloze") == grid.group_model("main") == "smollm2-135m-instruct"
+
+
 def test_plan_has_every_cell_once_and_main_seed0_first():
     cells = grid.plan()
     assert len({c.key for c in cells}) == len(cells)
+    cells = [c for c in cells if not c.group.startswith("cloze")]
     first = cells[: len(grid.BASELINES) * len(grid.COMMONSENSE)]
     assert {(c.group, c.seed) for c in first} == {("main", 0)}
     assert {c.method for c in first} == set(grid.BASELINES) and {c.task for c in first} == set(grid.COMMONSENSE)
@@ -405,3 +430,40 @@ def test_the_grids_methods_are_registered_and_its_ablations_are_jolas():
     from jolalens.methods import METHODS
 
     assert set(grid.BASELINES) <= set(METHODS) and set(grid.DATASIZE_METHODS) <= set(METHODS)
+
+
+def _cloze_run(out, method, preds_norm, choices, answers):
+    run = out / "runs" / "arc_easy" / method / "seed0"
+    run.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "item": range(len(answers)),
+            "answer": answers,
+            "choices": [str(list(c)) for c in choices],
+            "prediction": preds_norm,
+            "prediction_norm": preds_norm,
+            "correct": [a == p for a, p in zip(answers, preds_norm, strict=True)],
+            "correct_norm": [a == p for a, p in zip(answers, preds_norm, strict=True)],
+        }
+    ).to_csv(run / "test_items.csv", index=False)
+    row = {"task": "arc_easy", "method": method, "seed": 0, "status": "done", "metric": "acc_norm", "val_ce": 0.7}
+    (run / "result.json").write_text(
+        json.dumps({**row, "score": 0.0, "fit_seconds": 1.0, "device": "cpu", "hyperparameters": {}, "info": {}})
+    )
+
+
+def test_cloze_cells_carry_acc_norm_its_test_against_zeroshot_and_the_position_and_length_controls(tmp_path):
+    choices = [("a", "bbb", "cc"), ("dddd", "e", "ff")] * 5  # gold: the longest option on every item
+    answers = ["bbb", "dddd"] * 5
+    _cloze_run(tmp_path, "zeroshot", ["a", "e"] * 5, choices, answers)  # always wrong, always position 0/1
+    _cloze_run(tmp_path, "jola", answers[:8] + ["a", "e"], choices, answers)  # 8 of 10 right, 8 fixed
+    cells = report.cell_table(tmp_path).set_index("method")
+    jola = cells.loc["jola"]
+    assert jola["acc_norm"] == pytest.approx(0.8) and jola["minus_zeroshot_norm"] == pytest.approx(0.8)
+    assert jola["mcnemar_p_norm"] == pytest.approx(2 * 0.5**8)  # 8 discordant items, all one way
+    assert jola["longest_option_accuracy"] == 1.0 and jola["shortest_option_accuracy"] == 0.0
+    # positions predicted: 1,0 (gold) on 8 items, 0,1 on 2; gold positions 1,0 alternate: the guesser scores 0.5
+    assert jola["position_prior_norm"] == pytest.approx(0.5)
+    assert cells.loc["zeroshot", "acc_norm"] == 0.0
+    assert list(cells.columns[-1:]) == ["excess_over_label_prior"]
+    assert set(report.CLOZE_COLUMNS) <= set(cells.columns)
