@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def ablation_scores(
     seed: int = 0,
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
+    accuracy: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> HeadScores:
@@ -111,6 +113,11 @@ def ablation_scores(
     ``batch_size * heads_per_pass`` sequences (times the choices per example). ``reference``
     gives the examples the mean is taken over (default: ``data``). With ``cache_dir``, results
     are stored under a key of model weights, data, ablation and seed, and reused.
+
+    ``accuracy=False`` is an exact shortcut (same log-prob numbers up to float rounding): only
+    each example's gold row runs (the log-prob metric needs no other choice), ``n_choices``
+    times fewer rows on multiple-choice data; ``accuracy_drop`` and ``clean_accuracy`` are
+    then ``None``.
     """
     if backend is None or backend == "auto":  # the HF view where it exists, else hook points
         backend = resolve_backend(model)
@@ -121,10 +128,11 @@ def ablation_scores(
         raise ValueError(f"heads_per_pass must be >= 1, got {heads_per_pass}")
     group = min(group, dims.n_heads)
     scored, ref = resolve_scoring_data(model, data, reference, style, max_length)
-    path = scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed)
-    if path is not None and path.is_file():
-        logger.debug("head scores from the cache: %s", path)
-        return HeadScores.load(path)
+    path, cached = _cache_lookup(cache_dir, ablation, model, scored, ref, seed, accuracy)
+    if cached is not None:
+        return cached
+    if not accuracy:  # the log-prob metric reads the gold rows alone
+        scored = scored.gold_only()
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
@@ -142,7 +150,7 @@ def ablation_scores(
     clean_lp = clean_acc = 0.0
     abl_lp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     abl_acc = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    start = 0
+    offset = 0
     with torch.no_grad(), bar:
         for chunk in chunks:
             chunk = chunk.to(runner.device)
@@ -153,7 +161,7 @@ def ablation_scores(
             clean_acc += float(correct[chunk.has_choices].sum())
             if ablation is Ablation.RESAMPLE:
                 assert mu is not None and partner is not None
-                donors = donor_z(runner, scored, chunk, partner, start, mu)
+                donors = donor_z(runner, scored, chunk, partner, offset, mu)
             for layer in range(n_layers):
                 if ablation is Ablation.ZERO:
                     source = torch.zeros(1, 1, n_heads, dims.d_head, device=runner.device)
@@ -177,10 +185,10 @@ def ablation_scores(
                     abl_lp[layer, heads] += g_lp.sum(-1).double().cpu()
                     abl_acc[layer, heads] += g_correct[:, chunk.has_choices].sum(-1).double().cpu()
                     bar.update(1)
-            start += chunk.n_examples
+            offset += chunk.n_examples
 
     n = scored.n_examples
-    n_mc = int(scored.has_choices.sum())
+    n_mc = int(scored.has_choices.sum())  # 0 after gold_only(): no accuracy
     result = HeadScores(
         logprob_drop=((clean_lp - abl_lp) / n).float(),
         accuracy_drop=((clean_acc - abl_acc) / n_mc).float() if n_mc else None,
@@ -193,6 +201,35 @@ def ablation_scores(
     if path is not None:
         result.save(path)
     return result
+
+
+def _cache_lookup(
+    cache_dir: str | Path | None,
+    ablation: Ablation,
+    model: nn.Module,
+    scored: ScoringData,
+    ref: ScoringData,
+    seed: int,
+    accuracy: bool,
+) -> tuple[Path | None, HeadScores | None]:
+    """Where these scores are saved, and the scores if cached (full ones serve ``accuracy=False``)."""
+    if cache_dir is None:
+        return None, None
+    full = scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed)
+    own = (
+        full
+        if accuracy
+        else scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed, logprob_only=True)
+    )
+    assert full is not None and own is not None
+    for candidate in dict.fromkeys([own, full]):
+        if candidate.is_file():
+            logger.debug("head scores from the cache: %s", candidate)
+            scores = HeadScores.load(candidate)
+            if not accuracy:
+                scores = replace(scores, accuracy_drop=None, clean_accuracy=None)
+            return own, scores
+    return own, None
 
 
 def attribution_scores(

@@ -143,11 +143,15 @@ def capture_z(
 
 @torch.no_grad()
 def head_means(runner: HeadPatchRunner, data: ScoringData, batch_size: int, progress: bool) -> Tensor:
-    """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``."""
+    """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``.
+
+    Only the gold rows are run (the other choices' z would not be averaged).
+    """
     dims = runner.dims
     total = torch.zeros(dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device)
     count = 0
-    for chunk in tqdm(list(data.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
+    gold = data.gold_only()
+    for chunk in tqdm(list(gold.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
         chunk = chunk.to(runner.device)
         _, zs = capture_z(runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1)
         weight = (chunk.attention_mask * chunk.is_gold[:, None]).to(torch.float64)
@@ -190,10 +194,12 @@ def donor_z(
     start: int,
     mu: Tensor,
 ) -> list[Tensor]:
-    """For every row of ``chunk``, the z of its partner example's gold row, padded with ``mu``."""
-    gold_row = torch.empty(data.n_examples, dtype=torch.long)
-    gold_row[data.example_index[data.is_gold]] = data.is_gold.nonzero().squeeze(-1)
-    donors = gold_row[partner[chunk.example_index.cpu() + start]]
+    """For every row of ``chunk``, the z of its partner example's gold row, padded with ``mu``.
+
+    ``data`` holds the donors (row ``start`` of it is the chunk's first example). Each partner's
+    row is run once, then copied to every choice row of the chunk's example.
+    """
+    donors = data.gold_rows()[partner[start : start + chunk.n_examples]]
     width = chunk.input_ids.shape[1]
     ids = data.input_ids[donors, :width].to(runner.device)
     mask = data.attention_mask[donors, :width].to(runner.device)
@@ -203,4 +209,5 @@ def donor_z(
         mask = torch.nn.functional.pad(mask, (0, pad), value=0)
     _, zs = capture_z(runner, ids, mask, width - 1)
     valid = mask.bool()[:, :, None, None]
-    return [torch.where(valid, z, mu[layer].to(z.dtype)) for layer, z in enumerate(zs)]
+    per_row = chunk.example_index
+    return [torch.where(valid, z, mu[layer].to(z.dtype))[per_row] for layer, z in enumerate(zs)]
