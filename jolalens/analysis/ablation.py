@@ -19,6 +19,10 @@ the input of ``o_proj`` in :func:`jolalens.hf_view.hf_view`, which is ``hook_z``
 heads (:mod:`.head_patching`). The heads of one layer are batched by repeating the examples
 ``heads_per_pass`` times. The data is :mod:`.scoring_data`, the results :mod:`.head_scores`.
 
+Two exact shortcuts cut the work: with ``accuracy=False`` only the gold rows run (the log-prob
+metric needs no other choice), and on the HF view a head of layer ``l`` runs layers ``l..L-1``
+only, resuming from the clean residual stream entering ``l`` (:mod:`.layer_suffix`).
+
 :func:`attribution_scores` is the first-order estimate of the same numbers from one forward
 and one backward pass: ``S[l, h] ~= sum_t (z - z_ablated) . dM/dz`` (Nanda's attribution
 patching), validated against :func:`ablation_scores` in the tests.
@@ -51,6 +55,7 @@ from .head_patching import (
     row_logprob,
 )
 from .head_scores import HeadScores, model_fingerprint, scores_cache_path
+from .layer_suffix import LayerSuffix
 from .scoring_data import ScoringData, resolve_scoring_data
 
 __all__ = [
@@ -103,6 +108,7 @@ def ablation_scores(
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
     accuracy: bool = True,
+    reuse_layers: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> HeadScores:
@@ -114,10 +120,19 @@ def ablation_scores(
     gives the examples the mean is taken over (default: ``data``). With ``cache_dir``, results
     are stored under a key of model weights, data, ablation and seed, and reused.
 
-    ``accuracy=False`` is an exact shortcut (same log-prob numbers up to float rounding): only
-    each example's gold row runs (the log-prob metric needs no other choice), ``n_choices``
-    times fewer rows on multiple-choice data; ``accuracy_drop`` and ``clean_accuracy`` are
-    then ``None``.
+    Two exact shortcuts (same numbers up to float rounding):
+
+    * ``accuracy=False`` runs only each example's gold row (the log-prob metric needs no other
+      choice): ``n_choices`` times fewer rows on multiple-choice data. ``accuracy_drop`` and
+      ``clean_accuracy`` are then ``None``.
+    * ``reuse_layers`` (HF view backend): layers below the ablated one are not changed by it,
+      so they run once per batch, on the clean forward, which records the residual stream
+      entering every layer (``L x rows x pos x d_model`` floats held per batch); a head of
+      layer ``l`` then runs layers ``l..L-1`` only (:mod:`.layer_suffix`), about half of all
+      layers on average. If a resumed forward fails to reproduce the clean logits (an
+      architecture the shortcut does not fit), every pass runs all layers. ``False`` forces
+      that full forward (the reference the tests compare against); the ``hook_points``
+      backend always runs all layers.
     """
     if backend is None or backend == "auto":  # the HF view where it exists, else hook points
         backend = resolve_backend(model)
@@ -138,6 +153,8 @@ def ablation_scores(
     with torch.no_grad():
         mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
+    resume = reuse_layers and runner.suffix is not None
+    checked = False
 
     n_layers, n_heads = dims.n_layers, dims.n_heads
     head_groups = [list(range(s, min(n_heads, s + group))) for s in range(0, n_heads, group)]
@@ -155,7 +172,16 @@ def ablation_scores(
         for chunk in chunks:
             chunk = chunk.to(runner.device)
             keep = chunk.first_predicting_position
-            logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {})
+            residuals: list[Tensor] | None = None
+            if resume:
+                logits, residuals = runner.logits_and_residuals(chunk.input_ids, chunk.attention_mask, keep)
+                if not checked:  # once: does a resumed forward give the clean logits here?
+                    mid = n_layers // 2
+                    again = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {}, start=(mid, residuals[mid]))
+                    resume = checked = LayerSuffix.agrees(logits, again)
+                    residuals = residuals if resume else None
+            else:
+                logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {})
             gold, correct = example_metrics(row_logprob(logits, chunk.labels, keep), chunk)
             clean_lp += float(gold.sum())
             clean_acc += float(correct[chunk.has_choices].sum())
@@ -175,11 +201,12 @@ def ablation_scores(
                     ids = chunk.input_ids.repeat(reps, 1)
                     mask = chunk.attention_mask.repeat(reps, 1)
                     labels = chunk.labels.repeat(reps, 1)
+                    start = None if residuals is None else (layer, residuals[layer].repeat(reps, 1, 1))
 
                     def patch(z: Tensor, heads: list[int] = heads, source: Tensor = source) -> Tensor:
                         return replace_heads(z, heads, source)
 
-                    out = runner.logits(ids, mask, keep, {layer: patch})
+                    out = runner.logits(ids, mask, keep, {layer: patch}, start=start)
                     row_lp = row_logprob(out, labels, keep).reshape(reps, -1)
                     g_lp, g_correct = example_metrics(row_lp, chunk)
                     abl_lp[layer, heads] += g_lp.sum(-1).double().cpu()
