@@ -19,6 +19,10 @@ the input of ``o_proj`` in :func:`jolalens.hf_view.hf_view`, which is ``hook_z``
 heads (:mod:`.head_patching`). The heads of one layer are batched by repeating the examples
 ``heads_per_pass`` times. The data is :mod:`.scoring_data`, the results :mod:`.head_scores`.
 
+Two exact shortcuts cut the work: with ``accuracy=False`` only the gold rows run (the log-prob
+metric needs no other choice), and on the HF view a head of layer ``l`` runs layers ``l..L-1``
+only, resuming from the clean residual stream entering ``l`` (:mod:`.layer_suffix`).
+
 :func:`attribution_scores` is the first-order estimate of the same numbers from one forward
 and one backward pass: ``S[l, h] ~= sum_t (z - z_ablated) . dM/dz`` (Nanda's attribution
 patching), validated against :func:`ablation_scores` in the tests.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -50,6 +55,7 @@ from .head_patching import (
     row_logprob,
 )
 from .head_scores import HeadScores, model_fingerprint, scores_cache_path
+from .layer_suffix import LayerSuffix
 from .scoring_data import ScoringData, resolve_scoring_data
 
 __all__ = [
@@ -101,6 +107,8 @@ def ablation_scores(
     seed: int = 0,
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
+    accuracy: bool = True,
+    reuse_layers: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> HeadScores:
@@ -111,6 +119,20 @@ def ablation_scores(
     ``batch_size * heads_per_pass`` sequences (times the choices per example). ``reference``
     gives the examples the mean is taken over (default: ``data``). With ``cache_dir``, results
     are stored under a key of model weights, data, ablation and seed, and reused.
+
+    Two exact shortcuts (same numbers up to float rounding):
+
+    * ``accuracy=False`` runs only each example's gold row (the log-prob metric needs no other
+      choice): ``n_choices`` times fewer rows on multiple-choice data. ``accuracy_drop`` and
+      ``clean_accuracy`` are then ``None``.
+    * ``reuse_layers`` (HF view backend): layers below the ablated one are not changed by it,
+      so they run once per batch, on the clean forward, which records the residual stream
+      entering every layer (``L x rows x pos x d_model`` floats held per batch); a head of
+      layer ``l`` then runs layers ``l..L-1`` only (:mod:`.layer_suffix`), about half of all
+      layers on average. If a resumed forward fails to reproduce the clean logits (an
+      architecture the shortcut does not fit), every pass runs all layers. ``False`` forces
+      that full forward (the reference the tests compare against); the ``hook_points``
+      backend always runs all layers.
     """
     if backend is None or backend == "auto":  # the HF view where it exists, else hook points
         backend = resolve_backend(model)
@@ -121,15 +143,18 @@ def ablation_scores(
         raise ValueError(f"heads_per_pass must be >= 1, got {heads_per_pass}")
     group = min(group, dims.n_heads)
     scored, ref = resolve_scoring_data(model, data, reference, style, max_length)
-    path = scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed)
-    if path is not None and path.is_file():
-        logger.debug("head scores from the cache: %s", path)
-        return HeadScores.load(path)
+    path, cached = _cache_lookup(cache_dir, ablation, model, scored, ref, seed, accuracy)
+    if cached is not None:
+        return cached
+    if not accuracy:  # the log-prob metric reads the gold rows alone
+        scored = scored.gold_only()
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
         mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
     partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
+    resume = reuse_layers and runner.suffix is not None
+    checked = False
 
     n_layers, n_heads = dims.n_layers, dims.n_heads
     head_groups = [list(range(s, min(n_heads, s + group))) for s in range(0, n_heads, group)]
@@ -142,18 +167,27 @@ def ablation_scores(
     clean_lp = clean_acc = 0.0
     abl_lp = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     abl_acc = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    start = 0
+    offset = 0
     with torch.no_grad(), bar:
         for chunk in chunks:
             chunk = chunk.to(runner.device)
             keep = chunk.first_predicting_position
-            logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {})
+            residuals: list[Tensor] | None = None
+            if resume:
+                logits, residuals = runner.logits_and_residuals(chunk.input_ids, chunk.attention_mask, keep)
+                if not checked:  # once: does a resumed forward give the clean logits here?
+                    mid = n_layers // 2
+                    again = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {}, start=(mid, residuals[mid]))
+                    resume = checked = LayerSuffix.agrees(logits, again)
+                    residuals = residuals if resume else None
+            else:
+                logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {})
             gold, correct = example_metrics(row_logprob(logits, chunk.labels, keep), chunk)
             clean_lp += float(gold.sum())
             clean_acc += float(correct[chunk.has_choices].sum())
             if ablation is Ablation.RESAMPLE:
                 assert mu is not None and partner is not None
-                donors = donor_z(runner, scored, chunk, partner, start, mu)
+                donors = donor_z(runner, scored, chunk, partner, offset, mu)
             for layer in range(n_layers):
                 if ablation is Ablation.ZERO:
                     source = torch.zeros(1, 1, n_heads, dims.d_head, device=runner.device)
@@ -167,20 +201,21 @@ def ablation_scores(
                     ids = chunk.input_ids.repeat(reps, 1)
                     mask = chunk.attention_mask.repeat(reps, 1)
                     labels = chunk.labels.repeat(reps, 1)
+                    start = None if residuals is None else (layer, residuals[layer].repeat(reps, 1, 1))
 
                     def patch(z: Tensor, heads: list[int] = heads, source: Tensor = source) -> Tensor:
                         return replace_heads(z, heads, source)
 
-                    out = runner.logits(ids, mask, keep, {layer: patch})
+                    out = runner.logits(ids, mask, keep, {layer: patch}, start=start)
                     row_lp = row_logprob(out, labels, keep).reshape(reps, -1)
                     g_lp, g_correct = example_metrics(row_lp, chunk)
                     abl_lp[layer, heads] += g_lp.sum(-1).double().cpu()
                     abl_acc[layer, heads] += g_correct[:, chunk.has_choices].sum(-1).double().cpu()
                     bar.update(1)
-            start += chunk.n_examples
+            offset += chunk.n_examples
 
     n = scored.n_examples
-    n_mc = int(scored.has_choices.sum())
+    n_mc = int(scored.has_choices.sum())  # 0 after gold_only(): no accuracy
     result = HeadScores(
         logprob_drop=((clean_lp - abl_lp) / n).float(),
         accuracy_drop=((clean_acc - abl_acc) / n_mc).float() if n_mc else None,
@@ -193,6 +228,35 @@ def ablation_scores(
     if path is not None:
         result.save(path)
     return result
+
+
+def _cache_lookup(
+    cache_dir: str | Path | None,
+    ablation: Ablation,
+    model: nn.Module,
+    scored: ScoringData,
+    ref: ScoringData,
+    seed: int,
+    accuracy: bool,
+) -> tuple[Path | None, HeadScores | None]:
+    """Where these scores are saved, and the scores if cached (full ones serve ``accuracy=False``)."""
+    if cache_dir is None:
+        return None, None
+    full = scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed)
+    own = (
+        full
+        if accuracy
+        else scores_cache_path(cache_dir, "ablation", ablation.value, model, scored, ref, seed, logprob_only=True)
+    )
+    assert full is not None and own is not None
+    for candidate in dict.fromkeys([own, full]):
+        if candidate.is_file():
+            logger.debug("head scores from the cache: %s", candidate)
+            scores = HeadScores.load(candidate)
+            if not accuracy:
+                scores = replace(scores, accuracy_drop=None, clean_accuracy=None)
+            return own, scores
+    return own, None
 
 
 def attribution_scores(

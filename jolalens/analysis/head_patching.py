@@ -3,14 +3,17 @@
 One patch function per layer maps ``z`` ``[rows, pos, n_heads, d_head]`` to its replacement;
 :class:`HeadPatchRunner` applies it at the layer's ``hook_z`` site (:mod:`jolalens.sites`):
 ``blocks.{l}.attn.hook_z`` (TransformerLens) or the input of ``o_proj`` in
-:func:`jolalens.hf_view.hf_view` (the same tensor flattened over heads), as edits do.
-Also here: the per-row answer metrics and the mean/resample sources the ablations patch in.
+:func:`jolalens.hf_view.hf_view` (the same tensor flattened over heads), as edits do. On the HF
+view a forward can also resume at a layer from the residual stream a clean forward recorded
+(:mod:`.layer_suffix`). Also here: the per-row answer metrics and the mean/resample sources the
+ablations patch in.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -22,6 +25,7 @@ from ..edit import Backend
 from ..errors import DataError
 from ..models import model_dims
 from ..sites import Site, SiteKind, hf_hook, tl_hook
+from .layer_suffix import LayerSuffix
 from .scoring_data import ScoringChunk, ScoringData
 
 __all__ = [
@@ -49,33 +53,57 @@ class HeadPatchRunner:
         self.model: Any = model  # a TransformerLens model (run_with_hooks)
         self.backend = backend
         self.dims = model_dims(model)
+        self.suffix: LayerSuffix | None = None  # resuming at a layer: HF view only
         if backend is Backend.HF_VIEW:
             from ..hf_view import hf_view
 
             self.view = hf_view(model)
+            self.suffix = LayerSuffix(self.view)
         self.device = next(model.parameters()).device
 
     def logits(
-        self, input_ids: Tensor, attention_mask: Tensor, keep_from: int, patches: dict[int, Patch]
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        keep_from: int,
+        patches: dict[int, Patch],
+        *,
+        start: tuple[int, Tensor] | None = None,
     ) -> Float[Tensor, "rows kept vocab"]:
-        """Logits at positions ``keep_from..end``, ``patches[layer]`` applied to that layer's z."""
+        """Logits at positions ``keep_from..end``, ``patches[layer]`` applied to that layer's z.
+
+        ``start=(layer, hidden)`` (HF view only) runs layers ``layer..L-1`` alone, from
+        ``hidden``, the residual stream entering ``layer`` that :meth:`logits_and_residuals`
+        recorded for these rows; patches below ``layer`` then have no effect.
+        """
         n_keep = input_ids.shape[1] - keep_from
         sites = [(Site(SiteKind.HOOK_Z, layer), patch) for layer, patch in patches.items()]
         if self.backend is Backend.HF_VIEW:
-            handles = []
-            try:
+            with ExitStack() as stack:
                 for site, patch in sites:
-                    handles.append(hf_hook(site, patch, self.view).register())
+                    stack.callback(hf_hook(site, patch, self.view).register().remove)
+                if start is not None:
+                    assert self.suffix is not None
+                    stack.enter_context(self.suffix.starting_at(*start))
                 out = self.view(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep)
-            finally:
-                for handle in handles:
-                    handle.remove()
             return out.logits[:, -n_keep:]
 
+        if start is not None:
+            raise ValueError("resuming at a layer needs the hf_view backend")
         # Right padding: pads follow every real token, so causal attention never sees them.
         fwd_hooks = [tl_hook(site, patch) for site, patch in sites]
         logits = self.model.run_with_hooks(input_ids, fwd_hooks=fwd_hooks)
         return logits[:, keep_from:]
+
+    def logits_and_residuals(
+        self, input_ids: Tensor, attention_mask: Tensor, keep_from: int
+    ) -> tuple[Float[Tensor, "rows kept vocab"], list[Tensor]]:
+        """Clean logits and the residual stream entering every decoder layer (HF view only)."""
+        if self.suffix is None:
+            raise ValueError("recording the residual stream needs the hf_view backend")
+        with self.suffix.recording() as residuals:
+            logits = self.logits(input_ids, attention_mask, keep_from, {})
+        return logits, residuals
 
 
 def row_logprob(
@@ -143,11 +171,15 @@ def capture_z(
 
 @torch.no_grad()
 def head_means(runner: HeadPatchRunner, data: ScoringData, batch_size: int, progress: bool) -> Tensor:
-    """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``."""
+    """mu[l, h] = mean of z over every non-pad position of the gold rows: ``[L, H, d_head]``.
+
+    Only the gold rows are run (the other choices' z would not be averaged).
+    """
     dims = runner.dims
     total = torch.zeros(dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device)
     count = 0
-    for chunk in tqdm(list(data.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
+    gold = data.gold_only()
+    for chunk in tqdm(list(gold.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
         chunk = chunk.to(runner.device)
         _, zs = capture_z(runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1)
         weight = (chunk.attention_mask * chunk.is_gold[:, None]).to(torch.float64)
@@ -190,10 +222,12 @@ def donor_z(
     start: int,
     mu: Tensor,
 ) -> list[Tensor]:
-    """For every row of ``chunk``, the z of its partner example's gold row, padded with ``mu``."""
-    gold_row = torch.empty(data.n_examples, dtype=torch.long)
-    gold_row[data.example_index[data.is_gold]] = data.is_gold.nonzero().squeeze(-1)
-    donors = gold_row[partner[chunk.example_index.cpu() + start]]
+    """For every row of ``chunk``, the z of its partner example's gold row, padded with ``mu``.
+
+    ``data`` holds the donors (row ``start`` of it is the chunk's first example). Each partner's
+    row is run once, then copied to every choice row of the chunk's example.
+    """
+    donors = data.gold_rows()[partner[start : start + chunk.n_examples]]
     width = chunk.input_ids.shape[1]
     ids = data.input_ids[donors, :width].to(runner.device)
     mask = data.attention_mask[donors, :width].to(runner.device)
@@ -203,4 +237,5 @@ def donor_z(
         mask = torch.nn.functional.pad(mask, (0, pad), value=0)
     _, zs = capture_z(runner, ids, mask, width - 1)
     valid = mask.bool()[:, :, None, None]
-    return [torch.where(valid, z, mu[layer].to(z.dtype)) for layer, z in enumerate(zs)]
+    per_row = chunk.example_index
+    return [torch.where(valid, z, mu[layer].to(z.dtype))[per_row] for layer, z in enumerate(zs)]

@@ -126,8 +126,14 @@ def scores_cache_path(
     scored: ScoringData,
     ref: ScoringData,
     seed: int,
+    *,
+    logprob_only: bool = False,
 ) -> Path | None:
-    """Where scores for these inputs are cached (None without a cache directory)."""
+    """Where scores for these inputs are cached (None without a cache directory).
+
+    ``logprob_only`` (scores without the accuracy metric) gets a key of its own; the keys of
+    full results are those of earlier versions.
+    """
     if cache_dir is None:
         return None
     key = {
@@ -140,4 +146,6 @@ def scores_cache_path(
         "reference": ref.fingerprint() if ablation != "zero" else None,
         "seed": seed if ablation == "resample" else None,
     }
+    if logprob_only:
+        key["metrics"] = "logprob"
     return _cache_path(cache_dir, key)

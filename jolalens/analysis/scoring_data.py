@@ -107,6 +107,33 @@ class ScoringData:
             torch.zeros(n, dtype=torch.bool),
         )
 
+    def gold_only(self) -> ScoringData:
+        """Each example's gold row alone, as an example without choices (trimmed of padding).
+
+        The rows and their log-probs are the same as in ``self``; only what needs the other
+        choices (accuracy) is lost. Scoring log-probs this way runs one row per example instead
+        of one per choice.
+        """
+        if bool(self.is_gold.all()) and not bool(self.has_choices.any()):
+            return self
+        rows = self.gold_rows()
+        width = int(self.attention_mask[rows].sum(1).max())
+        n = self.n_examples
+        return ScoringData(
+            self.input_ids[rows, :width],
+            self.labels[rows, :width],
+            self.attention_mask[rows, :width],
+            torch.arange(n),
+            torch.ones(n, dtype=torch.bool),
+            torch.zeros(n, dtype=torch.bool),
+        )
+
+    def gold_rows(self) -> Int[Tensor, " examples"]:
+        """The index of each example's gold row, in example order."""
+        gold_row = torch.empty(self.n_examples, dtype=torch.long)
+        gold_row[self.example_index[self.is_gold]] = self.is_gold.nonzero().squeeze(-1)
+        return gold_row
+
     def fingerprint(self) -> str:
         """A hash of the token rows, labels and choice structure (the cache key's data part)."""
         h = hashlib.sha256()
