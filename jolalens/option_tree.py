@@ -18,7 +18,6 @@ and the callers fall back to the KV-cache path otherwise.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from torch import nn
 
 from .data import padding_id
 from .edit import answer_positions
-from .scoring import cache_keyword
+from .scoring import cache_keyword, prefix_cache, repeated_cache
 
 __all__ = ["OptionTree", "option_tree_logprobs", "supports_option_tree"]
 
@@ -135,23 +134,13 @@ def option_tree_logprobs(
     ``n_prefix`` tokens at the start of every prompt (which must all share them) run once, from a
     KV cache. Returns the same as :func:`jolalens.scoring.cached_choice_logprobs`.
     """
-    from transformers import DynamicCache
 
     device = next(view.parameters()).device
     dtype = next(view.parameters()).dtype
     pad_id = padding_id(tok)
     trees = [OptionTree.build(choices) for _, choices in encoded]
     own = [len(p) - n_prefix for p, _ in encoded]
-    prefix_cache = None
-    if n_prefix:
-        prefix_cache = DynamicCache(config=getattr(view, "config", None))
-        with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
-            view(
-                input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device),
-                **{cache_keyword(view): prefix_cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
+    shared = prefix_cache(view, encoded[0][0][:n_prefix])
     sums: list[list[float]] = [[] for _ in encoded]
     order = sorted(range(len(encoded)), key=lambda i: own[i] + len(trees[i].tokens))
     blocked = torch.finfo(dtype).min
@@ -171,9 +160,8 @@ def option_tree_logprobs(
         starts = torch.tensor([width - own[i] - len(trees[i].tokens) for i in idx])
         real &= torch.arange(width)[None, :] >= starts[:, None]
         cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
+        if shared is not None:
+            cache = repeated_cache(shared, len(idx))
             allowed = torch.cat([real[:, :, None].expand(-1, -1, n_prefix), allowed], dim=2)
         bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, blocked)[:, None]
         with answer_positions(predicts.to(device)):

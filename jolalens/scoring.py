@@ -41,6 +41,8 @@ __all__ = [
     "cached_choice_logprobs",
     "check_choices",
     "choice_logprobs",
+    "prefix_cache",
+    "repeated_cache",
     "common_prefix",
     "encode_choices",
     "score_choices",
@@ -126,6 +128,31 @@ def cache_keyword(view: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(view.forward).parameters else "past_key_values"
 
 
+def prefix_cache(view: nn.Module, prefix: list[int]) -> Any:
+    """A KV cache of ``prefix`` run once through ``view`` (``None`` for an empty prefix)."""
+    from transformers import DynamicCache
+
+    if not prefix:
+        return None
+    device = next(view.parameters()).device
+    cache = DynamicCache(config=getattr(view, "config", None))
+    with answer_positions(torch.zeros((1, len(prefix)), dtype=torch.bool, device=device)):
+        view(
+            input_ids=torch.tensor([prefix], device=device),
+            **{cache_keyword(view): cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return cache
+
+
+def repeated_cache(cache: Any, rows: int) -> Any:
+    """A copy of a one-row KV cache with ``rows`` rows (the prefix shared by a batch)."""
+    out = copy.deepcopy(cache)
+    out.batch_repeat_interleave(rows)
+    return out
+
+
 def common_prefix(seqs: Sequence[list[int]]) -> int:
     """The length of the prefix all ``seqs`` share, leaving every one at least one token of its own."""
     n = min(len(s) for s in seqs) - 1
@@ -152,16 +179,7 @@ def cached_choice_logprobs(
     config: Any = view.config  # the HF view's model config (KV-cache layout)
     pad = padding_id(tok)
     n_prefix = common_prefix([p for p, _ in encoded])
-    prefix_cache = None
-    if n_prefix:
-        prefix_cache = DynamicCache(config=config)
-        with answer_positions(torch.zeros((1, n_prefix), dtype=torch.bool, device=device)):
-            view(
-                input_ids=torch.tensor([encoded[0][0][:n_prefix]], device=device),
-                **{cache_keyword(view): prefix_cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
+    shared = prefix_cache(view, encoded[0][0][:n_prefix])
     sums: list[list[float]] = [[] for _ in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     for start in range(0, len(order), batch_size):
@@ -170,11 +188,7 @@ def cached_choice_logprobs(
         width = prompts.input_ids.shape[1]
         pos = n_prefix + prompts.position_ids
         full_mask = torch.cat([torch.ones((len(idx), n_prefix), dtype=torch.long), prompts.attention_mask], dim=1)
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
-        else:
-            cache = DynamicCache(config=config)
+        cache = repeated_cache(shared, len(idx)) if shared is not None else DynamicCache(config=config)
         last_prompt_token = torch.zeros((len(idx), width), dtype=torch.bool, device=device)
         last_prompt_token[:, -1] = True  # the only position here that predicts an answer token
         with answer_positions(last_prompt_token):
