@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,8 +56,7 @@ from .head_patching import (
     row_logprob,
 )
 from .head_scores import HeadScores, model_fingerprint, scores_cache_path
-from .layer_suffix import LayerSuffix
-from .scoring_data import ScoringData, resolve_scoring_data
+from .scoring_data import ScoringChunk, ScoringData, resolve_scoring_data
 
 __all__ = [
     "Ablation",
@@ -108,7 +108,7 @@ def ablation_scores(
     style: PromptStyle = PromptStyle.ALPACA,
     max_length: int = 400,
     accuracy: bool = True,
-    reuse_layers: bool = True,
+    full_forward: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> HeadScores:
@@ -120,19 +120,25 @@ def ablation_scores(
     gives the examples the mean is taken over (default: ``data``). With ``cache_dir``, results
     are stored under a key of model weights, data, ablation and seed, and reused.
 
-    Two exact shortcuts (same numbers up to float rounding):
+    ``accuracy=False`` scores only each example's gold row (the log-prob metric needs no other
+    choice): ``n_choices`` times fewer rows on multiple-choice data, the same log-prob numbers;
+    ``accuracy_drop`` and ``clean_accuracy`` are then ``None``.
 
-    * ``accuracy=False`` runs only each example's gold row (the log-prob metric needs no other
-      choice): ``n_choices`` times fewer rows on multiple-choice data. ``accuracy_drop`` and
-      ``clean_accuracy`` are then ``None``.
-    * ``reuse_layers`` (HF view backend): layers below the ablated one are not changed by it,
-      so they run once per batch, on the clean forward, which records the residual stream
-      entering every layer (``L x rows x pos x d_model`` floats held per batch); a head of
-      layer ``l`` then runs layers ``l..L-1`` only (:mod:`.layer_suffix`), about half of all
-      layers on average. If a resumed forward fails to reproduce the clean logits (an
-      architecture the shortcut does not fit), every pass runs all layers. ``False`` forces
-      that full forward (the reference the tests compare against); the ``hook_points``
-      backend always runs all layers.
+    Exact shortcuts, on by default (same numbers up to float rounding, since each example's
+    rows are scored on their own: right padding, causal attention):
+
+    * examples are batched in order of length, so a batch pads little;
+    * the HF view backend unembeds only the positions that predict an answer token;
+    * the HF view backend runs the layers below the ablated one once per batch, on the clean
+      forward, which records the residual stream entering every layer (``L x rows x pos x
+      d_model`` floats held per batch); a head of layer ``l`` then runs layers ``l..L-1`` only
+      (:mod:`.layer_suffix`), about half of all layers on average.
+
+    The last two are checked once, on the first batch, against a plain forward's clean
+    log-probs; one that does not reproduce them (an architecture it does not fit) is dropped
+    with a warning. ``full_forward=True`` drops both (every pass runs all layers and unembeds
+    every kept position: the reference the tests compare against); the ``hook_points``
+    backend never takes them.
     """
     if backend is None or backend == "auto":  # the HF view where it exists, else hook points
         backend = resolve_backend(model)
@@ -148,13 +154,17 @@ def ablation_scores(
         return cached
     if not accuracy:  # the log-prob metric reads the gold rows alone
         scored = scored.gold_only()
+    partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
+    scored, order = scored.by_length()
+    if partner is not None:  # the same pairs of examples, renumbered
+        renumber = torch.empty_like(order)
+        renumber[order] = torch.arange(len(order))
+        partner = renumber[partner[order]]
 
     runner = HeadPatchRunner(model, backend)
     with torch.no_grad():
         mu = head_means(runner, ref, batch_size, progress) if ablation is not Ablation.ZERO else None
-    partner = derangement(scored.n_examples, seed) if ablation is Ablation.RESAMPLE else None
-    resume = reuse_layers and runner.suffix is not None
-    checked = False
+    shortcuts: _Shortcuts | None = _Shortcuts(False, False) if full_forward else None
 
     n_layers, n_heads = dims.n_layers, dims.n_heads
     head_groups = [list(range(s, min(n_heads, s + group))) for s in range(0, n_heads, group)]
@@ -172,17 +182,13 @@ def ablation_scores(
         for chunk in chunks:
             chunk = chunk.to(runner.device)
             keep = chunk.first_predicting_position
-            residuals: list[Tensor] | None = None
-            if resume:
-                logits, residuals = runner.logits_and_residuals(chunk.input_ids, chunk.attention_mask, keep)
-                if not checked:  # once: does a resumed forward give the clean logits here?
-                    mid = n_layers // 2
-                    again = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {}, start=(mid, residuals[mid]))
-                    resume = checked = LayerSuffix.agrees(logits, again)
-                    residuals = residuals if resume else None
-            else:
-                logits = runner.logits(chunk.input_ids, chunk.attention_mask, keep, {})
-            gold, correct = example_metrics(row_logprob(logits, chunk.labels, keep), chunk)
+            if shortcuts is None:  # the first batch decides
+                shortcuts = _check_shortcuts(runner, chunk, keep)
+            with runner.recording(active=shortcuts.resume) as residuals:
+                row_lp = runner.row_logprobs(
+                    chunk.input_ids, chunk.attention_mask, chunk.labels, keep, {}, answer_only=shortcuts.answer_only
+                )
+            gold, correct = example_metrics(row_lp, chunk)
             clean_lp += float(gold.sum())
             clean_acc += float(correct[chunk.has_choices].sum())
             if ablation is Ablation.RESAMPLE:
@@ -201,13 +207,14 @@ def ablation_scores(
                     ids = chunk.input_ids.repeat(reps, 1)
                     mask = chunk.attention_mask.repeat(reps, 1)
                     labels = chunk.labels.repeat(reps, 1)
-                    start = None if residuals is None else (layer, residuals[layer].repeat(reps, 1, 1))
+                    start = (layer, residuals[layer].repeat(reps, 1, 1)) if residuals else None
 
                     def patch(z: Tensor, heads: list[int] = heads, source: Tensor = source) -> Tensor:
                         return replace_heads(z, heads, source)
 
-                    out = runner.logits(ids, mask, keep, {layer: patch}, start=start)
-                    row_lp = row_logprob(out, labels, keep).reshape(reps, -1)
+                    row_lp = runner.row_logprobs(
+                        ids, mask, labels, keep, {layer: patch}, start=start, answer_only=shortcuts.answer_only
+                    ).reshape(reps, -1)
                     g_lp, g_correct = example_metrics(row_lp, chunk)
                     abl_lp[layer, heads] += g_lp.sum(-1).double().cpu()
                     abl_acc[layer, heads] += g_correct[:, chunk.has_choices].sum(-1).double().cpu()
@@ -228,6 +235,41 @@ def ablation_scores(
     if path is not None:
         result.save(path)
     return result
+
+
+@dataclass(frozen=True)
+class _Shortcuts:
+    """Which exact shortcuts the passes take (see :func:`ablation_scores`)."""
+
+    answer_only: bool  # unembed only the positions that predict an answer token
+    resume: bool  # run layers l..L-1 only, from the recorded residual stream
+
+
+def _check_shortcuts(runner: HeadPatchRunner, chunk: ScoringChunk, keep: int) -> _Shortcuts:
+    """Keep each shortcut that reproduces a plain forward's clean log-probs on ``chunk``."""
+    if runner.backend is not Backend.HF_VIEW:
+        return _Shortcuts(False, False)
+
+    def clean(**kwargs: Any) -> Tensor:
+        return runner.row_logprobs(chunk.input_ids, chunk.attention_mask, chunk.labels, keep, {}, **kwargs)
+
+    reference = clean()
+    with runner.recording() as residuals:
+        gathered = clean(answer_only=True)
+    answer_only = _agrees(reference, gathered, "unembedding the answer positions alone")
+    mid = runner.dims.n_layers // 2
+    resumed = clean(start=(mid, residuals[mid]), answer_only=answer_only)
+    return _Shortcuts(answer_only, _agrees(reference, resumed, f"resuming at layer {mid}"))
+
+
+def _agrees(reference: Tensor, shortcut: Tensor, what: str) -> bool:
+    """Whether a shortcut's clean row log-probs match the plain forward's (float rounding)."""
+    tol = 2e-5 if reference.dtype == torch.float32 else 5e-2
+    err = float((reference - shortcut).abs().max())
+    if err > tol * (1.0 + float(reference.abs().max())):
+        logger.warning("%s changes the clean log-probs by %.3g: not taking that shortcut", what, err)
+        return False
+    return True
 
 
 def _cache_lookup(

@@ -12,8 +12,8 @@ ablations patch in.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -73,37 +73,93 @@ class HeadPatchRunner:
         """Logits at positions ``keep_from..end``, ``patches[layer]`` applied to that layer's z.
 
         ``start=(layer, hidden)`` (HF view only) runs layers ``layer..L-1`` alone, from
-        ``hidden``, the residual stream entering ``layer`` that :meth:`logits_and_residuals`
-        recorded for these rows; patches below ``layer`` then have no effect.
+        ``hidden``, the residual stream entering ``layer`` that :meth:`recording` kept for
+        these rows; patches below ``layer`` then have no effect.
         """
         n_keep = input_ids.shape[1] - keep_from
-        sites = [(Site(SiteKind.HOOK_Z, layer), patch) for layer, patch in patches.items()]
         if self.backend is Backend.HF_VIEW:
-            with ExitStack() as stack:
-                for site, patch in sites:
-                    stack.callback(hf_hook(site, patch, self.view).register().remove)
-                if start is not None:
-                    assert self.suffix is not None
-                    stack.enter_context(self.suffix.starting_at(*start))
-                out = self.view(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep)
-            return out.logits[:, -n_keep:]
-
+            return self._hf_logits(input_ids, attention_mask, n_keep, patches, start)[:, -n_keep:]
         if start is not None:
             raise ValueError("resuming at a layer needs the hf_view backend")
         # Right padding: pads follow every real token, so causal attention never sees them.
-        fwd_hooks = [tl_hook(site, patch) for site, patch in sites]
+        fwd_hooks = [tl_hook(Site(SiteKind.HOOK_Z, layer), patch) for layer, patch in patches.items()]
         logits = self.model.run_with_hooks(input_ids, fwd_hooks=fwd_hooks)
         return logits[:, keep_from:]
 
-    def logits_and_residuals(
-        self, input_ids: Tensor, attention_mask: Tensor, keep_from: int
-    ) -> tuple[Float[Tensor, "rows kept vocab"], list[Tensor]]:
-        """Clean logits and the residual stream entering every decoder layer (HF view only)."""
+    def row_logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor,
+        keep_from: int,
+        patches: dict[int, Patch],
+        *,
+        start: tuple[int, Tensor] | None = None,
+        answer_only: bool = False,
+    ) -> Float[Tensor, " rows"]:
+        """Mean log-prob of each row's answer tokens (:func:`row_logprob` of :meth:`logits`).
+
+        ``answer_only`` (HF view with an output-embedding module): the unembedding runs only at
+        the positions that predict an answer token, not at every kept position: a pre-hook on
+        ``lm_head`` gathers those hidden states into one sequence ``[1, n_answer_tokens,
+        d_model]`` (whatever the model applies after ``lm_head``, e.g. Gemma's logit
+        soft-capping, is per logit). The same numbers, up to float rounding.
+        """
+        unembed = None
+        if self.backend is Backend.HF_VIEW:
+            output_embeddings = getattr(self.view, "get_output_embeddings", None)
+            unembed = output_embeddings() if callable(output_embeddings) else None
+        if not answer_only or not isinstance(unembed, nn.Module):
+            return row_logprob(
+                self.logits(input_ids, attention_mask, keep_from, patches, start=start), labels, keep_from
+            )
+        targets = labels[:, keep_from + 1 :]
+        mask = targets != -100
+        rows, pos = mask.nonzero(as_tuple=True)
+
+        def gather(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (args[0][rows, pos][None], *args[1:])
+
+        handle = unembed.register_forward_pre_hook(gather)
+        try:
+            n_keep = input_ids.shape[1] - keep_from
+            logits = self._hf_logits(input_ids, attention_mask, n_keep, patches, start)[0]
+        finally:
+            handle.remove()
+        logp = logits.float().log_softmax(-1).gather(-1, targets[mask][:, None]).squeeze(-1)
+        return _per_row_mean(logp, rows, mask)
+
+    @contextmanager
+    def recording(self, active: bool = True) -> Iterator[list[Tensor]]:
+        """Within the block, a forward fills the list with the residual stream entering each layer.
+
+        Those are the ``hidden`` of :meth:`logits`' ``start`` (HF view only). With ``active``
+        false the list stays empty.
+        """
+        if not active:
+            yield []
+            return
         if self.suffix is None:
             raise ValueError("recording the residual stream needs the hf_view backend")
         with self.suffix.recording() as residuals:
-            logits = self.logits(input_ids, attention_mask, keep_from, {})
-        return logits, residuals
+            yield residuals
+
+    def _hf_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        n_keep: int,
+        patches: dict[int, Patch],
+        start: tuple[int, Tensor] | None,
+    ) -> Tensor:
+        with ExitStack() as stack:
+            for layer, patch in patches.items():
+                stack.callback(hf_hook(Site(SiteKind.HOOK_Z, layer), patch, self.view).register().remove)
+            if start is not None:
+                assert self.suffix is not None
+                stack.enter_context(self.suffix.starting_at(*start))
+            out = self.view(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_keep)
+        return out.logits
 
 
 def row_logprob(
@@ -115,7 +171,12 @@ def row_logprob(
     mask = targets != -100
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
     logp = scored[mask].float().log_softmax(-1).gather(-1, targets[mask][:, None]).squeeze(-1)
-    total = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, rows, logp)
+    return _per_row_mean(logp, rows, mask)
+
+
+def _per_row_mean(logp: Tensor, rows: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the answer-token log-probs ``logp`` (row ``rows[i]`` each) per row of ``mask``."""
+    total = torch.zeros(mask.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, rows, logp)
     return total / mask.sum(1)
 
 
@@ -178,7 +239,7 @@ def head_means(runner: HeadPatchRunner, data: ScoringData, batch_size: int, prog
     dims = runner.dims
     total = torch.zeros(dims.n_layers, dims.n_heads, dims.d_head, dtype=torch.float64, device=runner.device)
     count = 0
-    gold = data.gold_only()
+    gold, _ = data.gold_only().by_length()  # batches of like length pad little
     for chunk in tqdm(list(gold.chunks(batch_size)), desc="head means", disable=not progress, leave=False):
         chunk = chunk.to(runner.device)
         _, zs = capture_z(runner, chunk.input_ids, chunk.attention_mask, chunk.input_ids.shape[1] - 1)

@@ -12,26 +12,22 @@ lookup still runs (cheap); the stubs' output ignores it.
 
 This relies on the decoder layers being called one after another, each on the previous one's
 output, which holds for the Llama-style models :func:`jolalens.hf_view.decoder_layers` accepts
-(Llama, Gemma 3 in transformers 5). :meth:`LayerSuffix.agrees` checks it on real data: a resumed
-forward without patches must reproduce the clean logits, and callers fall back to full
-forwards when it does not.
+(Llama, Gemma 3 in transformers 5). :func:`jolalens.analysis.ablation.ablation_scores` checks it
+on real data (a resumed forward without patches must reproduce the clean log-probs) and runs
+full forwards when it does not.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..hf_view import decoder_layers
 
 __all__ = ["LayerSuffix"]
-
-logger = logging.getLogger(__name__)
 
 
 class _Replay(nn.Module):
@@ -100,16 +96,3 @@ class LayerSuffix:
         finally:
             for i, module in enumerate(originals):
                 self.layers[i] = module
-
-    @staticmethod
-    def agrees(clean: Tensor, resumed: Tensor) -> bool:
-        """Whether logits of a resumed forward (no patches) reproduce the clean run's."""
-        if clean.shape != resumed.shape:
-            return False
-        scale = 1.0 + float(clean.detach().abs().max())
-        err = float((clean.detach().float() - resumed.detach().float()).abs().max())
-        tol = 1e-4 if clean.dtype == torch.float32 else 2e-2
-        if err > tol * scale:
-            logger.warning("resumed forward differs from the clean one by %.3g: running every layer instead", err)
-            return False
-        return True

@@ -128,6 +128,35 @@ class ScoringData:
             torch.zeros(n, dtype=torch.bool),
         )
 
+    def by_length(self) -> tuple[ScoringData, Int[Tensor, " examples"]]:
+        """The examples sorted by their longest row (stable), and ``order``: new ``i`` is old ``order[i]``.
+
+        Consecutive examples then have similar lengths, so :meth:`chunks` pads little. Per-example
+        scores do not depend on which examples share a chunk (right padding, causal attention).
+        """
+        lengths = torch.zeros(self.n_examples, dtype=torch.long).scatter_reduce_(
+            0, self.example_index, self.attention_mask.sum(1).long(), reduce="amax"
+        )
+        order = torch.argsort(lengths, stable=True)
+        return self.select(order), order
+
+    def select(self, examples: Int[Tensor, " k"]) -> ScoringData:
+        """The examples ``examples`` (distinct indices, in that order) with all their rows, renumbered."""
+        new_index = torch.full((self.n_examples,), -1, dtype=torch.long)
+        new_index[examples] = torch.arange(len(examples))
+        row_example = new_index[self.example_index]
+        rows = (row_example >= 0).nonzero().squeeze(-1)
+        rows = rows[torch.argsort(row_example[rows], stable=True)]
+        width = int(self.attention_mask[rows].sum(1).max())
+        return ScoringData(
+            self.input_ids[rows, :width],
+            self.labels[rows, :width],
+            self.attention_mask[rows, :width],
+            row_example[rows],
+            self.is_gold[rows],
+            self.has_choices[examples],
+        )
+
     def gold_rows(self) -> Int[Tensor, " examples"]:
         """The index of each example's gold row, in example order."""
         gold_row = torch.empty(self.n_examples, dtype=torch.long)
