@@ -180,7 +180,8 @@ def run_task(model: Any, task: str, args: argparse.Namespace) -> dict[str, Any]:
     if zero_shot is None:
         zero_shot = accuracy_step(model, task, splits["ablate"])
         _write_json(out / "zero_shot.json", zero_shot)
-    log.info("%s: zero-shot acc_norm %.3f (chance %.3f) on %d items", task, zero_shot["acc_norm"], chance, len(valid))
+    n_items = len(splits["ablate"])
+    log.info("%s: zero-shot acc_norm %.3f (chance %.3f) on %d items", task, zero_shot["acc_norm"], chance, n_items)
     drop = ablation_step(model, splits["ablate"], splits["train"], out, args.ablation_batch_size)
     per_seed, selections = [], {}
     for seed in args.seeds:
