@@ -27,8 +27,9 @@ CACHE_VERSION = 1
 class HeadScores:
     """Per-head drops in the task metric: ``clean - ablated``, averaged over examples.
 
-    ``accuracy_drop`` is ``None`` when no example has choices (and always for attribution,
-    whose first-order estimate exists only for the differentiable log-prob).
+    ``accuracy_drop`` and ``clean_accuracy`` are ``None`` when no example has choices, for
+    ``ablation_scores(..., accuracy=False)`` (gold rows only), and always for attribution, whose
+    first-order estimate exists only for the differentiable log-prob.
     """
 
     logprob_drop: Float[Tensor, "n_layers n_heads"]

@@ -80,7 +80,8 @@ class LayerSuffix:
         """Within the block, a forward skips layers ``0..layer-1``; layer ``layer`` sees ``hidden``.
 
         ``hidden`` must have the batch shape of the forward's ``input_ids``. The layer list is
-        restored on exit, also after an error.
+        restored on exit, also after an error; meanwhile the view is not fit for other use (another
+        thread running it would skip the same layers).
         """
         if not 0 <= layer < len(self.layers):
             raise ValueError(f"layer {layer} out of range: {len(self.layers)} decoder layers")
