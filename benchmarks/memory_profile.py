@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> None:
     with mem.phase("import jolalens"):
         import jolalens
         from jolalens.analysis import attribution_scores
-        from jolalens.data import PromptStyle
         from jolalens.evaluate import evaluate
         from jolalens.models import EMBEDDED_MODELS, _converted_checkpoint
         from jolalens.tasks import load_task_splits
@@ -153,16 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             splits.train,
             splits.valid,
             jola=jolalens.JolaConfig(seed=budget.seed),
-            config=jolalens.TrainConfig(
-                lr=budget.lr,
-                epochs=args.epochs,
-                warmup_steps=budget.warmup_steps,
-                seed=budget.seed,
-                gate_lr_scale=budget.gate_lr_scale,
-                patience=args.epochs,
-                prompt_style=PromptStyle.CLOZE,
-                progress=False,
-            ),
+            config=budget.train_config(epochs=args.epochs, progress=False),
             sparsity=jolalens.SparsityConfig(lam=budget.lam),
         )
     with mem.phase("evaluate with edit"):

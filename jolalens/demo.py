@@ -51,6 +51,20 @@ class DemoBudget:
         if min(self.n_train, self.n_valid, self.n_test, self.epochs) < 1 or not 0 < self.alpha < 1:
             raise ValueError("n_train, n_valid, n_test and epochs must be >= 1 and 0 < alpha < 1")
 
+    def train_config(self, *, epochs: int | None = None, progress: bool = True) -> TrainConfig:
+        """The demo's training recipe (cloze targets, no early stop before the last epoch)."""
+        epochs = self.epochs if epochs is None else epochs
+        return TrainConfig(
+            lr=self.lr,
+            epochs=epochs,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            gate_lr_scale=self.gate_lr_scale,
+            patience=epochs,
+            prompt_style=PromptStyle.CLOZE,
+            progress=progress,
+        )
+
 
 def _line(name: str, res: EvalResult, key: str, ci: str) -> str:
     lo, hi = res.summary[ci]
@@ -94,15 +108,7 @@ def run_demo(
         splits.train,
         splits.valid,
         jola=JolaConfig(seed=budget.seed),
-        config=TrainConfig(
-            lr=budget.lr,
-            epochs=budget.epochs,
-            warmup_steps=budget.warmup_steps,
-            seed=budget.seed,
-            gate_lr_scale=budget.gate_lr_scale,
-            patience=budget.epochs,
-            prompt_style=PromptStyle.CLOZE,
-        ),
+        config=budget.train_config(),
         sparsity=SparsityConfig(lam=budget.lam),
     )
     after = evaluate(model, splits.test, task, edit=result.edit, protocol=Protocol.CLOZE, progress=True)
