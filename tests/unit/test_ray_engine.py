@@ -156,5 +156,12 @@ def test_cli_dispatches_to_the_ray_engine_with_the_cell_shares(tmp_path, monkeyp
     )
     assert code == 0
     assert seen["engine"] == RayEngineConfig(cpus_per_cell=2.0, gpus_per_cell=0.25, max_retries=1, progress=False)
-    loading = {"device": "cuda", "dtype": "auto", "device_map": None, "max_memory": None, "revision": None}
+    loading = {
+        "device": "cuda",
+        "dtype": "auto",
+        "device_map": None,
+        "max_memory": None,
+        "revision": None,
+        "model_class": "bridge",
+    }
     assert seen["factory"].keywords == loading and seen["config"].methods == ("jola",)
