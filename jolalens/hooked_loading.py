@@ -37,6 +37,7 @@ __all__ = [
     "hooked_transformer_available",
     "load_hf_source",
     "load_hooked_model",
+    "load_unprocessed",
     "require_hooked_transformer",
 ]
 
@@ -52,6 +53,19 @@ def hooked_transformer_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def load_unprocessed(model: Any, state: dict[str, Any]) -> None:
+    """Load converted weights into a ``HookedTransformer`` as they are: no folding or centring,
+    so its logits and ``hook_z`` equal the Hugging Face model's."""
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
 
 
 def require_hooked_transformer() -> None:
@@ -144,14 +158,7 @@ def load_hooked_model(
             ) from exc
         cfg.model_name = model_name or source
         model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
-        model.load_and_process_state_dict(
-            state,
-            fold_ln=False,
-            center_writing_weights=False,
-            center_unembed=False,
-            fold_value_biases=False,
-            refactor_factored_attn_matrices=False,
-        )
+        load_unprocessed(model, state)
     model.move_model_modules_to_device()
     model.eval()
     setattr(model, _SOURCE_ATTR, {"path": source, "revision": revision})

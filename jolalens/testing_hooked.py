@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hooked_loading import hooked_transformer_available
+from .hooked_loading import hooked_transformer_available, load_unprocessed
 from .testing import char_tokenizer
 
 __all__ = ["hooked_transformer_available", "hooked_twin", "tiny_hooked_model"]
@@ -126,12 +126,5 @@ def hooked_twin(bridge: Any) -> nn.Module:
     cfg.eps = c.rms_norm_eps
     model = HookedTransformer(cfg, tokenizer=bridge.tokenizer, default_padding_side="right")
     state = convert_llama_weights(hf, cfg)
-    model.load_and_process_state_dict(
-        state,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    load_unprocessed(model, state)
     return model.eval()
