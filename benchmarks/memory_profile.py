@@ -17,6 +17,7 @@ every 50 ms, so each phase gets its own peak, and the children's peak comes from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--convert", action="store_true", help="also time the first-use GGUF conversion (fresh cache dir)")
     ap.add_argument("--figures", action="store_true", help="also make the demo's figures (HTML and PNG)")
     ap.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="train without activation checkpointing (the demo checkpoints; this shows what it saves)",
+    )
+    ap.add_argument(
         "--out", type=Path, default=Path("runs/benchmarks/memory_profile"), help="writes OUT.json and OUT.md"
     )
     args = ap.parse_args(argv)
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                     os.environ["JOLALENS_CACHE"] = old
     with mem.phase("load_model"):
         model = jolalens.load_model()
-    budget = demo
+    budget = dataclasses.replace(demo, checkpoint_activations=not args.no_checkpoint)
+    train_phase = "train_jola (bs 8" + (", activation checkpointing)" if budget.checkpoint_activations else ")")
     splits = load_task_splits(
         budget.task,
         n_train=args.n_train,
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with mem.phase("evaluate (cloze, bs 16)"):
         evaluate(model, splits.test, budget.task, protocol="cloze", progress=False)
-    with mem.phase("train_jola (bs 8)"):
+    with mem.phase(train_phase):
         result = jolalens.train_jola(
             model,
             splits.train,

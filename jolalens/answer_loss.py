@@ -80,6 +80,35 @@ def make_batches(rows: Sequence[Row], size: int, pad_id: int, side: str, order: 
     return [collate([rows[j] for j in order[i : i + size]], pad_id, side) for i in range(0, len(order), size)]
 
 
+def length_sorted(rows: Sequence[Row]) -> list[int]:
+    """Row indices, shortest first: batches of similar lengths carry little padding.
+
+    For sums over all rows (validation CE), where the order of the rows does not matter.
+    """
+    return sorted(range(len(rows)), key=lambda j: len(rows[j][0]))
+
+
+def epoch_batches(
+    n_rows: int, lengths: Sequence[int], batch_size: int, length_grouping: int, generator: torch.Generator
+) -> list[list[int]]:
+    """One epoch's batches of row indices: a random order, cut into ``batch_size`` pieces.
+
+    With ``length_grouping = k > 1`` each run of ``k`` consecutive batches of that order is
+    re-cut by length (so a batch holds rows of similar lengths: less padding) and the ``k``
+    batches are shuffled, as ``group_by_length`` samplers do; ``k = 1`` is the plain order.
+    """
+    order = torch.randperm(n_rows, generator=generator).tolist()
+    if length_grouping <= 1:
+        return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
+    batches: list[list[int]] = []
+    span = batch_size * length_grouping
+    for start in range(0, n_rows, span):
+        chunk = sorted(order[start : start + span], key=lambda j: lengths[j])
+        pieces = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches.extend(pieces[k] for k in torch.randperm(len(pieces), generator=generator).tolist())
+    return batches
+
+
 @torch.no_grad()
 def mean_answer_ce(
     runner: ModelRunner,
@@ -121,7 +150,7 @@ def validation_ce(
     cfg = config or TrainConfig()
     tokenizer = model_tokenizer(model)
     rows = tokenize_rows(tokenizer, examples, cfg, "validation")
-    batches = make_batches(rows, cfg.eval_batch_size, padding_id(tokenizer), cfg.padding_side, range(len(rows)))
+    batches = make_batches(rows, cfg.eval_batch_size, padding_id(tokenizer), cfg.padding_side, length_sorted(rows))
     device = next(model.parameters()).device
     runner = runner_for(model, cfg.backend)
     if edit is None:

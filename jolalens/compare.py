@@ -106,10 +106,11 @@ class CompareConfig:
         train = {
             k: (v.value if hasattr(v, "value") else v)
             for k, v in asdict(self.train).items()
-            if k not in ("progress", "seed")
+            if k not in ("progress", "seed", "checkpoint_activations")  # the last changes memory, not results
         }
-        if not self.train.answer_eos:  # added later: left out at its default, so older comparisons still resume
-            del train["answer_eos"]
+        for key, default in (("answer_eos", False), ("length_grouping", 1)):
+            if train[key] == default:  # added later: left out at its default, so older comparisons still resume
+                del train[key]
         return {
             "n_train": self.n_train,
             "n_valid": self.n_valid,

@@ -46,6 +46,8 @@ class DemoBudget:
     gate_lr_scale: float = TrainConfig().gate_lr_scale
     seed: int = 42
     alpha: float = 0.05  # significance level the verdict uses
+    # recompute layer activations in the backward: keeps the demo under 2 GB resident (same results)
+    checkpoint_activations: bool = True
 
     def __post_init__(self) -> None:
         if min(self.n_train, self.n_valid, self.n_test, self.epochs) < 1 or not 0 < self.alpha < 1:
@@ -63,6 +65,7 @@ class DemoBudget:
             patience=epochs,
             prompt_style=PromptStyle.CLOZE,
             progress=progress,
+            checkpoint_activations=self.checkpoint_activations,
         )
 
 

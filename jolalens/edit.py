@@ -208,6 +208,15 @@ class Edit(nn.Module, ABC):
         """Whether :meth:`penalty`'s ``step`` also advances on validation batches (no)."""
         return False
 
+    @contextmanager
+    def noise_held(self) -> Iterator[None]:
+        """Inside the block every random draw the edit makes is made once and reused (none here).
+
+        The trainer holds the noise for each optimiser step, so that a layer recomputed under
+        activation checkpointing sees the sample its forward saw (JoLA's gates).
+        """
+        yield
+
     def epoch_metrics(self) -> dict[str, float]:
         """Extra columns of the training history, read after each epoch (none)."""
         return {}

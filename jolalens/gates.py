@@ -63,8 +63,24 @@ class HardConcrete:
         ``batch_shape`` draws independent noise per example (variance reduction); by default one
         sample per gate is shared by the whole batch, as in the paper.
         """
+        u = self.uniform_noise(log_alpha, generator=generator, batch_shape=batch_shape)
+        return self.sample_with(log_alpha, u)
+
+    def uniform_noise(
+        self,
+        log_alpha: Float[Tensor, "*gates"],
+        *,
+        generator: torch.Generator | None = None,
+        batch_shape: tuple[int, ...] = (),
+    ) -> Float[Tensor, "*batch *gates"]:
+        """The random part of :meth:`sample`: ``u ~ U(eps, 1 - eps)``, float32, no gradient."""
         shape = (*batch_shape, *log_alpha.shape)
-        u = torch.rand(shape, generator=generator, device=log_alpha.device, dtype=torch.float32)
+        return torch.rand(shape, generator=generator, device=log_alpha.device, dtype=torch.float32)
+
+    def sample_with(
+        self, log_alpha: Float[Tensor, "*gates"], u: Float[Tensor, "*batch *gates"]
+    ) -> Float[Tensor, "*batch *gates"]:
+        """The differentiable part of :meth:`sample` for given uniform noise ``u``."""
         u = u.to(log_alpha.dtype) * (1 - 2 * self.eps) + self.eps
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.temperature)
         return self._stretch(s)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -67,6 +68,7 @@ class JolaEdit(Edit):
         n, h, d = len(self.layers), dims.n_heads, dims.d_head
         gen = torch.Generator().manual_seed(config.seed)
         self.noise_generators: dict[torch.device, torch.Generator] = {}
+        self._held_noise: dict[tuple[Any, ...], Tensor] | None = None
         std = config.init_std
         if config.edit_type in (EditType.BOTH, EditType.ADDITIVE):
             self.additive = nn.Parameter(torch.randn(n, h, d, generator=gen) * std)
@@ -126,6 +128,31 @@ class JolaEdit(Edit):
             self.noise_generators[device] = gen
         return gen
 
+    @contextmanager
+    def noise_held(self) -> Iterator[None]:
+        """Each gate's noise drawn inside the block is reused by later samples of the same layer.
+
+        The trainer holds the noise for one optimiser step: a layer recomputed under activation
+        checkpointing then sees the gates its forward saw, and the generator advances exactly as
+        without checkpointing (so both give the same training run).
+        """
+        outer = self._held_noise
+        self._held_noise = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._held_noise = outer
+
+    def _sample(self, log_alpha: Tensor, shape: tuple[int, ...], key: tuple[Any, ...]) -> Tensor:
+        held = self._held_noise
+        hc = self.config.gate
+        u = held.get(key) if held is not None else None
+        if u is None:
+            u = hc.uniform_noise(log_alpha, generator=self._noise_generator(log_alpha.device), batch_shape=shape)
+            if held is not None:
+                held[key] = u
+        return hc.sample_with(log_alpha, u)  # recomputed from the held noise: the same graph each time
+
     # ---- gates --------------------------------------------------------------------------
     def gates(
         self, *, deterministic: bool | None = None, batch: int | None = None, layer_index: int | None = None
@@ -157,9 +184,7 @@ class JolaEdit(Edit):
                     drawn[key] = hc.deterministic(log_alpha)
                 else:
                     shape = (batch,) if (batch and self.config.per_example_noise) else ()
-                    drawn[key] = hc.sample(
-                        log_alpha, generator=self._noise_generator(log_alpha.device), batch_shape=shape
-                    )
+                    drawn[key] = self._sample(log_alpha, shape, (layer_index, key, shape))
             out[kind] = drawn[key]
         return out
 

@@ -118,9 +118,15 @@ class ModelRunner:
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
     ) -> Tensor:
-        """Logits ``[batch, pos, d_vocab]``; padding either side, marked by ``attention_mask``."""
+        """Logits ``[batch, pos, d_vocab]``; padding either side, marked by ``attention_mask``.
+
+        No KV cache is built (a full forward needs none; a layer recomputed under activation
+        checkpointing would append to it a second time).
+        """
         if self.backend is Backend.HF_VIEW:
-            return self.net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return self.net(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
         if self.hooked:
             mask = self._hooked_mask(input_ids, attention_mask, position_ids)
             return self.net(input_ids, attention_mask=mask)
@@ -140,12 +146,23 @@ class ModelRunner:
         """
         if self.backend is Backend.HF_VIEW:
             hidden = self.net.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
             # on a model split over devices the hidden state and lm_head's output may sit on later
             # devices; the logits come back to the mask's device (a no-op on one device)
             return self.net.lm_head(hidden[where.to(hidden.device)]).to(where.device)
         return self(input_ids, attention_mask, position_ids)[where]
+
+    def layers(self) -> list[nn.Module]:
+        """The decoder layers this runner's forward goes through, in order (for checkpointing)."""
+        if self.backend is Backend.HF_VIEW:
+            from .hf_view import decoder_layers
+
+            return list(decoder_layers(self.net))
+        blocks = getattr(self.net, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList):
+            raise ModelError(f"{type(self.net).__name__} has no `blocks` to checkpoint")
+        return list(blocks)
 
     @contextmanager
     def attached(self, edit: Any) -> Iterator[ModelRunner]:

@@ -33,11 +33,14 @@ from tqdm.auto import tqdm
 from .answer_loss import (
     answer_cross_entropy,
     answer_logits,
+    epoch_batches,
+    length_sorted,
     make_batches,
     mean_answer_ce,
     tokenize_rows,
     validation_ce,
 )
+from .checkpointing import checkpointed_layers
 from .data import Example, collate, model_tokenizer, padding_id
 from .distributed import DataParallel, current_data_parallel
 from .edit import Edit
@@ -88,7 +91,8 @@ def seed_everything(seed: int) -> None:
 @contextmanager
 def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator[ModelRunner]:
     """The model's runner with ``edit`` on (built inside ``freeze``: the HF view shares flags)."""
-    with runner_for(model, cfg.backend).attached(edit) as runner:
+    runner = runner_for(model, cfg.backend)
+    with runner.attached(edit), checkpointed_layers(runner.layers(), enabled=cfg.checkpoint_activations):
         yield runner
 
 
@@ -163,7 +167,8 @@ def train_edit(
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, total_steps))
-    valid_batches = make_batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, range(len(valid_rows)))
+    valid_batches = make_batches(valid_rows, cfg.eval_batch_size, pad_id, cfg.padding_side, length_sorted(valid_rows))
+    train_lengths = [len(ids) for ids, _ in train_rows]
     order_gen = torch.Generator().manual_seed(cfg.seed)
     trainable = [p for g in groups for p in g["params"]]
     dp = current_data_parallel()  # set by jolalens.distributed.data_parallel: shard every global batch
@@ -187,33 +192,34 @@ def train_edit(
     with freeze(model), _attached_runner(model, edit, cfg) as runner:
         for epoch in range(1, cfg.epochs + 1):
             edit.train()
-            order = torch.randperm(len(train_rows), generator=order_gen).tolist()
+            batches = epoch_batches(len(train_rows), train_lengths, cfg.batch_size, cfg.length_grouping, order_gen)
             ce_sum = pen_sum = 0.0
             n_batches = 0
             lam = 0.0
-            for i in range(0, len(order), cfg.batch_size):
-                global_rows = [train_rows[j] for j in order[i : i + cfg.batch_size]]
-                if dp is None:
-                    batch = collate(global_rows, pad_id, cfg.padding_side).to(device)
-                    picked, targets = answer_logits(runner, batch)
-                    ce = F.cross_entropy(picked.float(), targets)
-                    penalty, lam = regularizer(t)
-                    loss = ce + penalty
-                else:
-                    ce, penalty, lam = _data_parallel_backward(
-                        dp, runner, global_rows, pad_id, cfg, device, trainable, optimizer, regularizer, t, step + 1
-                    )
-                    loss = ce + penalty.detach()
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise TrainingError(
-                        f"non-finite loss at epoch {epoch}, step {step + 1} (ce={ce.item()}, "
-                        f"penalty={float(penalty.detach())}); lower the learning rate, use float32 or "
-                        "bfloat16 instead of float16, and check the data for empty answers"
-                    )
-                if dp is None:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+            for indices in batches:
+                global_rows = [train_rows[j] for j in indices]
+                with edit.noise_held():  # one noise sample per step, also for recomputed layers
+                    if dp is None:
+                        batch = collate(global_rows, pad_id, cfg.padding_side).to(device)
+                        picked, targets = answer_logits(runner, batch)
+                        ce = F.cross_entropy(picked.float(), targets)
+                        penalty, lam = regularizer(t)
+                        loss = ce + penalty
+                    else:
+                        ce, penalty, lam = _data_parallel_backward(
+                            dp, runner, global_rows, pad_id, cfg, device, trainable, optimizer, regularizer, t, step + 1
+                        )
+                        loss = ce + penalty.detach()
+                    if not torch.isfinite(loss):
+                        bar.close()
+                        raise TrainingError(
+                            f"non-finite loss at epoch {epoch}, step {step + 1} (ce={ce.item()}, "
+                            f"penalty={float(penalty.detach())}); lower the learning rate, use float32 or "
+                            "bfloat16 instead of float16, and check the data for empty answers"
+                        )
+                    if dp is None:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()

@@ -43,6 +43,13 @@ class TrainConfig:
     # Train the end-of-sequence token after each answer, so that generation stops after it.
     # Off by default: the paper (and its released code, B6) trains the answer alone.
     answer_eos: bool = False
+    # Recompute each decoder layer's activations in the backward instead of keeping them: less
+    # memory (the residual stream per layer instead of every layer's internals), one more
+    # forward pass per step; the same training run (jolalens.checkpointing).
+    checkpoint_activations: bool = False
+    # Cut each run of this many batches of the shuffled order by length (less padding, a
+    # different batch composition than the paper's plain shuffle); 1: off.
+    length_grouping: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_style", PromptStyle(self.prompt_style))
@@ -54,7 +61,7 @@ class TrainConfig:
         if self.gate_lr_scale <= 0:
             raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
         check_lr(self.lr)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "length_grouping"):
             check_positive_int(getattr(self, name), name)
         if self.warmup_steps < 0 or self.patience < 1 or self.max_length < 2:
             raise ValueError("warmup_steps >= 0, patience >= 1 and max_length >= 2 are required")

@@ -118,3 +118,38 @@ def test_released_edit_imports_as_the_same_function(tiny):
         g1, g2 = gate(tensors["log_g1"][layer]), gate(tensors["log_g2"][layer])
         released = (tensors["attn_A"][layer] * g2 + 1) * z + g1 * tensors["attn_v"][layer]
         torch.testing.assert_close(edit.apply(z, layer), released)
+
+
+def test_train_speed_summary_and_table():
+    speed = _load("train_speed")
+    run = {
+        "epochs": 2,
+        "wall_s": 20.0,
+        "cpu_s": 10.0,
+        "tokens": 75,
+        "padded_tokens": 100,
+        "useful_gflop": 400.0,
+        "final_val_ce": 0.5,
+        "peak_rss_mb": 900.0,
+    }
+    s = speed.summarise([run, {**run, "cpu_s": 12.0, "peak_rss_mb": 950.0}], ceiling_per_cpu_s=80.0)
+    assert s["cpu_s_per_epoch"] == pytest.approx(5.5)  # the median of 5 and 6
+    assert s["padding_share"] == pytest.approx(0.25)
+    assert s["useful_gflop_per_cpu_s"] == pytest.approx(200 / 5.5)
+    assert s["fraction_of_matmul"] == pytest.approx(200 / 5.5 / 80)
+    assert s["peak_rss_mb"] == 950.0
+    result = {
+        "task": "arc_easy",
+        "protocol": "label",
+        "n_train": 16,
+        "command": "python benchmarks/train_speed.py",
+        "machine": {"platform": "x", "torch": "2"},
+        "threads": 1,
+        "matmul": {"gflops_per_cpu_s_best": 80.0},
+        "summary": {"plain": s, "checkpointed": {**s, "cpu_s_per_epoch": 11.0}},
+    }
+    table = speed.markdown(result)
+    assert "| checkpointed | 11.0 | 0.50x | 25% |" in table
+    assert speed.variant_options("grouped+checkpointed", 4) == {"length_grouping": 4, "checkpoint_activations": True}
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--variants", "plain,turbo"])
