@@ -2,13 +2,13 @@
 
 Runs the demo's phases in order on the embedded model, with the demo's task (cloze protocol),
 budget and batch sizes (``--n-*`` and ``--epochs`` shrink it; peak memory depends on the batch
-shapes more than on the item count): first-time model conversion (``--convert``: a fresh
-cache, the GGUF de-quantized again), ``load_model``, zero-shot cloze evaluation,
-``train_jola``, evaluation with the edit, attribution scores (``--attribution``; the label-era
-demo ran them, the cloze demo does not), and the figures (``--figures``; PNG export runs a
-Chromium child process, whose memory is counted separately). A sampling thread reads this process's resident set (VmRSS)
-every 50 ms, so each phase gets its own peak, and the children's peak comes from
-``RUSAGE_CHILDREN``.
+shapes more than on the item count): first-time model conversion (``--convert``: a fresh cache,
+the GGUF de-quantized again), ``load_model``, zero-shot cloze evaluation, ``train_jola`` (with
+the demo's activation checkpointing; ``--no-checkpoint``: without), evaluation with the edit,
+attribution scores (``--attribution``; the label-era demo ran them, the cloze demo does not),
+and the figures (``--figures``; PNG export runs a Chromium child process, whose memory is
+counted separately). A sampling thread reads this process's resident set (VmRSS) every 50 ms, so
+each phase gets its own peak, and the children's peak comes from ``RUSAGE_CHILDREN``.
 
     python benchmarks/memory_profile.py --epochs 1 --figures        # ~4 min on a 2-core CPU
     python benchmarks/memory_profile.py --convert --figures         # the whole demo, from-zero conversion too
