@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "attention_flops",
     "body_params",
     "causal_keys",
+    "command_line",
     "forward_flops",
     "machine_info",
     "matmul_rate",
@@ -43,6 +45,7 @@ __all__ = [
     "peak_rss_mb",
     "run_worker",
     "sync",
+    "write_report",
 ]
 
 
@@ -213,3 +216,19 @@ def run_worker(cmd: list[str], *, env: dict[str, str] | None = None, timeout: fl
     out = json.loads(lines[-1])
     out["process_wall_s"] = time.perf_counter() - t0
     return out
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was invoked, as a user would type it: ``python benchmarks/NAME.py ARGS``."""
+    args = argv if argv is not None else sys.argv[1:]
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *args])
+
+
+def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
+    """``OUT.json`` and ``OUT.md``, each written whole or not at all, and the markdown printed."""
+    from jolalens.fileio import atomic_path
+
+    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
+        with atomic_path(str(out) + suffix) as tmp:
+            tmp.write_text(text)
+    print(markdown)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import resource
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     mem.close()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result_json = {
-        "command": " ".join(["python", "benchmarks/memory_profile.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": _machine.command_line(__file__, argv),
         "machine": _machine.machine_info(),
         "phases": mem.phases,
         "process_peak_rss_mb": _machine.peak_rss_mb(),
@@ -210,10 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\nProcess peak RSS: {result_json['process_peak_rss_mb']:.0f} MB; largest waited-for child: {children:.0f} MB "
         "(a forked child starts with its parent's resident pages, so this can echo the parent's peak)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(args.out) + ".json").write_text(json.dumps(result_json, indent=2) + "\n")
-    Path(str(args.out) + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    _machine.write_report(args.out, result_json, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     best = max(matmul["gflops_best"], matmul_after["gflops_best"])
     summary = {name: summarise(rs, args.warmup, best) for name, rs in runs.items()}
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/peer_jola.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": _machine.command_line(__file__, argv),
         "task": args.task,
         "n_train": args.n_train,
         "batch_size": args.batch_size,
@@ -359,10 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.accuracy_epochs:
         result["accuracy"] = accuracy_run(args, peer_py, data_dir, parts)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(args.out) + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(str(args.out) + ".md").write_text(markdown(result))
-    print(markdown(result))
+    _machine.write_report(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

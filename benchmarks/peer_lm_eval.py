@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_cpu": summary[f"lm_eval:{p}"]["median_cpu_s"] / summary[f"jolalens:{p}"]["median_cpu_s"],
         }
     result = {
-        "command": " ".join(["python", "benchmarks/peer_lm_eval.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": _machine.command_line(__file__, argv),
         "task": args.task,
         "n_items": args.n_items,
         "batch_size": args.batch_size,
@@ -335,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocols": pairs,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(args.out) + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(str(args.out) + ".md").write_text(markdown(result))
-    print(markdown(result))
+    _machine.write_report(args.out, result, markdown(result))
     if disagree_total:
         log.error("lm-eval and jolalens chose different options on %d items (see the table)", disagree_total)
         return 1

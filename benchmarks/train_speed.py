@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     matmul_after = _machine.matmul_rate()
     ceiling = max(matmul["gflops_per_cpu_s_best"], matmul_after["gflops_per_cpu_s_best"])
     result = {
-        "command": " ".join(["python", "benchmarks/train_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": _machine.command_line(__file__, argv),
         "task": args.task,
         "protocol": args.protocol,
         "n_train": args.n_train,
@@ -191,10 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": {n: summarise(runs[n], ceiling) for n in names},
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(args.out) + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(str(args.out) + ".md").write_text(markdown(result))
-    print(markdown(result))
+    _machine.write_report(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .cli_loading import add_loading_args, loading_options
+from .cli_train import add_training_option_args, training_options
 
 __all__ = ["add_compare"]
 
@@ -55,23 +56,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--max-length", type=int, default=400)
-    p.add_argument(
-        "--length-grouping",
-        type=int,
-        default=1,
-        metavar="K",
-        help="cut each run of K shuffled batches by length: less padding, other batches than the paper's (1: off)",
-    )
-    p.add_argument(
-        "--checkpoint-activations",
-        action="store_true",
-        help="recompute each layer's activations in the backward: less memory, ~1/3 more time per step, same results",
-    )
-    p.add_argument(
-        "--answer-eos",
-        action="store_true",
-        help="train the end-of-sequence token after each answer (the paper does not), so generation stops",
-    )
+    add_training_option_args(p)
     p.add_argument("--no-progress", action="store_true")
     ray = p.add_argument_group("engine (docs/scale-out.md)")
     ray.add_argument(
@@ -110,9 +95,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         max_length=args.max_length,
         progress=not args.no_progress,
-        answer_eos=args.answer_eos,
-        checkpoint_activations=args.checkpoint_activations,
-        length_grouping=args.length_grouping,
+        **training_options(args),
     )
     config = CompareConfig(
         methods=args.methods,

@@ -6,11 +6,42 @@ import argparse
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from .cli_loading import add_loading_args, loading_options
 from .errors import JolaError
 
-__all__ = ["add_train"]
+__all__ = ["add_train", "add_training_option_args", "training_options"]
+
+
+def add_training_option_args(p: argparse.ArgumentParser) -> None:
+    """The training-recipe flags ``train`` and ``compare`` share; :func:`training_options` reads them back."""
+    p.add_argument(
+        "--length-grouping",
+        type=int,
+        default=1,
+        metavar="K",
+        help="cut each run of K shuffled batches by length: less padding, other batches than the paper's (1: off)",
+    )
+    p.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="recompute each layer's activations in the backward: less memory, ~1/3 more time per step, same results",
+    )
+    p.add_argument(
+        "--answer-eos",
+        action="store_true",
+        help="train the end-of-sequence token after each answer (the paper does not), so generation stops",
+    )
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``TrainConfig`` keywords from :func:`add_training_option_args`' flags."""
+    return {
+        "answer_eos": args.answer_eos,
+        "checkpoint_activations": args.checkpoint_activations,
+        "length_grouping": args.length_grouping,
+    }
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -44,23 +75,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="cloze: lm-eval's rendering of --task, trained on the gold option's text (implies --prompt cloze)",
     )
     p.add_argument("--max-length", type=int, default=400)
-    p.add_argument(
-        "--length-grouping",
-        type=int,
-        default=1,
-        metavar="K",
-        help="cut each run of K shuffled batches by length: less padding, other batches than the paper's (1: off)",
-    )
-    p.add_argument(
-        "--checkpoint-activations",
-        action="store_true",
-        help="recompute each layer's activations in the backward: less memory, ~1/3 more time per step, same results",
-    )
-    p.add_argument(
-        "--answer-eos",
-        action="store_true",
-        help="train the end-of-sequence token after each answer (the paper does not), so generation stops",
-    )
+    add_training_option_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--distributed",
@@ -121,9 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         prompt_style=args.prompt,
         max_length=args.max_length,
         progress=not args.no_progress,
-        answer_eos=args.answer_eos,
-        checkpoint_activations=args.checkpoint_activations,
-        length_grouping=args.length_grouping,
+        **training_options(args),
     )
     sparsity = SparsityConfig(mode=args.penalty, **({"lam": args.lam} if args.lam is not None else {}))
     from .distributed import data_parallel

@@ -62,3 +62,16 @@ def test_training_with_length_grouping_runs_and_learns(tiny):
     cfg = TrainConfig(epochs=6, batch_size=4, warmup_steps=2, lr=5e-2, progress=False, length_grouping=4)
     result = train_jola(tiny, data, data[:8], config=cfg, sparsity=SparsityConfig(lam=0.1))
     assert result.history["val_ce"].min() < result.history["val_ce"].iloc[0]
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "x"], ["compare", "--tasks", "arc_easy", "--out", "x"]])
+def test_train_and_compare_share_the_training_option_flags(command):
+    from jolalens.cli import build_parser
+    from jolalens.cli_train import training_options
+
+    args = build_parser().parse_args([*command, "--length-grouping", "4", "--checkpoint-activations"])
+    options = training_options(args)
+    assert options == {"answer_eos": False, "checkpoint_activations": True, "length_grouping": 4}
+    assert TrainConfig(**options).length_grouping == 4
+    defaults = training_options(build_parser().parse_args(command))
+    assert TrainConfig(**defaults) == TrainConfig()

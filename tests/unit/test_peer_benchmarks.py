@@ -153,3 +153,18 @@ def test_train_speed_summary_and_table():
     assert speed.variant_options("grouped+checkpointed", 4) == {"length_grouping": 4, "checkpoint_activations": True}
     with pytest.raises(SystemExit):
         speed.parse_args(["--variants", "plain,turbo"])
+
+
+def test_write_report_writes_both_files_whole(tmp_path, capsys):
+    out = tmp_path / "sub" / "report"
+    machine.write_report(out, {"a": 1}, "# table\n")
+    assert (tmp_path / "sub" / "report.json").read_text() == '{\n  "a": 1\n}\n'
+    assert (tmp_path / "sub" / "report.md").read_text() == "# table\n"
+    assert "# table" in capsys.readouterr().out
+    with pytest.raises(TypeError):  # not JSON-serialisable: the earlier report stays as it was
+        machine.write_report(out, {"a": object()}, "# other\n")
+    assert (tmp_path / "sub" / "report.json").read_text() == '{\n  "a": 1\n}\n'
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["report.json", "report.md"]
+    assert (
+        machine.command_line("/x/benchmarks/train_speed.py", ["--n", "2"]) == "python benchmarks/train_speed.py --n 2"
+    )
