@@ -30,6 +30,7 @@ def _checkpointed_forward(original: Any) -> Any:
             return original(*args, **kwargs)
         return checkpoint(original, *args, use_reentrant=False, **kwargs)
 
+    forward.jolalens_checkpointed = True  # type: ignore[attr-defined]
     return forward
 
 
@@ -37,22 +38,27 @@ def _checkpointed_forward(original: Any) -> Any:
 def checkpointed_layers(layers: Sequence[nn.Module], enabled: bool = True) -> Iterator[None]:
     """Every module of ``layers`` runs its forward under activation checkpointing inside the block.
 
-    The modules' own ``forward`` comes back afterwards (also on an error); hooks registered on
-    them or their submodules keep working (they run again in the recomputation). ``enabled=False``
+    The modules' own ``forward`` comes back afterwards (also on an error), including a forward
+    that accelerate had patched onto the instance (a model split over devices); hooks registered
+    on them or their submodules keep working (they run again in the recomputation). ``enabled=False``
     is a no-op, so callers need no branch.
     """
     if not enabled:
         yield
         return
-    patched: list[nn.Module] = []
+    patched: list[tuple[nn.Module, Any]] = []  # (layer, the instance forward it had, or None)
     try:
         for layer in layers:
-            if "forward" in vars(layer):
-                raise RuntimeError(f"{type(layer).__name__} already has a patched forward; not checkpointing it twice")
+            own = vars(layer).get("forward")  # accelerate's device-map hooks patch forward this way
+            if getattr(own, "jolalens_checkpointed", False):
+                raise RuntimeError(f"{type(layer).__name__} is already checkpointed; not checkpointing it twice")
             # object's own setattr: TransformerLens' bridges forward attribute writes to the wrapped module
             object.__setattr__(layer, "forward", _checkpointed_forward(layer.forward))
-            patched.append(layer)
+            patched.append((layer, own))
         yield
     finally:
-        for layer in patched:
-            object.__delattr__(layer, "forward")
+        for layer, own in patched:
+            if own is None:
+                object.__delattr__(layer, "forward")
+            else:
+                object.__setattr__(layer, "forward", own)
