@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "runs": runs,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # loading included
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "eval_speed.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -73,7 +75,7 @@ def main() -> None:
         "",
         f"Model {args.model}, batch {args.batch_size}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads on {os.cpu_count()} CPUs ({info['machine']}). Timing excludes model load "
-        f"({info['model_load_s']} s). Target: 500 items <= 60 s.",
+        f"({info['model_load_s']} s). Target: 500 items <= 60 s. Peak RSS of the process: {info['peak_rss_mb']} MB.",
         "",
         "| task | items | seconds | items/s | mean instruction tokens | accuracy | <= 60 s |",
         "|---|---|---|---|---|---|---|",

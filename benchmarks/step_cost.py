@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -197,6 +198,8 @@ def run(model, label: str, batch: Batch, device: str, repeats: int, warmup: int)
         "forward": fwd,
         "time_ratio_vs_floor": ratios,
         "peak_memory_ratio_vs_floor": mem,
+        # CPU: one process runs every variant, so only its overall peak (resident set) is known
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
