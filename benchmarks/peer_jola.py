@@ -53,6 +53,7 @@ __all__ = [
     "peer_env_dir",
     "released_edit_to_jolalens",
     "summarise",
+    "task_splits",
     "thread_env",
     "write_task_jsonl",
 ]
@@ -87,12 +88,19 @@ def ensure_peer_env(env: Path, torch_spec: str) -> Path:
 # ---- data -----------------------------------------------------------------------------------------
 
 
-def write_task_jsonl(task: str, n_train: int, n_valid: int, n_test: int, seed: int, out: Path) -> dict[str, list[Any]]:
-    """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader
-    reads."""
+def task_splits(args: argparse.Namespace) -> Any:
+    """The task's seeded splits in ``--items`` form: the paper's labels, or the option texts (cloze items)."""
     from jolalens.tasks import load_task_splits
 
-    splits = load_task_splits(task, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
+    protocol = "cloze" if args.items == "cloze" else None
+    return load_task_splits(
+        args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=args.seed, protocol=protocol
+    )
+
+
+def write_task_jsonl(splits: Any, out: Path) -> dict[str, list[Any]]:
+    """``train.json``/``valid.json``/``test.json`` as JSON lines {instruction, answer}: what the released loader
+    reads."""
     out.mkdir(parents=True, exist_ok=True)
     parts = {"train": list(splits.train), "valid": list(splits.valid), "test": list(splits.test)}
     for name, examples in parts.items():
@@ -115,7 +123,6 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
     from jolalens.answer_loss import answer_logits, make_batches, tokenize_rows
     from jolalens.data import padding_id
     from jolalens.runners import runner_for
-    from jolalens.tasks import load_task_splits
     from jolalens.train import _lr_lambda, freeze, sparsity_penalty
 
     if args.threads:
@@ -124,7 +131,7 @@ def jolalens_worker(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = jolalens.load_model(device=args.device, dtype=dtype)
     load_s = time.perf_counter() - t0
-    splits = load_task_splits(args.task, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, seed=args.seed)
+    splits = task_splits(args)
     cfg = TrainConfig(batch_size=args.batch_size, warmup_steps=args.warmup_steps, progress=False, seed=args.seed)
     tok = model.tokenizer
     rows = tokenize_rows(tok, list(splits.train), cfg, "training")
@@ -276,6 +283,13 @@ def peer_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="arc_easy")
+    ap.add_argument(
+        "--items",
+        choices=["label", "cloze"],
+        default="label",
+        help="label: the paper's answer1..4 items; cloze: the option texts as answers (both packages still "
+        "wrap every item in their Alpaca template; accuracy scores each option text as the continuation)",
+    )
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-valid", type=int, default=50)
     ap.add_argument("--n-test", type=int, default=200)
@@ -312,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     peer_py = ensure_peer_env(peer_env_dir(), args.torch_spec)
     data_dir = Path(str(args.out) + "_data")
-    parts = write_task_jsonl(args.task, args.n_train, args.n_valid, args.n_test, args.seed, data_dir)
+    parts = write_task_jsonl(task_splits(args), data_dir)
     machine = _machine.machine_info()
     matmul = _machine.matmul_rate(device=args.device)
     total = args.warmup + args.steps
@@ -326,7 +340,18 @@ def main(argv: list[str] | None = None) -> None:
         str(total),
         *[
             f"--{k.replace('_', '-')}={getattr(args, k)}"
-            for k in ("task", "n_train", "n_valid", "n_test", "batch_size", "warmup_steps", "threads", "device", "seed")
+            for k in (
+                "task",
+                "items",
+                "n_train",
+                "n_valid",
+                "n_test",
+                "batch_size",
+                "warmup_steps",
+                "threads",
+                "device",
+                "seed",
+            )
         ],
     ]
     runs: dict[str, list[dict[str, Any]]] = {"released": [], "jolalens": []}
@@ -342,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "command": _machine.command_line(__file__, argv),
         "task": args.task,
+        "items": args.items,
         "n_train": args.n_train,
         "batch_size": args.batch_size,
         "device": args.device,

@@ -47,7 +47,8 @@ def summarise(runs: list[dict[str, Any]], warmup: int, matmul_gflops: float) -> 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["summary"]
     lines = [
-        f"# jolalens vs jola==0.0.1: a JoLA training step ({result['task']}, batch {result['batch_size']}, "
+        f"# jolalens vs jola==0.0.1: a JoLA training step ({result['task']}, {result.get('items', 'label')} items, "
+        f"batch {result['batch_size']}, "
         f"{result['device']})",
         "",
         f"Command: `{result['command']}`  ",
