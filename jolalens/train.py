@@ -92,7 +92,8 @@ def seed_everything(seed: int) -> None:
 def _attached_runner(model: nn.Module, edit: Edit, cfg: TrainConfig) -> Iterator[ModelRunner]:
     """The model's runner with ``edit`` on (built inside ``freeze``: the HF view shares flags)."""
     runner = runner_for(model, cfg.backend)
-    with runner.attached(edit), checkpointed_layers(runner.layers(), enabled=cfg.checkpoint_activations):
+    layers = runner.layers() if cfg.checkpoint_activations else []  # asked only when needed
+    with runner.attached(edit), checkpointed_layers(layers, enabled=cfg.checkpoint_activations):
         yield runner
 
 

@@ -133,3 +133,12 @@ def test_checkpointing_is_not_part_of_a_comparisons_protocol():
         return cfg.protocol_dict()
 
     assert protocol(True) == protocol(False)
+
+
+def test_checkpointing_a_gpt2_bridge_on_hook_points_is_the_same_run():
+    from jolalens.testing import tiny_gpt2_model
+
+    model = tiny_gpt2_model(seed=0)
+    runs = [_train(model, Backend.HOOK_POINTS, checkpoint) for checkpoint in (False, True)]
+    for name, value in runs[0].edit.state_dict().items():
+        torch.testing.assert_close(runs[1].edit.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
